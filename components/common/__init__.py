@@ -1,0 +1,1 @@
+"""Helpers shared by every phase: user-facing errors and atomic file writes."""

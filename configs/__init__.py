@@ -1,0 +1,1 @@
+"""YAML presets (package data, so installed images find them too). See pipelines/config.py."""

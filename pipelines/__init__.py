@@ -1,0 +1,1 @@
+"""The seekline DAG (``pipeline.create_pipeline``), its runners (local, Kubeflow) and the CLI."""

@@ -1,0 +1,258 @@
+"""Kubeflow Pipelines: compile the DAG to a PipelineSpec YAML, upload it, run it, schedule it.
+
+``compile_pipeline`` uses TFX's KubeflowV2DagRunner (the same ``create_pipeline`` as the
+local runner) and writes the bare PipelineSpec that OSS ``kfp.Client`` uploads expect, plus a
+second YAML document with the Kubernetes platform spec (node selectors, tolerations) in the
+shape kfp-kubernetes emits — TFX itself has no path for those.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.common.errors import DeployError
+from components.common.fileio import atomic_write_text
+from configs.schema import COMPONENT_IDS, SeeklineConfig, validate_cron
+
+# What the container runs: TFX's KFP v2 entrypoint, executing one component's executor.
+CONTAINER_COMMAND = ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
+
+
+def executor_label(component_id: str) -> str:
+    """The deploymentSpec executor key TFX's compiler gives a component."""
+    return f"{component_id}_executor"
+
+
+def build_pipeline_spec(config: SeeklineConfig) -> dict[str, Any]:
+    """The PipelineSpec (as a dict) for ``config``, with per-component resources."""
+    from tfx import v1 as tfx
+
+    from pipelines.pipeline import create_pipeline
+
+    pipeline = create_pipeline(
+        config,
+        pipeline_root=config.kubeflow.pipeline_root,
+        with_platform_resources=True,
+    )
+    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+            default_image=config.kubeflow.default_image,
+            default_commands=CONTAINER_COMMAND,
+        ),
+    )
+    job = runner.run(pipeline, write_out=False)
+    spec = job["pipelineSpec"]
+    spec["defaultPipelineRoot"] = config.kubeflow.pipeline_root
+    return spec
+
+
+def kubernetes_platform_spec(config: SeeklineConfig, spec: dict[str, Any]) -> dict[str, Any] | None:
+    """kfp-kubernetes' platform document: nodeSelector / tolerations per executor."""
+    executors: dict[str, Any] = {}
+    known = set(spec["deploymentSpec"]["executors"])
+    for cid in COMPONENT_IDS:
+        res = config.resources.for_component(cid)
+        label = executor_label(cid)
+        if label not in known:
+            continue
+        entry: dict[str, Any] = {}
+        if res.node_selector:
+            entry["nodeSelector"] = {"labels": dict(res.node_selector)}
+        if res.tolerations:
+            entry["tolerations"] = [
+                {k: v for k, v in t.model_dump().items() if v is not None} for t in res.tolerations
+            ]
+        if entry:
+            executors[label] = entry
+    if not executors:
+        return None
+    return {"platforms": {"kubernetes": {"deploymentSpec": {"executors": executors}}}}
+
+
+def compile_pipeline(config: SeeklineConfig, output_file: str | Path | None = None) -> Path:
+    """Write the PipelineSpec YAML (+ platform spec document) atomically; return its path."""
+    out = Path(output_file or config.kubeflow.output_file)
+    spec = build_pipeline_spec(config)
+    docs = [spec]
+    platform = kubernetes_platform_spec(config, spec)
+    if platform:
+        docs.append(platform)
+    buf = io.StringIO()
+    buf.write(f"# seekline pipeline {config.pipeline.name}: compiled by `seekline compile`\n")
+    yaml.safe_dump_all(docs, buf, sort_keys=True)
+    atomic_write_text(out, buf.getvalue())
+    return out
+
+
+def load_pipeline_spec(path: str | Path):
+    """Parse the first document of a compiled YAML into kfp's PipelineSpec proto."""
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    with open(path, encoding="utf-8") as f:
+        docs = list(yaml.safe_load_all(f))
+    proto = pipeline_spec_pb2.PipelineSpec()
+    json_format.ParseDict(docs[0], proto)
+    return proto, docs[1:]
+
+
+# ---------------------------------------------------------------------------------------
+# Talking to a KFP API server (v2beta1 REST, through kfp.Client)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    host: str
+    pipeline_id: str
+    version_id: str
+    experiment_id: str
+    run_id: str | None = None
+    recurring_run_id: str | None = None
+
+    def run_url(self) -> str | None:
+        return f"{self.host.rstrip('/')}/#/runs/details/{self.run_id}" if self.run_id else None
+
+
+def check_reachable(host: str | None, token: str | None = None, timeout_s: float = 5.0) -> str:
+    """Fail fast and clearly when KFP_HOST is unset or nothing answers there."""
+    if not host:
+        raise DeployError(
+            "KFP_HOST is not set: export KFP_HOST=http://<kfp-api-host>:<port> (or pass --host)"
+        )
+    if not host.startswith(("http://", "https://")):
+        raise DeployError(f"KFP_HOST {host!r} must start with http:// or https://")
+    url = host.rstrip("/") + "/apis/v2beta1/healthz"
+    try:
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            resp.read()
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            return host  # reachable; auth is checked by the real calls with the token
+        raise DeployError(f"Kubeflow Pipelines at {host} answered {e.code} on {url}") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise DeployError(f"cannot reach Kubeflow Pipelines at {host}: {reason}") from None
+    return host
+
+
+def _client(host: str | None, token: str | None):
+    import kfp
+
+    host = check_reachable(host, token)
+    return kfp.Client(host=host, existing_token=token or None)
+
+
+def _api_call(what: str, fn, *args, **kwargs):
+    from kfp_server_api.exceptions import ApiException
+
+    try:
+        return fn(*args, **kwargs)
+    except ApiException as e:
+        body = (e.body or "").strip().replace("\n", " ")
+        raise DeployError(f"Kubeflow Pipelines refused to {what}: {e.status} {e.reason} {body[:300]}") from None
+
+
+def upload(client, package: Path, name: str) -> tuple[str, str]:
+    """Upload ``package`` as a new version of pipeline ``name`` (created if missing)."""
+    version_name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    pipeline_id = _api_call("look up the pipeline", client.get_pipeline_id, name)
+    if pipeline_id is None:
+        p = _api_call("upload the pipeline", client.upload_pipeline, str(package), pipeline_name=name)
+        pipeline_id = p.pipeline_id
+        versions = _api_call(
+            "list pipeline versions",
+            client.list_pipeline_versions,
+            pipeline_id,
+            page_size=1,
+            sort_by="created_at desc",
+        )
+        if not versions.pipeline_versions:
+            raise DeployError(f"pipeline {name!r} was uploaded but has no version")
+        version_id = versions.pipeline_versions[0].pipeline_version_id
+    else:
+        v = _api_call(
+            "upload a pipeline version",
+            client.upload_pipeline_version,
+            str(package),
+            pipeline_version_name=version_name,
+            pipeline_id=pipeline_id,
+        )
+        version_id = v.pipeline_version_id
+    return pipeline_id, version_id
+
+
+def deploy(
+    config: SeeklineConfig,
+    package: Path,
+    host: str | None,
+    token: str | None = None,
+    run_name: str | None = None,
+    start_run: bool = True,
+) -> Deployment:
+    """Upload the compiled package and (by default) start a run in the config's experiment."""
+    client = _client(host, token)
+    pipeline_id, version_id = upload(client, package, config.pipeline.name)
+    exp = _api_call("create the experiment", client.create_experiment, config.kubeflow.experiment)
+    run_id = None
+    if start_run:
+        run = _api_call(
+            "start a run",
+            client.run_pipeline,
+            experiment_id=exp.experiment_id,
+            job_name=run_name or f"{config.pipeline.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            pipeline_id=pipeline_id,
+            version_id=version_id,
+            pipeline_root=config.kubeflow.pipeline_root,
+            enable_caching=config.pipeline.enable_cache,
+        )
+        run_id = run.run_id
+    return Deployment(host or "", pipeline_id, version_id, exp.experiment_id, run_id=run_id)
+
+
+def schedule(
+    config: SeeklineConfig,
+    package: Path,
+    host: str | None,
+    cron: str,
+    token: str | None = None,
+    name: str | None = None,
+) -> Deployment:
+    """Create a recurring run (6-field cron, seconds first) of a freshly uploaded version."""
+    try:
+        validate_cron(cron)
+    except ValueError as e:
+        raise DeployError(str(e)) from None
+    client = _client(host, token)
+    pipeline_id, version_id = upload(client, package, config.pipeline.name)
+    exp = _api_call("create the experiment", client.create_experiment, config.kubeflow.experiment)
+    rr = _api_call(
+        "create the recurring run",
+        client.create_recurring_run,
+        experiment_id=exp.experiment_id,
+        job_name=name or f"{config.pipeline.name}-scheduled",
+        cron_expression=cron,
+        max_concurrency=config.kubeflow.max_concurrency,
+        pipeline_id=pipeline_id,
+        version_id=version_id,
+        pipeline_root=config.kubeflow.pipeline_root,
+        enable_caching=config.pipeline.enable_cache,
+        no_catchup=True,
+    )
+    return Deployment(
+        host or "", pipeline_id, version_id, exp.experiment_id, recurring_run_id=rr.recurring_run_id
+    )
+
+
+def summary(d: Deployment) -> str:
+    return json.dumps({k: v for k, v in d.__dict__.items() if v is not None}, indent=2)

@@ -1,0 +1,169 @@
+"""Kubeflow: the compiled PipelineSpec (parsed with kfp's proto) and the KFP REST calls, against
+a KFP API double on loopback."""
+
+import json
+import socket
+
+import pytest
+import yaml
+
+from components.common.errors import DeployError
+from configs.schema import load_config
+from pipelines import kubeflow as kf
+from tests.kfp_fake import FakeKFP
+
+GPU_OVERRIDES = [
+    "resources.components.statistics.gpu=2",
+    "resources.components.statistics.node_selector={cloud.google.com/gke-accelerator: nvidia-h100-80gb}",
+    "resources.components.statistics.tolerations=[{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]",
+]
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    cfg = load_config("cluster", GPU_OVERRIDES)
+    path = kf.compile_pipeline(cfg, tmp_path_factory.mktemp("kfp") / "pipeline.yaml")
+    return cfg, path
+
+
+def test_spec_parses_and_has_every_component(compiled):
+    cfg, path = compiled
+    spec, _ = kf.load_pipeline_spec(path)
+    assert spec.pipeline_info.name == cfg.pipeline.name
+    assert set(spec.root.dag.tasks) == {"ingest", "statistics", "schema", "validate"}
+    assert spec.default_pipeline_root == cfg.kubeflow.pipeline_root
+    assert list(spec.root.dag.tasks["validate"].dependent_tasks) == ["schema", "statistics"]
+
+
+def test_container_runs_the_configured_image_and_tfx_entrypoint(compiled):
+    cfg, path = compiled
+    spec, _ = kf.load_pipeline_spec(path)
+    executors = spec.deployment_spec["executors"]
+    ingest = executors["ingest_executor"]["container"]
+    assert ingest["image"] == cfg.kubeflow.default_image
+    assert list(ingest["command"]) == kf.CONTAINER_COMMAND
+    args = list(ingest["args"])
+    assert args[args.index("--executor_class_path") + 1] == "components.ingest.component.Ingest_Executor"
+    assert "{{$}}" in args
+
+
+def test_resources_come_from_config(compiled):
+    _, path = compiled
+    spec, _ = kf.load_pipeline_spec(path)
+    ex = spec.deployment_spec["executors"]
+    ingest = ex["ingest_executor"]["container"]["resources"]
+    # cluster preset: ingest cpu "16", memory "64Gi" = 68.719476736 GB
+    assert ingest["cpuLimit"] == 16.0 and ingest["memoryLimit"] == pytest.approx(68.719477)
+    stats = ex["statistics_executor"]["container"]["resources"]
+    assert stats["accelerator"]["type"] == "nvidia.com/gpu"
+    assert int(stats["accelerator"]["count"]) == 2
+    assert "accelerator" not in ex["schema_executor"]["container"]["resources"]
+
+
+def test_node_selectors_and_tolerations_in_kubernetes_platform_spec(compiled):
+    _, path = compiled
+    _, extra = kf.load_pipeline_spec(path)
+    executors = extra[0]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    stats = executors["statistics_executor"]
+    # a component's node_selector replaces the default's (GPU pods leave the CPU pool)
+    assert stats["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+    assert stats["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert executors["ingest_executor"]["nodeSelector"]["labels"] == {"seekline.dev/pool": "cpu"}
+    # every key names an executor that exists in the spec
+    spec, _ = kf.load_pipeline_spec(path)
+    assert set(executors) <= set(spec.deployment_spec["executors"])
+
+
+def test_no_platform_document_without_selectors(tmp_path):
+    path = kf.compile_pipeline(load_config("tiny"), tmp_path / "p.yaml")
+    docs = list(yaml.safe_load_all(path.read_text()))
+    assert len(docs) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# REST calls
+
+
+@pytest.fixture
+def fake():
+    f = FakeKFP()
+    f.host = f.start()
+    yield f
+    f.stop()
+
+
+@pytest.fixture
+def package(tmp_path):
+    p = tmp_path / "pipeline.yaml"
+    p.write_text("pipelineInfo: {name: seekline-tiny}\nroot: {dag: {tasks: {}}}\nschemaVersion: 2.0.0\n")
+    return p
+
+
+def test_deploy_uploads_and_starts_a_run(fake, package):
+    cfg = load_config("tiny")
+    d = kf.deploy(cfg, package, fake.host, token="s3cret", run_name="nightly")
+    uploads = [r for r in fake.requests if r.path == "/apis/v2beta1/pipelines/upload"]
+    assert len(uploads) == 1 and uploads[0].query["name"] == ["seekline-tiny"]
+    assert package.read_bytes() in uploads[0].body  # the compiled YAML is what was uploaded
+    run = next(r for r in fake.requests if r.path == "/apis/v2beta1/runs").json()
+    assert run["display_name"] == "nightly"
+    assert run["experiment_id"] == d.experiment_id
+    assert run["pipeline_version_reference"] == {"pipeline_id": d.pipeline_id, "pipeline_version_id": d.version_id}
+    assert run["runtime_config"]["pipeline_root"] == cfg.kubeflow.pipeline_root
+    exp = next(r for r in fake.requests if r.method == "POST" and r.path == "/apis/v2beta1/experiments").json()
+    assert exp["display_name"] == cfg.kubeflow.experiment
+    api_calls = [r for r in fake.requests if r.path != "/apis/v2beta1/healthz"]
+    assert all(r.headers.get("authorization") == "Bearer s3cret" for r in api_calls)
+    assert d.run_id and d.run_url().endswith(d.run_id)
+
+
+def test_second_deploy_adds_a_version_to_the_same_pipeline(fake, package):
+    cfg = load_config("tiny")
+    first = kf.deploy(cfg, package, fake.host, start_run=False)
+    second = kf.deploy(cfg, package, fake.host, start_run=False)
+    assert first.pipeline_id == second.pipeline_id and first.version_id != second.version_id
+    assert ("POST", "/apis/v2beta1/pipelines/upload_version") in fake.calls()
+    assert ("POST", "/apis/v2beta1/runs") not in fake.calls()
+    assert len(fake.experiments) == 1
+
+
+def test_schedule_creates_a_recurring_run_with_six_field_cron(fake, package):
+    cfg = load_config("tiny", ["kubeflow.max_concurrency=2"])
+    d = kf.schedule(cfg, package, fake.host, cron="0 30 2 * * 1", name="weekly-retrain")
+    body = next(r for r in fake.requests if r.path == "/apis/v2beta1/recurringruns").json()
+    assert body["trigger"] == {"cron_schedule": {"cron": "0 30 2 * * 1"}}
+    assert body["display_name"] == "weekly-retrain"
+    assert body["max_concurrency"] in (2, "2")
+    assert body["mode"] == "ENABLE" and body["no_catchup"] is True
+    assert body["pipeline_version_reference"]["pipeline_version_id"] == d.version_id
+    assert d.recurring_run_id
+
+
+def test_five_field_cron_is_refused_before_any_call(fake, package):
+    with pytest.raises(DeployError, match="6, seconds first"):
+        kf.schedule(load_config("tiny"), package, fake.host, cron="0 3 * * *")
+    assert fake.requests == []
+
+
+def test_server_refusal_is_a_clear_error(fake, package):
+    fake.fail_runs_with = 429
+    with pytest.raises(DeployError, match=r"refused to start a run: 429 .*run quota exceeded"):
+        kf.deploy(load_config("tiny"), package, fake.host)
+
+
+def test_unset_host():
+    with pytest.raises(DeployError, match="KFP_HOST is not set"):
+        kf.check_reachable(None)
+
+
+def test_unreachable_host():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(DeployError, match=f"cannot reach Kubeflow Pipelines at http://127.0.0.1:{port}"):
+        kf.check_reachable(f"http://127.0.0.1:{port}", timeout_s=2)
+
+
+def test_summary_is_json():
+    d = kf.Deployment("http://h", "p", "v", "e", run_id="r")
+    assert json.loads(kf.summary(d))["run_id"] == "r"
