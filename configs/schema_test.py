@@ -2,6 +2,7 @@
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from components.common.errors import ConfigError
 from configs.schema import (
@@ -35,7 +36,7 @@ def test_overrides_are_typed_from_yaml():
 
 def test_config_is_read_only():
     cfg = load_config("tiny")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.ingest.max_files = 3  # type: ignore[misc]
 
 

@@ -48,6 +48,9 @@ def build_pipeline_spec(config: SeeklineConfig) -> dict[str, Any]:
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
             default_image=config.kubeflow.default_image,
             default_commands=CONTAINER_COMMAND,
+            # Schema 2.1: typed parameters read from ExecutorInput.parameterValues, which is
+            # what the KFP 2.x launcher fills (2.0's `parameters` field is KFP 1.x legacy).
+            use_pipeline_spec_2_1=True,
         ),
     )
     job = runner.run(pipeline, write_out=False)

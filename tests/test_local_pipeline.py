@@ -1,0 +1,152 @@
+"""End to end: the real DAG on LocalDagRunner + SQLite MLMD, driven through the CLI.
+
+Runs on a small slice of the running interpreter's standard library, copied into a temporary
+corpus so the test can change it.
+"""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import tensorflow_data_validation as tfdv
+
+from components.ingest.ingest import list_corpus_files
+from configs.schema import IngestConfig, load_config
+from pipelines.cli import main
+from pipelines.runs import list_runs
+
+pytestmark = pytest.mark.slow
+COMPONENTS = ["ingest", "statistics", "schema", "validate"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    corpus = root / "corpus"
+    for f in list_corpus_files(IngestConfig(max_files=30)):  # a slice of the real stdlib
+        dst = corpus / f.relpath
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f.uri, dst)
+    return root
+
+
+def overrides(root, *extra):
+    args = []
+    for kv in (
+        f"pipeline.output_dir={root / 'out'}",
+        f"ingest.corpus=['{root / 'corpus'}']",
+        "ingest.eval_percent=20",
+        "ingest.max_files=null",
+        *extra,
+    ):
+        args += ["--set", kv]
+    return args
+
+
+def runs(root):
+    return list_runs(root / "out" / "metadata.sqlite", "seekline-tiny")
+
+
+def test_first_run_executes_every_component(workdir, capsys):
+    assert main(["run", *overrides(workdir)]) == 0
+    [run] = runs(workdir)
+    assert [e.component for e in run.executions] == COMPONENTS
+    assert {e.state for e in run.executions} == {"COMPLETE"}
+    out = workdir / "out"
+    # the resolved config is saved next to the run's outputs, and reloads to the same tree
+    saved = out / "runs" / run.run_id.replace(":", "-") / "config.yaml"
+    assert load_config(str(saved)) == load_config("tiny", overrides(workdir)[1::2])
+    schema = tfdv.load_schema_text(str(next(out.glob("pipeline/schema/schema/*/schema.pbtxt"))))
+    assert {f.name for f in schema.feature} == {"text", "path", "source", "doc_id", "num_bytes", "num_lines"}
+    assert next(out.glob("pipeline/validate/anomalies/*/anomalies.txt")).read_text() == "no anomalies\n"
+    stats = tfdv.load_stats_binary(str(next(out.glob("pipeline/statistics/statistics/*/Split-train/FeatureStats.pb"))))
+    n_train = stats.datasets[0].num_examples
+    stats_eval = tfdv.load_stats_binary(str(next(out.glob("pipeline/statistics/statistics/*/Split-eval/FeatureStats.pb"))))
+    assert n_train + stats_eval.datasets[0].num_examples == 30
+
+
+def test_second_run_is_served_from_cache(workdir, capsys):
+    assert main(["run", *overrides(workdir)]) == 0
+    first, second = runs(workdir)
+    assert {e.state for e in second.executions} == {"CACHED"}
+    assert second.state == "CACHED"
+    capsys.readouterr()
+    assert main(["runs", *overrides(workdir)]) == 0
+    table = capsys.readouterr().out
+    assert first.run_id[:16] in table and second.run_id[:16] in table and "CACHED" in table
+
+
+def test_changed_corpus_reruns_ingest(workdir):
+    victim = next((workdir / "corpus").rglob("*.py"))
+    victim.write_text(victim.read_text() + "\n# edited\n")
+    assert main(["run", *overrides(workdir)]) == 0
+    last = runs(workdir)[-1]
+    assert last.executions[0].component == "ingest" and last.executions[0].state == "COMPLETE"
+
+
+def _eval_bound_file(i: int) -> bytes:
+    """A file whose content hash routes it to the eval split (eval_percent=20)."""
+    n = 0
+    while True:
+        data = f"VALUE_{i} = {n}\n".encode()
+        if int(hashlib.sha256(data).hexdigest()[:8], 16) % 100 < 20:
+            return data
+        n += 1
+
+
+def test_anomalies_fail_the_run_with_a_readable_report(workdir, capsys):
+    # A second corpus entry whose documents all land in eval: its `source` value is absent
+    # from the schema inferred on train, which TFDV reports as an anomaly.
+    extra = workdir / "extra"
+    extra.mkdir()
+    for i in range(3):
+        (extra / f"x{i}.py").write_bytes(_eval_bound_file(i))
+    corpus = f"ingest.corpus=['{workdir / 'corpus'}', '{extra}']"
+    assert main(["run", *overrides(workdir, corpus)]) == 2
+    err = capsys.readouterr().err
+    assert "seekline: error: data validation found" in err and "eval/source" in err
+    assert runs(workdir)[-1].state == "FAILED"
+
+
+def _cli(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["run", "--set", "ingest.corpus=['/no/such/dir']"], "corpus directory not found: /no/such/dir"),
+        (["run", "-c", "huge"], "unknown preset 'huge'"),
+        (["run", "--set", "ingest.eval_percent=abc"], "ingest.eval_percent"),
+        (["compile", "--set", "ingest.bogus=1"], "unknown key 'ingest.bogus'"),
+        (["deploy", "--host", ""], "KFP_HOST is not set"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(args, message):
+    proc = _cli(*args)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("seekline: error:")]
+    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+
+
+def test_unreadable_corpus_file_is_named(tmp_path):
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    (corpus / "ok.py").write_text("x = 1\n")
+    os.symlink(tmp_path / "missing.py", corpus / "broken.py")
+    proc = _cli("run", "--set", f"ingest.corpus=['{corpus}']", "--set", f"pipeline.output_dir={tmp_path}/o")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"cannot read corpus file {corpus}/broken.py" in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "compile", "deploy", "schedule", "runs"])
+def test_every_command_has_help(command):
+    proc = _cli(command, "--help")
+    assert proc.returncode == 0 and "--config" in proc.stdout and "--set" in proc.stdout
