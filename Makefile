@@ -41,8 +41,10 @@ test: setup ## run every test (unit, integration, end-to-end)
 test-fast: setup ## run the tests not marked slow
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
-lint: setup ## ruff
+lint: setup ## ruff + Helm chart lint (Helm's Go library through helm-python-sdk)
 	$(BIN)/ruff check .
+	$(BIN)/python -c "from helm_python import chart; r = chart.lint('infra/helm/seekline', strict=True); \
+	  bad = r['errors'] + [m['error'] for m in r['messages'] if m['severity'] >= 2]; print('helm lint:', bad or 'ok'); raise SystemExit(1 if bad else 0)"
 
 compile: setup ## compile the Kubeflow PipelineSpec YAML (kubeflow.output_file, default build/pipeline.yaml)
 	$(BIN)/seekline compile --config $(CONFIG) $(ARGS)

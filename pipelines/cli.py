@@ -164,6 +164,34 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_params(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    import model
+
+    counts = model.count_params(args.model_config)
+    table = Table(title=f"parameters of {args.model_config}")
+    table.add_column("")
+    table.add_column("parameters", justify="right")
+    table.add_column("", justify="right")
+    for key, label in (("total", "total (without MTP)"), ("activated", "activated per token"), ("mtp", "MTP modules")):
+        table.add_row(label, f"{counts[key]:,}", f"{counts[key] / 1e9:.2f} B")
+    _console().print(table)
+    return 0
+
+
+def cmd_model_import(args: argparse.Namespace) -> int:
+    import json
+
+    import model
+
+    with _console().status(f"importing {args.hf_dir} → {args.out}"):
+        meta = model.import_hf_checkpoint(args.hf_dir, args.out, dtype=args.dtype)
+    _console().print(json.dumps(meta, indent=2, default=str))
+    _console().print(f"wrote {args.out}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------
 # Parser
 
@@ -222,6 +250,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("runs", cmd_runs, "list local pipeline runs and component executions from ML Metadata")
     p.add_argument("-n", "--limit", type=int, default=10, help="show the last N runs (default 10)")
+
+    m = sub.add_parser("model", help="model checkpoints: import HF safetensors, count parameters")
+    msub = m.add_subparsers(dest="model_command", metavar="MODEL_COMMAND", required=True)
+    p = msub.add_parser(
+        "import",
+        help="convert a HF checkpoint dir (config.json + safetensors, FP8/BF16/FP32) to seekline's format",
+        description="convert a HF checkpoint dir (config.json + safetensors, FP8/BF16/FP32) to seekline's format",
+    )
+    p.add_argument("hf_dir", metavar="HF_DIR")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="auto keeps F32 as float32 and stores BF16/F16/FP8 weights as bfloat16")
+    p.set_defaults(fn=cmd_model_import)
+    p = msub.add_parser(
+        "params",
+        help="print parameter counts (total, activated per token, MTP) without allocating weights",
+        description="print parameter counts (total, activated per token, MTP) from a config.json, "
+        "a checkpoint dir or a model preset name, without allocating weights",
+    )
+    p.add_argument("model_config", metavar="CONFIG_JSON")
+    p.set_defaults(fn=cmd_model_params)
     return parser
 
 
@@ -234,11 +283,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 — user errors get one line, bugs their traceback
-        user = find_user_error(e)
+        user = find_user_error(e) or _model_input_error(e)
         if user is None:
             raise
         print(f"seekline: error: {user}", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def _model_input_error(exc: BaseException) -> BaseException | None:
+    """The model core's bad-input errors (it has its own ValueError subclasses, no TFX deps)."""
+    try:
+        from model.errors import CheckpointError, ConfigError, GenerationError
+    except ImportError:
+        return None
+    return exc if isinstance(exc, (CheckpointError, ConfigError, GenerationError)) else None
 
 
 if __name__ == "__main__":
