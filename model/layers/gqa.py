@@ -1,0 +1,77 @@
+"""Grouped-query attention (Qwen2-style: q/k/v bias, half-rotation RoPE, KV heads shared).
+
+The cache holds K (roped) and V per KV head: (B, S, Hkv, hd) each.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import keras
+import tensorflow as tf
+
+from model.layers.attention_utils import softmax_fp32
+from model.layers.linear import Linear
+from model.layers.mla import _scatter_rows
+from model.layers.rope import apply_rope
+
+
+class GroupedQueryAttention(keras.layers.Layer):
+    def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int,
+                 qkv_bias: bool = True, rope_interleave: bool = False,
+                 initializer_range: float = 0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_size = hidden_size
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.qkv_bias = qkv_bias
+        self.rope_interleave = rope_interleave
+        self.initializer_range = initializer_range
+        ir = initializer_range
+        self.q_proj = Linear(hidden_size, num_heads * head_dim, qkv_bias, ir, name="q_proj")
+        self.k_proj = Linear(hidden_size, num_kv_heads * head_dim, qkv_bias, ir, name="k_proj")
+        self.v_proj = Linear(hidden_size, num_kv_heads * head_dim, qkv_bias, ir, name="v_proj")
+        self.o_proj = Linear(num_heads * head_dim, hidden_size, False, ir, name="o_proj")
+        self.built = True
+
+    def _qkv(self, x, cos, sin):
+        b, t = tf.shape(x)[0], tf.shape(x)[1]
+        q = tf.reshape(self.q_proj(x), [b, t, self.num_heads, self.head_dim])      # (B, T, H, hd)
+        k = tf.reshape(self.k_proj(x), [b, t, self.num_kv_heads, self.head_dim])   # (B, T, Hkv, hd)
+        v = tf.reshape(self.v_proj(x), [b, t, self.num_kv_heads, self.head_dim])
+        return (apply_rope(q, cos, sin, self.rope_interleave),
+                apply_rope(k, cos, sin, self.rope_interleave), v)
+
+    def _attend(self, q, k, v, bias):
+        # Group query heads by their KV head instead of materialising repeated K/V.
+        b, t = tf.shape(q)[0], tf.shape(q)[1]
+        g = self.num_heads // self.num_kv_heads
+        qg = tf.reshape(q, [b, t, self.num_kv_heads, g, self.head_dim])           # (B, T, Hkv, G, hd)
+        scores = tf.einsum("btkgd,bskd->bkgts", qg, k) * (self.head_dim ** -0.5)  # (B, Hkv, G, T, S)
+        s = tf.shape(k)[1]
+        scores = tf.reshape(scores, [b, self.num_heads, t, s])                    # (B, H, T, S)
+        p = softmax_fp32(scores, bias, v.dtype)
+        p = tf.reshape(p, [b, self.num_kv_heads, g, t, s])
+        o = tf.einsum("bkgts,bskd->btkgd", p, v)                                  # (B, T, Hkv, G, hd)
+        return self.o_proj(tf.reshape(o, [b, t, self.num_heads * self.head_dim]))
+
+    def call(self, x, cos, sin, bias):
+        q, k, v = self._qkv(x, cos, sin)
+        return self._attend(q, k, v, bias)
+
+    def init_cache(self, batch: int, max_len: int, dtype="float32") -> Tuple[tf.Tensor, tf.Tensor]:
+        shape = [batch, max_len, self.num_kv_heads, self.head_dim]
+        return tf.zeros(shape, dtype), tf.zeros(shape, dtype)
+
+    def call_cached(self, x, cos, sin, bias, cache, write_idx, absorb: bool = True):
+        del absorb  # MLA-only option; GQA has a single path
+        q, k, v = self._qkv(x, cos, sin)
+        ck = _scatter_rows(cache[0], write_idx, k)
+        cv = _scatter_rows(cache[1], write_idx, v)
+        return self._attend(q, ck, cv, bias), (ck, cv)
+
+    def get_config(self):
+        return {**super().get_config(), "hidden_size": self.hidden_size, "num_heads": self.num_heads,
+                "num_kv_heads": self.num_kv_heads, "head_dim": self.head_dim,
+                "qkv_bias": self.qkv_bias, "rope_interleave": self.rope_interleave,
+                "initializer_range": self.initializer_range}

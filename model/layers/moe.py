@@ -1,0 +1,161 @@
+"""DeepSeekMoE: shared experts + fine-grained routed experts with (group-limited) top-k routing.
+
+Routing (V3, topk_method "noaux_tc"):
+  s = sigmoid(x·Wg) in fp32; choice = s + e_score_correction_bias (bias only steers selection);
+  group score = sum of the top-2 `choice` per group; keep `topk_group` groups, mask the rest with
+  −inf (0 would let masked experts win when every kept score is negative); top-k of `choice`;
+  weights = s at the chosen experts, / their sum when norm_topk_prob, × routed_scaling_factor.
+V2 ("greedy" / "group_limited_greedy", softmax scores) is supported for imported V2 checkpoints.
+
+Compute scales with top-k, not with the number of experts: the N·K (token, expert) pairs are
+sorted by expert, split into per-expert contiguous runs and each expert runs one matmul on only
+its rows; results are weighted and scattered back with unsorted_segment_sum.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import keras
+import tensorflow as tf
+
+from model.layers.linear import Linear
+from model.layers.mlp import SwiGLU
+
+
+class RouterOutput(NamedTuple):
+    """What the trainer needs from one MoE layer for one step (all fp32 / int32).
+
+    scores: (N, E) unbiased affinities s (sigmoid or softmax); topk_idx: (N, K) chosen experts;
+    topk_weight: (N, K) combine weights.
+    """
+    scores: tf.Tensor
+    topk_idx: tf.Tensor
+    topk_weight: tf.Tensor
+
+
+def route(logits, bias, *, top_k: int, n_group: int, topk_group: int, scoring_func: str,
+          topk_method: str, norm_topk_prob: bool, routed_scaling_factor: float) -> RouterOutput:
+    """logits (N, E) fp32, bias (E,) or None -> RouterOutput. Pure function (tested directly)."""
+    n_experts = logits.shape[-1]
+    if scoring_func == "sigmoid":
+        scores = tf.sigmoid(logits)                                        # (N, E)
+    else:
+        scores = tf.nn.softmax(logits, axis=-1)
+    choice = scores + bias[None, :] if bias is not None else scores       # selection only
+    if topk_method != "greedy" and n_group > 1:
+        per = n_experts // n_group
+        grouped = tf.reshape(choice, [-1, n_group, per])                   # (N, G, E/G)
+        if topk_method == "noaux_tc":
+            group_score = tf.reduce_sum(tf.math.top_k(grouped, k=2).values, axis=-1)  # (N, G)
+        else:  # group_limited_greedy (V2): best expert per group
+            group_score = tf.reduce_max(grouped, axis=-1)
+        keep = tf.math.top_k(group_score, k=topk_group).indices           # (N, topk_group)
+        group_mask = tf.reduce_sum(tf.one_hot(keep, n_group, dtype=tf.float32), axis=1) > 0  # (N, G)
+        expert_mask = tf.reshape(tf.repeat(group_mask[:, :, None], per, axis=2), [-1, n_experts])
+        choice = tf.where(expert_mask, choice, tf.fill(tf.shape(choice), float("-inf")))
+    topk_idx = tf.math.top_k(choice, k=top_k).indices                      # (N, K)
+    topk_weight = tf.gather(scores, topk_idx, batch_dims=1)                # (N, K) unbiased
+    if norm_topk_prob:
+        topk_weight = topk_weight / (tf.reduce_sum(topk_weight, -1, keepdims=True) + 1e-20)
+    topk_weight = topk_weight * routed_scaling_factor
+    return RouterOutput(scores, tf.cast(topk_idx, tf.int32), topk_weight)
+
+
+def dispatch_plan(topk_idx, n_experts: int):
+    """Sort the N·K (token, expert) pairs by expert.
+
+    Returns (order, token_of, counts): `order` permutes the flattened pairs into expert-major
+    order, token_of[j] is the token of sorted pair j, counts (E,) the rows each expert gets.
+    sum(counts) == N·K — the experts see exactly the chosen pairs, nothing more.
+    """
+    k = topk_idx.shape[-1]
+    flat_expert = tf.reshape(topk_idx, [-1])                               # (N*K,)
+    order = tf.argsort(flat_expert, stable=True)                           # (N*K,)
+    token_of = order // k
+    counts = tf.math.bincount(flat_expert, minlength=n_experts, maxlength=n_experts,
+                              dtype=tf.int32)                              # (E,)
+    return order, token_of, counts
+
+
+class MoE(keras.layers.Layer):
+    def __init__(self, hidden_size: int, moe_intermediate_size: int, n_routed_experts: int,
+                 n_shared_experts: int, num_experts_per_tok: int, n_group: int = 1,
+                 topk_group: int = 1, routed_scaling_factor: float = 1.0,
+                 norm_topk_prob: bool = False, scoring_func: str = "sigmoid",
+                 topk_method: str = "noaux_tc", initializer_range: float = 0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_size = hidden_size
+        self.moe_intermediate_size = moe_intermediate_size
+        self.n_routed_experts = n_routed_experts
+        self.n_shared_experts = n_shared_experts
+        self.num_experts_per_tok = num_experts_per_tok
+        self.n_group = n_group
+        self.topk_group = topk_group
+        self.routed_scaling_factor = routed_scaling_factor
+        self.norm_topk_prob = norm_topk_prob
+        self.scoring_func = scoring_func
+        self.topk_method = topk_method
+        self.initializer_range = initializer_range
+        e, d, i = n_routed_experts, hidden_size, moe_intermediate_size
+        init = keras.initializers.RandomNormal(stddev=initializer_range)
+        self.gate = Linear(d, e, initializer_range=initializer_range, name="gate")  # kernel (D, E)
+        # Adjusted by the aux-loss-free balancing rule (model.balance), never by gradients.
+        self.e_score_correction_bias = (
+            self.add_weight(shape=(e,), name="e_score_correction_bias", initializer="zeros",
+                            trainable=False)
+            if topk_method == "noaux_tc" else None)
+        # Stacked expert weights: (E, D, I), (E, D, I), (E, I, D).
+        self.experts_gate = self.add_weight(shape=(e, d, i), name="experts_gate", initializer=init)
+        self.experts_up = self.add_weight(shape=(e, d, i), name="experts_up", initializer=init)
+        self.experts_down = self.add_weight(shape=(e, i, d), name="experts_down", initializer=init)
+        self.shared_experts = (SwiGLU(d, i * n_shared_experts, initializer_range, name="shared_experts")
+                               if n_shared_experts else None)
+        self.built = True
+
+    def router(self, x2d) -> RouterOutput:
+        """x2d (N, D) -> RouterOutput; the router runs in fp32 whatever the compute dtype."""
+        logits = tf.matmul(tf.cast(x2d, tf.float32), tf.cast(self.gate.kernel, tf.float32))  # (N, E)
+        bias = (tf.cast(self.e_score_correction_bias, tf.float32)
+                if self.e_score_correction_bias is not None else None)
+        return route(logits, bias, top_k=self.num_experts_per_tok, n_group=self.n_group,
+                     topk_group=self.topk_group, scoring_func=self.scoring_func,
+                     topk_method=self.topk_method, norm_topk_prob=self.norm_topk_prob,
+                     routed_scaling_factor=self.routed_scaling_factor)
+
+    def routed_experts(self, x2d, r: RouterOutput):
+        """x2d (N, D) -> (N, D): Σ_k w_k · SwiGLU_{e_k}(x), touching only the chosen pairs."""
+        n = tf.shape(x2d)[0]
+        e = self.n_routed_experts
+        order, token_of, counts = dispatch_plan(r.topk_idx, e)
+        xs = tf.gather(x2d, token_of)                                       # (N*K, D) expert-major
+        w = tf.gather(tf.reshape(r.topk_weight, [-1]), order)               # (N*K,)
+        pieces = tf.split(xs, counts, num=e, axis=0)                        # E × (n_e, D)
+        dt = x2d.dtype
+        # unstack once: the gradient is one stacked tensor, not E full-size slices.
+        gates = tf.unstack(tf.cast(self.experts_gate, dt), num=e)
+        ups = tf.unstack(tf.cast(self.experts_up, dt), num=e)
+        downs = tf.unstack(tf.cast(self.experts_down, dt), num=e)
+        outs = [tf.matmul(tf.nn.silu(tf.matmul(p, g)) * tf.matmul(p, u), dn)   # (n_e, D)
+                for p, g, u, dn in zip(pieces, gates, ups, downs)]
+        ys = tf.concat(outs, axis=0) * tf.cast(w, dt)[:, None]              # (N*K, D)
+        return tf.math.unsorted_segment_sum(ys, token_of, n)                # (N, D)
+
+    def call(self, x, return_router: bool = False):
+        # x: (B, T, D)
+        shape = tf.shape(x)
+        x2d = tf.reshape(x, [-1, self.hidden_size])                         # (N, D)
+        r = self.router(x2d)
+        y = self.routed_experts(x2d, r)
+        if self.shared_experts is not None:
+            y = y + self.shared_experts(x2d)                                # shared: unscaled
+        y = tf.reshape(y, shape)
+        return (y, r) if return_router else y
+
+    def get_config(self):
+        return {**super().get_config(), "hidden_size": self.hidden_size,
+                "moe_intermediate_size": self.moe_intermediate_size,
+                "n_routed_experts": self.n_routed_experts, "n_shared_experts": self.n_shared_experts,
+                "num_experts_per_tok": self.num_experts_per_tok, "n_group": self.n_group,
+                "topk_group": self.topk_group, "routed_scaling_factor": self.routed_scaling_factor,
+                "norm_topk_prob": self.norm_topk_prob, "scoring_func": self.scoring_func,
+                "topk_method": self.topk_method, "initializer_range": self.initializer_range}
