@@ -9,6 +9,7 @@ CONFIG ?= tiny
 ARGS   ?=
 CRON   ?=
 IMAGE  ?= ghcr.io/seekline/seekline:latest
+REF_VENV ?= .venv-ref
 # Python 3.10 (TFX 1.16 needs < 3.11): PATH first, then pyenv's installs.
 PY310  ?= $(shell for p in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python3.10 /usr/local/bin/python3.10 /usr/bin/python3.10; do \
             if $$p -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' >/dev/null 2>&1; then echo $$p; break; fi; done)
@@ -16,7 +17,7 @@ PY310  ?= $(shell for p in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python3.1
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 export PYTHONWARNINGS ?= ignore::FutureWarning
 
-.PHONY: help setup run test test-fast lint compile deploy-pipeline schedule bench docker-build lock clean
+.PHONY: help setup setup-ref fixtures run test test-fast lint compile deploy-pipeline schedule bench docker-build lock clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -49,13 +50,29 @@ lint: setup ## ruff + Helm chart lint (Helm's Go library through helm-python-sdk
 compile: setup ## compile the Kubeflow PipelineSpec YAML (kubeflow.output_file, default build/pipeline.yaml)
 	$(BIN)/seekline compile --config $(CONFIG) $(ARGS)
 
-deploy-pipeline: setup ## upload to Kubeflow Pipelines at $$KFP_HOST and start a run
+deploy-pipeline: setup ## upload to Kubeflow Pipelines at KFP_HOST and start a run
 	$(BIN)/seekline deploy --config $(CONFIG) $(ARGS)
 
-schedule: setup ## create a recurring run on $$KFP_HOST (CRON='0 0 3 * * *', 6 fields, seconds first)
+schedule: setup ## create a recurring run on KFP_HOST (CRON='0 0 3 * * *', 6 fields, seconds first)
 	$(BIN)/seekline schedule --config $(CONFIG) $(if $(CRON),--cron "$(CRON)") $(ARGS)
 
-bench: setup ## run the benchmarks in bench/ (each prints a ratio against a reference measured in the same run)
+# The reference venv: transformers + torch (CPU) for HF parity fixtures and benchmark baselines.
+# Python 3.11 (torch 2.13's CPU wheel); never used by the tests or the pipeline.
+PY311  ?= $(shell for p in python3.11 $$HOME/.pyenv/versions/3.11*/bin/python3.11 /usr/bin/python3.11; do \
+            if $$p -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' >/dev/null 2>&1; then echo $$p; break; fi; done)
+
+setup-ref: $(REF_VENV)/.installed ## create .venv-ref (Python 3.11, torch CPU, transformers) for fixtures and bench baselines
+
+$(REF_VENV)/.installed: Makefile
+	@test -n "$(PY311)" || { echo "error: python3.11 not found (needed for the transformers reference venv)"; exit 1; }
+	@test -x $(REF_VENV)/bin/python || $(PY311) -m venv $(REF_VENV)
+	$(REF_VENV)/bin/python -m pip install --quiet torch==2.13.0 transformers==5.23.0 safetensors==0.8.0 numpy==2.4.6
+	@touch $@
+
+fixtures: setup setup-ref ## regenerate the HF reference fixtures in tests/fixtures/hf (transformers, random weights)
+	$(REF_VENV)/bin/python scripts/make_hf_fixtures.py
+
+bench: setup setup-ref ## run the benchmarks in bench/ (each prints a ratio against a reference measured in the same run)
 	@shopt -s nullglob; files=(bench/bench_*.py); \
 	  if [ $${#files[@]} -eq 0 ]; then echo "no benchmarks yet"; fi; \
 	  for f in "$${files[@]}"; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
