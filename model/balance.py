@@ -6,7 +6,7 @@ changes which experts are *selected*; combine weights use the unbiased scores.
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 
@@ -21,7 +21,7 @@ def expert_load(topk_idx, n_experts: int, token_mask=None):
     return tf.reduce_sum(onehot, axis=[0, 1])
 
 
-def layer_loads(routers: Sequence[RouterOutput], n_experts: int, token_mask=None) -> List[tf.Tensor]:
+def layer_loads(routers: Sequence[RouterOutput], n_experts: int, token_mask=None) -> list[tf.Tensor]:
     """expert_load for every MoE layer, in `DecoderLM.moe_layers()` order."""
     return [expert_load(r.topk_idx, n_experts, token_mask) for r in routers]
 
@@ -41,7 +41,7 @@ def update_routing_bias(model, loads: Sequence, gamma: float = 1e-3) -> None:
     layers = model.moe_layers()
     if len(loads) > len(layers):
         raise ValueError(f"got {len(loads)} load vectors for {len(layers)} MoE layers")
-    for layer, load in zip(layers, loads):
+    for layer, load in zip(layers, loads, strict=False):
         if layer.e_score_correction_bias is None:
             continue  # V2-style routing has no bias to adjust
         layer.e_score_correction_bias.assign_add(bias_delta(load, gamma))

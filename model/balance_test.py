@@ -24,7 +24,7 @@ def test_update_routing_bias_on_model():
     loads = layer_loads(out["router"], m.cfg.n_routed_experts)
     before = [layer.e_score_correction_bias.numpy().copy() for layer in m.moe_layers()]
     update_routing_bias(m, loads, gamma=0.01)
-    for layer, b0, load in zip(m.moe_layers(), before, loads):
+    for layer, b0, load in zip(m.moe_layers(), before, loads, strict=False):
         load = load.numpy()
         want = b0 + 0.01 * np.sign(load.mean() - load)
         np.testing.assert_allclose(layer.e_score_correction_bias.numpy(), want, atol=1e-7)

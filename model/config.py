@@ -18,8 +18,9 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any
 
 from model.errors import ConfigError
 
@@ -48,9 +49,9 @@ class RopeScaling:
     original_max_position_embeddings: int
     beta_fast: float = 32.0
     beta_slow: float = 1.0
-    mscale: Optional[float] = None
-    mscale_all_dim: Optional[float] = None
-    attention_factor: Optional[float] = None
+    mscale: float | None = None
+    mscale_all_dim: float | None = None
+    attention_factor: float | None = None
     truncate: bool = True
 
     def to_hf_dict(self) -> dict:
@@ -78,15 +79,15 @@ class ModelConfig:
     max_position_embeddings: int
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
-    rope_scaling: Optional[RopeScaling] = None
+    rope_scaling: RopeScaling | None = None
     # True: RoPE rotates adjacent pairs (2i, 2i+1) — the layout of DeepSeek checkpoints.
     rope_interleave: bool = False
     tie_word_embeddings: bool = False
     initializer_range: float = 0.02
-    bos_token_id: Optional[int] = None
-    eos_token_ids: Tuple[int, ...] = ()
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
     # --- MLA (attention_type == "mla") ---
-    q_lora_rank: Optional[int] = None
+    q_lora_rank: int | None = None
     kv_lora_rank: int = 0
     qk_nope_head_dim: int = 0
     qk_rope_head_dim: int = 0
@@ -109,7 +110,7 @@ class ModelConfig:
     # --- MTP ---
     num_nextn_predict_layers: int = 0
     # Block size of FP8 weight scales when reading an FP8 checkpoint (quantization_config).
-    fp8_weight_block_size: Optional[Tuple[int, int]] = None
+    fp8_weight_block_size: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ derived
     @property
@@ -199,7 +200,7 @@ class ModelConfig:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_hf_dict(cls, d: Mapping[str, Any], source: str = "config") -> "ModelConfig":
+    def from_hf_dict(cls, d: Mapping[str, Any], source: str = "config") -> ModelConfig:
         """Parse a HF config.json dict; `source` names the file in error messages."""
         if not isinstance(d, Mapping):
             raise ConfigError(f"{source}: expected a JSON object, got {type(d).__name__}")
@@ -275,6 +276,8 @@ class ModelConfig:
                 raise ConfigError(f"{source}: config field 'use_sliding_window': sliding-window "
                                   "attention is not supported")
             d.pop("sliding_window", None)
+            if d.pop("use_mrope", False):
+                raise ConfigError(f"{source}: config field 'use_mrope': multimodal RoPE is not supported")
             kw["head_dim"] = take("head_dim", None, as_int) or kw["hidden_size"] // kw["num_attention_heads"]
             kw["qkv_bias"] = True  # Qwen2 always has q/k/v bias (no config flag)
             kw["rope_interleave"] = False
@@ -328,7 +331,7 @@ class ModelConfig:
         return cls(**kw)
 
     @classmethod
-    def from_json_file(cls, path: str) -> "ModelConfig":
+    def from_json_file(cls, path: str) -> ModelConfig:
         try:
             with open(path) as f:
                 d = json.load(f)
@@ -337,14 +340,14 @@ class ModelConfig:
         return cls.from_hf_dict(d, source=path)
 
     @classmethod
-    def from_preset(cls, name: str) -> "ModelConfig":
+    def from_preset(cls, name: str) -> ModelConfig:
         path = os.path.join(PRESET_DIR, f"{name}.json")
         if not os.path.exists(path):
             raise ConfigError(f"unknown preset {name!r}; available: {list_presets()}")
         return cls.from_json_file(path)
 
     @classmethod
-    def load(cls, spec: Any) -> "ModelConfig":
+    def load(cls, spec: Any) -> ModelConfig:
         """ModelConfig | HF dict | path to config.json / checkpoint dir | preset name."""
         if isinstance(spec, ModelConfig):
             return spec
@@ -361,7 +364,7 @@ class ModelConfig:
             raise ConfigError(f"{p}: no such config file or preset (presets: {list_presets()})")
         raise ConfigError(f"cannot build a ModelConfig from {type(spec).__name__}")
 
-    def replace(self, **changes) -> "ModelConfig":
+    def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
     # ------------------------------------------------------------------ serialisation
@@ -423,7 +426,7 @@ def _norm_rope(d: Mapping) -> dict:
     return {"rope_type": t, **d}
 
 
-def _parse_rope_scaling(rope: dict, source: str, max_pos: int) -> Optional[RopeScaling]:
+def _parse_rope_scaling(rope: dict, source: str, max_pos: int) -> RopeScaling | None:
     rope = dict(rope)
     rtype = rope.pop("rope_type", None) or rope.pop("type", None) or "default"
     rope.pop("type", None)

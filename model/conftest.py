@@ -7,8 +7,7 @@ import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HF_FIXTURES = os.path.join(REPO, "tests", "fixtures", "hf")
-PARITY_FIXTURES = ["dsv3_qlora", "dsv3_plain_bf16_sharded", "dsv3_fp8", "dsv2_group_limited",
-                   "qwen2_gqa_tied"]
+from model.checkpoint.export_fixtures import FIXTURES as PARITY_FIXTURES  # noqa: E402,F401 (re-exported for tests)
 
 _loaded = {}
 
@@ -28,6 +27,10 @@ def load_fixture_model(name: str):
 def reference(name: str):
     import numpy as np
     return np.load(os.path.join(fixture_dir(name), "reference.npz"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than ~20 s (deselect with -m 'not slow')")
 
 
 @pytest.fixture(autouse=True)

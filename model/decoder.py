@@ -8,7 +8,7 @@ pass and returned rather than stashed inside the layers. Generation uses `init_c
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import keras
 import numpy as np
@@ -23,6 +23,7 @@ from model.layers.rmsnorm import RMSNorm
 from model.layers.rope import rope_cos_sin, rope_inv_freq
 
 
+@keras.saving.register_keras_serializable(package="seekline")
 class Embedding(keras.layers.Layer):
     def __init__(self, vocab_size: int, hidden_size: int, initializer_range: float = 0.02, **kwargs):
         super().__init__(**kwargs)
@@ -41,6 +42,7 @@ class Embedding(keras.layers.Layer):
                 "hidden_size": self.hidden_size, "initializer_range": self.initializer_range}
 
 
+@keras.saving.register_keras_serializable(package="seekline")
 class DecoderLM(keras.Model):
     def __init__(self, config: Any, **kwargs):
         super().__init__(**kwargs)
@@ -81,7 +83,7 @@ class DecoderLM(keras.Model):
         return self.forward(token_ids, attention_mask, position_ids, training=training)["logits"]
 
     def forward(self, token_ids, attention_mask=None, position_ids=None, training=False,
-                return_router: bool = False, with_mtp: bool = False) -> Dict[str, Any]:
+                return_router: bool = False, with_mtp: bool = False) -> dict[str, Any]:
         """One pass returning {'logits', 'hidden', 'router': [RouterOutput per MoE layer],
         'mtp_logits': [(B, T, V) per depth]}.
 
@@ -102,13 +104,13 @@ class DecoderLM(keras.Model):
         seq = tf.tile(tf.range(t)[None, :], [b, 1])                         # (B, T) buffer positions
         bias = mask_bias(seq, seq, attention_mask)                          # (B, 1, T, T)
         x = self.embed_tokens(token_ids)
-        routers: List = []
+        routers: list = []
         for blk in self.blocks:
             x, r = blk(x, cos, sin, bias, return_router=True)
             if r is not None:
                 routers.append(r)
         hidden = self.norm(x)
-        out: Dict[str, Any] = {"logits": self.head(hidden), "hidden": hidden}
+        out: dict[str, Any] = {"logits": self.head(hidden), "hidden": hidden}
         if with_mtp and self.mtp:
             mtp_logits = []
             h = hidden
@@ -143,7 +145,7 @@ class DecoderLM(keras.Model):
         cos, sin = self.rope(position_ids)
         x = self.embed_tokens(token_ids)
         new_cache = []
-        for blk, c in zip(self.blocks, cache):
+        for blk, c in zip(self.blocks, cache, strict=False):
             x, c = blk.call_cached(x, cos, sin, bias, c, write_idx, absorb)
             new_cache.append(c)
         return self.head(self.norm(x)), new_cache
@@ -164,7 +166,7 @@ class DecoderLM(keras.Model):
         return cls(**config)
 
 
-def build_model(config: Any, seed: Optional[int] = None) -> DecoderLM:
+def build_model(config: Any, seed: int | None = None) -> DecoderLM:
     """Build a randomly initialised model from a ModelConfig / HF dict / config path / preset."""
     if seed is not None:
         keras.utils.set_random_seed(seed)

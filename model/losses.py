@@ -5,7 +5,7 @@ nothing is hidden inside call() — so each phase decides what to add and with w
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 

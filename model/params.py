@@ -7,16 +7,16 @@ sums it, so parameter counts never allocate weights (the 671B config is counted 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Dict, Tuple
+from typing import Any
 
 from model.config import ModelConfig
 
-Shape = Tuple[int, ...]
+Shape = tuple[int, ...]
 
 
-def _attention_shapes(cfg: ModelConfig, p: str) -> Dict[str, Shape]:
+def _attention_shapes(cfg: ModelConfig, p: str) -> dict[str, Shape]:
     d, h = cfg.hidden_size, cfg.num_attention_heads
-    out: Dict[str, Shape] = OrderedDict()
+    out: dict[str, Shape] = OrderedDict()
     if cfg.attention_type == "mla":
         if cfg.q_lora_rank is None:
             out[p + "q_proj.weight"] = (h * cfg.qk_head_dim, d)
@@ -38,15 +38,15 @@ def _attention_shapes(cfg: ModelConfig, p: str) -> Dict[str, Shape]:
     return out
 
 
-def _mlp_shapes(p: str, d: int, inter: int) -> Dict[str, Shape]:
+def _mlp_shapes(p: str, d: int, inter: int) -> dict[str, Shape]:
     return OrderedDict([(p + "gate_proj.weight", (inter, d)), (p + "up_proj.weight", (inter, d)),
                         (p + "down_proj.weight", (d, inter))])
 
 
-def block_shapes(cfg: ModelConfig, layer_idx: int) -> Dict[str, Shape]:
+def block_shapes(cfg: ModelConfig, layer_idx: int) -> dict[str, Shape]:
     p = f"model.layers.{layer_idx}."
     d = cfg.hidden_size
-    out: Dict[str, Shape] = OrderedDict()
+    out: dict[str, Shape] = OrderedDict()
     out[p + "input_layernorm.weight"] = (d,)
     out.update(_attention_shapes(cfg, p + "self_attn."))
     out[p + "post_attention_layernorm.weight"] = (d,)
@@ -64,13 +64,13 @@ def block_shapes(cfg: ModelConfig, layer_idx: int) -> Dict[str, Shape]:
     return out
 
 
-def mtp_shapes(cfg: ModelConfig, k: int) -> Dict[str, Shape]:
+def mtp_shapes(cfg: ModelConfig, k: int) -> dict[str, Shape]:
     """MTP module k as stored in DeepSeek checkpoints: model.layers.{L+k}.* (incl. the copies of
     the embedding and head that the official checkpoint stores next to each module)."""
     idx = cfg.num_hidden_layers + k
     p = f"model.layers.{idx}."
     d, v = cfg.hidden_size, cfg.vocab_size
-    out: Dict[str, Shape] = OrderedDict()
+    out: dict[str, Shape] = OrderedDict()
     out[p + "embed_tokens.weight"] = (v, d)
     out[p + "enorm.weight"] = (d,)
     out[p + "hnorm.weight"] = (d,)
@@ -81,10 +81,10 @@ def mtp_shapes(cfg: ModelConfig, k: int) -> Dict[str, Shape]:
     return out
 
 
-def hf_param_shapes(cfg: ModelConfig, include_mtp: bool = True) -> Dict[str, Shape]:
+def hf_param_shapes(cfg: ModelConfig, include_mtp: bool = True) -> dict[str, Shape]:
     """All tensors of a HF-format checkpoint of `cfg`, in a stable order."""
     d, v = cfg.hidden_size, cfg.vocab_size
-    out: Dict[str, Shape] = OrderedDict()
+    out: dict[str, Shape] = OrderedDict()
     out["model.embed_tokens.weight"] = (v, d)
     for i in range(cfg.num_hidden_layers):
         out.update(block_shapes(cfg, i))
@@ -110,7 +110,7 @@ def _is_buffer(key: str) -> bool:
     return key.endswith("e_score_correction_bias")
 
 
-def count_params(config: Any) -> Dict[str, int]:
+def count_params(config: Any) -> dict[str, int]:
     """{'total', 'activated', 'mtp'} from shapes only.
 
     Routing biases (e_score_correction_bias) are buffers, not parameters, and are excluded.

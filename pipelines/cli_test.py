@@ -1,6 +1,7 @@
 """CLI wiring that needs no pipeline run (the end-to-end CLI tests are in tests/)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -40,3 +41,18 @@ def test_model_input_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("seekline: error:") and "missing.json" in err
     assert main(["model", "import", str(tmp_path), str(tmp_path / "out")]) == 2
     assert "seekline: error:" in capsys.readouterr().err
+
+
+def test_model_import_of_an_fp8_checkpoint_keeps_transformers_logits(tmp_path, capsys):
+    # The fixture's reference logits come from transformers on the same (dequantised) weights.
+    import numpy as np
+
+    import model
+
+    fixture = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "hf" / "dsv3_fp8"
+    out = tmp_path / "imported"
+    assert main(["model", "import", str(fixture), str(out), "--dtype", "float32"]) == 0
+    assert json.loads((out / "seekline.json").read_text())["dtype"] == "float32"
+    ref = np.load(fixture / "reference.npz")
+    logits = model.load_hf_checkpoint(str(out))(ref["input_ids"]).numpy()
+    assert np.abs(logits - ref["logits"]).max() < 1e-4

@@ -49,7 +49,7 @@ FIXTURES = {
     # plus a synthetic MTP layer (model.layers.3.*) so the importer's MTP keys are exercised.
     "dsv3_qlora": dict(
         kind="deepseek_v3", dtype="float32", shard=None, mtp=True,
-        config=dict(DSV3_BASE, q_lora_rank=24, n_group=4, topk_group=2,
+        config=dict(DSV3_BASE, hidden_size=32, q_lora_rank=24, n_group=4, topk_group=2,
                     rope_scaling=dict(type="yarn", rope_type="yarn", factor=4.0,
                                       original_max_position_embeddings=128, beta_fast=32,
                                       beta_slow=1, mscale=1.0, mscale_all_dim=1.0),
@@ -132,19 +132,19 @@ def _quantize_fp8(w: torch.Tensor, block=FP8_BLOCK):
 
 def _synthetic_mtp(cfg, sd, gen):
     """model.layers.{L}.* tensors for one MTP module (random; only the key layout matters)."""
-    L = cfg["num_hidden_layers"]
-    src = f"model.layers.{L - 1}."   # an MoE block: copy its key/shape layout
+    n_layers = cfg["num_hidden_layers"]
+    src = f"model.layers.{n_layers - 1}."   # an MoE block: copy its key/shape layout
     out = {}
     for k, v in sd.items():
         if k.startswith(src):
-            out[f"model.layers.{L}." + k[len(src):]] = torch.randn(v.shape, generator=gen) * 0.02
+            out[f"model.layers.{n_layers}." + k[len(src):]] = torch.randn(v.shape, generator=gen) * 0.02
     d = cfg["hidden_size"]
-    out[f"model.layers.{L}.embed_tokens.weight"] = sd["model.embed_tokens.weight"].clone()
-    out[f"model.layers.{L}.shared_head.head.weight"] = sd["lm_head.weight"].clone()
-    out[f"model.layers.{L}.enorm.weight"] = 1 + 0.1 * torch.randn(d, generator=gen)
-    out[f"model.layers.{L}.hnorm.weight"] = 1 + 0.1 * torch.randn(d, generator=gen)
-    out[f"model.layers.{L}.shared_head.norm.weight"] = 1 + 0.1 * torch.randn(d, generator=gen)
-    out[f"model.layers.{L}.eh_proj.weight"] = torch.randn(d, 2 * d, generator=gen) * 0.02
+    out[f"model.layers.{n_layers}.embed_tokens.weight"] = sd["model.embed_tokens.weight"].clone()
+    out[f"model.layers.{n_layers}.shared_head.head.weight"] = sd["lm_head.weight"].clone()
+    out[f"model.layers.{n_layers}.enorm.weight"] = 1 + 0.1 * torch.randn(d, generator=gen)
+    out[f"model.layers.{n_layers}.hnorm.weight"] = 1 + 0.1 * torch.randn(d, generator=gen)
+    out[f"model.layers.{n_layers}.shared_head.norm.weight"] = 1 + 0.1 * torch.randn(d, generator=gen)
+    out[f"model.layers.{n_layers}.eh_proj.weight"] = torch.randn(d, 2 * d, generator=gen) * 0.02
     return out
 
 
@@ -174,8 +174,6 @@ def make(name, spec, seed):
             if n.endswith("e_score_correction_bias"):
                 b.copy_(0.3 * torch.randn(b.shape, generator=gen))
     d = os.path.join(OUT, name)
-    if os.path.isdir(d):
-        shutil.rmtree(d)
     tmp = d + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
@@ -189,7 +187,7 @@ def make(name, spec, seed):
         new = {}
         for k, v in sd.items():
             if k.startswith("model.layers.") and "_proj" in k and k.endswith(".weight") and v.dim() == 2:
-                q, s, deq = _quantize_fp8(v)
+                q, s, _ = _quantize_fp8(v)
                 new[k] = q
                 new[k[:-len("weight")] + "weight_scale_inv"] = s
             else:
@@ -223,7 +221,7 @@ def make(name, spec, seed):
               metadata={"format": "pt"})
     ref = transformers.AutoModelForCausalLM.from_pretrained(tmp, attn_implementation="eager",
                                                             dtype=torch.float32).eval()
-    _check_loaded(ref, ref_sd, spec)
+    _check_loaded(ref, ref_sd)
     shutil.rmtree(tmp)
 
     ids, pad_ids, mask = _inputs(gen, spec["config"]["vocab_size"])
@@ -248,6 +246,8 @@ def make(name, spec, seed):
         f.write(f"made by scripts/make_hf_fixtures.py (seed {seed}) with transformers "
                 f"{transformers.__version__}, torch {torch.__version__}; reference logits: "
                 "fp32, attn_implementation=eager, weights = the stored values upcast to fp32.\n")
+    if os.path.isdir(d):   # the old fixture goes only once the new one is complete
+        shutil.rmtree(d)
     os.replace(tmp, d)
     size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
     print(f"{name}: {size / 1024:.0f} KiB, {len(sd)} tensors")
@@ -274,7 +274,7 @@ def _mtp_reference(ckpt_dir, ids):
         return mtp._project_to_logits(hm).float().numpy().astype(np.float32)
 
 
-def _check_loaded(ref, ref_sd, spec):
+def _check_loaded(ref, ref_sd):
     """Make sure from_pretrained really used our values (no silently re-initialised tensor)."""
     msd = ref.state_dict()
     emb = msd["model.embed_tokens.weight"]

@@ -14,7 +14,8 @@ import sys
 
 from model.checkpoint.hf import load_hf_checkpoint, save_hf_checkpoint
 
-from model.conftest import PARITY_FIXTURES as FIXTURES  # noqa: E402
+# The HF parity fixtures under tests/fixtures/hf (made by scripts/make_hf_fixtures.py).
+FIXTURES = ["dsv3_qlora", "dsv3_plain_bf16_sharded", "dsv3_fp8", "dsv2_group_limited", "qwen2_gqa_tied"]
 
 
 def main(out_root: str) -> None:

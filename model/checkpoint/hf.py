@@ -17,7 +17,6 @@ import shutil
 import tempfile
 import time
 from collections import OrderedDict
-from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -85,10 +84,10 @@ def _block_map(m, blk, p):
         _mlp_map(m, f, fp)
 
 
-def variable_map(model) -> "OrderedDict[str, tuple]":
+def variable_map(model) -> OrderedDict[str, tuple]:
     """HF key -> (variable, kind, expert index) for every tensor the model owns."""
     cfg = model.cfg
-    m: "OrderedDict[str, tuple]" = OrderedDict()
+    m: OrderedDict[str, tuple] = OrderedDict()
     m["model.embed_tokens.weight"] = (model.embed_tokens.weight, "copy", None)
     for i, blk in enumerate(model.blocks):
         _block_map(m, blk, f"model.layers.{i}.")
@@ -106,12 +105,12 @@ def variable_map(model) -> "OrderedDict[str, tuple]":
 
 
 # ---------------------------------------------------------------------- model -> tensors
-def model_to_hf_tensors(model) -> "OrderedDict[str, np.ndarray]":
+def model_to_hf_tensors(model) -> OrderedDict[str, np.ndarray]:
     """All tensors of `model` in HF naming/layout (float32), in hf_param_shapes order."""
     cfg = model.cfg
     vmap = variable_map(model)
-    cache: Dict[int, np.ndarray] = {}
-    out: "OrderedDict[str, np.ndarray]" = OrderedDict()
+    cache: dict[int, np.ndarray] = {}
+    out: OrderedDict[str, np.ndarray] = OrderedDict()
     for key, shape in hf_param_shapes(cfg, include_mtp=bool(model.mtp)).items():
         if key.endswith(_MTP_SHARED) and key not in vmap:
             # The official MTP layout stores copies of the shared embedding / head.
@@ -140,7 +139,7 @@ def _has_mtp_keys(reader: CheckpointReader, cfg: ModelConfig) -> bool:
     return any(k.startswith(prefixes) for k in reader.keys())
 
 
-def check_tensors(reader: CheckpointReader, cfg: ModelConfig, include_mtp: bool) -> Dict[str, Tuple[int, ...]]:
+def check_tensors(reader: CheckpointReader, cfg: ModelConfig, include_mtp: bool) -> dict[str, tuple[int, ...]]:
     """Raise CheckpointError naming the first missing / extra / mis-shaped tensor."""
     expected = hf_param_shapes(cfg, include_mtp=include_mtp)
     have = set(reader.keys())
@@ -177,7 +176,7 @@ def read_config(path: str) -> ModelConfig:
     return ModelConfig.from_json_file(cpath)
 
 
-def load_hf_checkpoint(path: str, with_mtp: Optional[bool] = None, config: Optional[ModelConfig] = None):
+def load_hf_checkpoint(path: str, with_mtp: bool | None = None, config: ModelConfig | None = None):
     """HF (or seekline-native) checkpoint dir -> DecoderLM with the weights assigned.
 
     with_mtp: None = load MTP modules when the checkpoint has their keys (transformers'
@@ -200,7 +199,7 @@ def load_hf_checkpoint(path: str, with_mtp: Optional[bool] = None, config: Optio
 
 def assign_from_reader(model, reader: CheckpointReader) -> None:
     vmap = variable_map(model)
-    stacked: Dict[int, Tuple[object, np.ndarray]] = {}
+    stacked: dict[int, tuple[object, np.ndarray]] = {}
     for key, (var, kind, e) in vmap.items():
         if key == "lm_head.weight" and key not in reader:
             continue
@@ -237,7 +236,7 @@ def _commit(tmp: str, out_dir: str) -> None:
         os.replace(tmp, out_dir)
 
 
-def _write_shards(tmp: str, tensors: Dict[str, np.ndarray], dtype: str, max_shard_bytes: Optional[int]):
+def _write_shards(tmp: str, tensors: dict[str, np.ndarray], dtype: str, max_shard_bytes: int | None):
     itemsize = 4 if dtype == "float32" else 2
     groups, cur, size = [], [], 0
     for k, a in tensors.items():
@@ -265,7 +264,7 @@ def _write_shards(tmp: str, tensors: Dict[str, np.ndarray], dtype: str, max_shar
 
 
 def save_hf_checkpoint(model, out_dir: str, dtype: str = "float32",
-                       max_shard_bytes: Optional[int] = None) -> str:
+                       max_shard_bytes: int | None = None) -> str:
     """Write config.json + safetensors (per-expert hub keys, MTP as model.layers.{L+k}.*)
     that transformers loads. Atomic: written to a temp dir, then renamed onto out_dir."""
     if dtype not in ("float32", "bfloat16", "float16"):

@@ -189,3 +189,11 @@ def test_missing_dir_and_missing_shard(tmp_path):
     os.remove(d / "model-00002-of-00004.safetensors")
     with pytest.raises(CheckpointError, match="model-00002-of-00004.safetensors"):
         load_hf_checkpoint(str(d))
+
+
+def test_with_mtp_true_requires_mtp_keys():
+    # transformers' save_pretrained drops the MTP layer although config.json keeps
+    # num_nextn_predict_layers=1: the default loads without MTP, with_mtp=True names the gap.
+    assert not load_fixture_model("dsv3_plain_bf16_sharded").mtp
+    with pytest.raises(CheckpointError, match=r"missing tensor 'model\.layers\.3\.embed_tokens\.weight'"):
+        load_hf_checkpoint(fixture_dir("dsv3_plain_bf16_sharded"), with_mtp=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -24,14 +23,14 @@ _FUSED_DOWN = re.compile(r"^(.*\.mlp\.experts)\.down_proj$")
 
 
 class CheckpointReader:
-    def __init__(self, path: str, fp8_block: Optional[Tuple[int, int]] = None):
+    def __init__(self, path: str, fp8_block: tuple[int, int] | None = None):
         self.path = path
         if not os.path.isdir(path):
             raise CheckpointError(f"{path}: checkpoint directory not found")
         index = os.path.join(path, "model.safetensors.index.json")
         single = os.path.join(path, "model.safetensors")
-        self._files: Dict[str, SafetensorsFile] = {}
-        self._where: Dict[str, str] = {}
+        self._files: dict[str, SafetensorsFile] = {}
+        self._where: dict[str, str] = {}
         if os.path.exists(index):
             try:
                 with open(index) as f:
@@ -59,8 +58,8 @@ class CheckpointReader:
                 for k in self._files[fn].keys():
                     self._where[k] = fn
         self.fp8_block = fp8_block or (128, 128)
-        self._virtual: Dict[str, Tuple[str, int, slice]] = {}
-        self._keys: Optional[List[str]] = None
+        self._virtual: dict[str, tuple[str, int, slice]] = {}
+        self._keys: list[str] | None = None
         self._expand_fused_experts()
 
     # ------------------------------------------------------------------ key set
@@ -82,7 +81,7 @@ class CheckpointReader:
     def _stored_shape(self, key):
         return self._files[self._where[key]].shape(key)
 
-    def keys(self) -> List[str]:
+    def keys(self) -> list[str]:
         """Logical tensor names (FP8 scales folded into their weights, fused experts split)."""
         if self._keys is None:
             fused = {v[0] for v in self._virtual.values()}
@@ -99,7 +98,7 @@ class CheckpointReader:
         k = self._virtual[key][0] if key in self._virtual else key
         return os.path.join(self.path, self._where[k])
 
-    def shape(self, key: str) -> Tuple[int, ...]:
+    def shape(self, key: str) -> tuple[int, ...]:
         if key in self._virtual:
             src, _, sl = self._virtual[key]
             s = self._stored_shape(src)
@@ -131,7 +130,7 @@ class CheckpointReader:
         return a
 
 
-def dequant_fp8(q: np.ndarray, scale_inv: np.ndarray, block: Tuple[int, int], key: str = "") -> np.ndarray:
+def dequant_fp8(q: np.ndarray, scale_inv: np.ndarray, block: tuple[int, int], key: str = "") -> np.ndarray:
     """q (out, in) e4m3 values, scale_inv (ceil(out/bo), ceil(in/bi)) -> float32 (out, in)."""
     bo, bi = block
     rows, cols = q.shape

@@ -21,7 +21,7 @@ def test_fused_expert_layout_is_accepted(tmp_path):
         gate = [t.pop(p + f"{e}.gate_proj.weight") for e in range(n_exp)]
         up = [t.pop(p + f"{e}.up_proj.weight") for e in range(n_exp)]
         down = [t.pop(p + f"{e}.down_proj.weight") for e in range(n_exp)]
-        t[p + "gate_up_proj"] = np.stack([np.concatenate([g, u], 0) for g, u in zip(gate, up)])
+        t[p + "gate_up_proj"] = np.stack([np.concatenate([g, u], 0) for g, u in zip(gate, up, strict=False)])
         t[p + "down_proj"] = np.stack(down)
     write_safetensors(str(d / "model.safetensors"), t)
     r = CheckpointReader(str(d))

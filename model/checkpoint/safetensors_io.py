@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -63,14 +63,14 @@ class SafetensorsFile:
         except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
         self.metadata = header.pop("__metadata__", None) or {}
-        self.header: Dict[str, dict] = header
+        self.header: dict[str, dict] = header
         self._base = 8 + n
-        self._mm: Optional[np.memmap] = None
+        self._mm: np.memmap | None = None
 
     def keys(self):
         return list(self.header)
 
-    def shape(self, key: str) -> Tuple[int, ...]:
+    def shape(self, key: str) -> tuple[int, ...]:
         return tuple(self.header[key]["shape"])
 
     def dtype(self, key: str) -> str:
@@ -100,12 +100,12 @@ class SafetensorsFile:
 
 
 def write_safetensors(path: str, tensors: Mapping[str, np.ndarray], dtype: str = "float32",
-                      metadata: Optional[Dict[str, str]] = None,
+                      metadata: dict[str, str] | None = None,
                       keep_f32: Callable[[str], bool] = lambda key: False) -> None:
     """Write float tensors as F32 / BF16 / F16 (ints keep their dtype; keys where keep_f32(key)
     stay F32). Not atomic by itself: callers write into a temporary directory and rename it."""
     code = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}[dtype]
-    header: Dict[str, dict] = {}
+    header: dict[str, dict] = {}
     blobs = []
     offset = 0
     for name in tensors:

@@ -1,8 +1,13 @@
 import numpy as np
 import pytest
 
-from model.checkpoint.safetensors_io import (SafetensorsFile, _E4M3, bf16_bits_to_f32,
-                                             f32_to_bf16_bits, write_safetensors)
+from model.checkpoint.safetensors_io import (
+    _E4M3,
+    SafetensorsFile,
+    bf16_bits_to_f32,
+    f32_to_bf16_bits,
+    write_safetensors,
+)
 from model.errors import CheckpointError
 
 

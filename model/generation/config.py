@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
 
 from model.errors import GenerationError
 
@@ -14,9 +13,9 @@ class GenerationConfig:
     temperature: float = 0.0
     top_k: int = 0          # 0 = off
     top_p: float = 1.0      # 1.0 = off
-    stop_token_ids: Tuple[int, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
     pad_token_id: int = 0
-    seed: Optional[int] = None
+    seed: int | None = None
     # MLA only: decode with the absorbed path (attend over the latent) or expand the cache.
     absorb: bool = True
     # Compile the decode step with XLA. Dense (non-MoE) models only: the MoE dispatch uses

@@ -11,8 +11,8 @@ shape); with GenerationConfig.jit_compile it is XLA-compiled (dense models).
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -24,8 +24,8 @@ from model.generation.sampling import select_next
 
 @dataclass
 class GenerationResult:
-    sequences: List[List[int]]       # generated ids per prompt (stop token not included)
-    finish_reasons: List[str]        # "stop" | "length"
+    sequences: list[list[int]]       # generated ids per prompt (stop token not included)
+    finish_reasons: list[str]        # "stop" | "length"
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int):
@@ -45,7 +45,7 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int):
     return ids, mask
 
 
-_STEP_FNS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_STEP_FNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _step_fn(model, absorb: bool, jit: bool):
@@ -100,7 +100,7 @@ def generate(model, prompts: Sequence[Sequence[int]],
     step = _step_fn(model, config.absorb, config.jit_compile and not cfg.is_moe)
     seed = config.seed if config.seed is not None else int(np.random.randint(0, 2**31 - 1))
     stops = set(config.stop_token_ids)
-    out: List[List[int]] = [[] for _ in range(b)]
+    out: list[list[int]] = [[] for _ in range(b)]
     done = np.zeros(b, bool)
     reasons = ["length"] * b
     key_valid = tf.constant(key_valid)

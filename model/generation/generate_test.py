@@ -66,7 +66,7 @@ def test_batched_greedy_generation_matches_uncached_loop(name):
     m = load_fixture_model(name)
     prompts = [[5, 9, 13, 200, 7, 3], [42, 17], [100]]
     res = generate(m, prompts, GenerationConfig(max_new_tokens=6))
-    for p, got in zip(prompts, res.sequences):
+    for p, got in zip(prompts, res.sequences, strict=False):
         assert got == _greedy_reference(m, p, 6)
     assert res.finish_reasons == ["length"] * 3
 

@@ -35,6 +35,7 @@ def build_ffn(cfg: ModelConfig, layer_idx: int, name: str = "mlp"):
     return SwiGLU(cfg.hidden_size, cfg.intermediate_size, cfg.initializer_range, name=name)
 
 
+@keras.saving.register_keras_serializable(package="seekline")
 class DecoderBlock(keras.layers.Layer):
     def __init__(self, config: dict, layer_idx: int, **kwargs):
         """config: a HF config dict (ModelConfig.to_hf_dict()) so the layer serialises as data."""

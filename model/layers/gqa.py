@@ -4,8 +4,6 @@ The cache holds K (roped) and V per KV head: (B, S, Hkv, hd) each.
 """
 from __future__ import annotations
 
-from typing import Tuple
-
 import keras
 import tensorflow as tf
 
@@ -15,6 +13,7 @@ from model.layers.mla import _scatter_rows
 from model.layers.rope import apply_rope
 
 
+@keras.saving.register_keras_serializable(package="seekline")
 class GroupedQueryAttention(keras.layers.Layer):
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int,
                  qkv_bias: bool = True, rope_interleave: bool = False,
@@ -59,7 +58,7 @@ class GroupedQueryAttention(keras.layers.Layer):
         q, k, v = self._qkv(x, cos, sin)
         return self._attend(q, k, v, bias)
 
-    def init_cache(self, batch: int, max_len: int, dtype="float32") -> Tuple[tf.Tensor, tf.Tensor]:
+    def init_cache(self, batch: int, max_len: int, dtype="float32") -> tuple[tf.Tensor, tf.Tensor]:
         shape = [batch, max_len, self.num_kv_heads, self.head_dim]
         return tf.zeros(shape, dtype), tf.zeros(shape, dtype)
 

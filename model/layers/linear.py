@@ -10,6 +10,7 @@ import keras
 import tensorflow as tf
 
 
+@keras.saving.register_keras_serializable(package="seekline")
 class Linear(keras.layers.Layer):
     def __init__(self, in_features: int, out_features: int, use_bias: bool = False,
                  initializer_range: float = 0.02, **kwargs):

@@ -12,8 +12,6 @@ Two ways to read a cache of (RMSNorm(c), roped k_pe) — the only per-token stat
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import keras
 import tensorflow as tf
 
@@ -27,8 +25,9 @@ from model.layers.rope import apply_rope
 _LATENT_NORM_EPS = 1e-6
 
 
+@keras.saving.register_keras_serializable(package="seekline")
 class MultiHeadLatentAttention(keras.layers.Layer):
-    def __init__(self, hidden_size: int, num_heads: int, q_lora_rank: Optional[int],
+    def __init__(self, hidden_size: int, num_heads: int, q_lora_rank: int | None,
                  kv_lora_rank: int, qk_nope_head_dim: int, qk_rope_head_dim: int, v_head_dim: int,
                  softmax_scale: float, rope_interleave: bool = True,
                  initializer_range: float = 0.02, **kwargs):
@@ -110,7 +109,7 @@ class MultiHeadLatentAttention(keras.layers.Layer):
         c_norm, k_pe = self.latent(x, cos, sin)
         return self._out(self._naive(q_nope, q_pe, c_norm, k_pe, bias))
 
-    def init_cache(self, batch: int, max_len: int, dtype="float32") -> Tuple[tf.Tensor, tf.Tensor]:
+    def init_cache(self, batch: int, max_len: int, dtype="float32") -> tuple[tf.Tensor, tf.Tensor]:
         """Latent cache: (B, S, kv_lora_rank) normalised latent + (B, S, rope dim) roped k_pe."""
         return (tf.zeros([batch, max_len, self.kv_lora_rank], dtype),
                 tf.zeros([batch, max_len, self.qk_rope_head_dim], dtype))

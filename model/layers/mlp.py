@@ -7,6 +7,7 @@ import tensorflow as tf
 from model.layers.linear import Linear
 
 
+@keras.saving.register_keras_serializable(package="seekline")
 class SwiGLU(keras.layers.Layer):
     def __init__(self, hidden_size: int, intermediate_size: int, initializer_range: float = 0.02,
                  **kwargs):

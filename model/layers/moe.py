@@ -77,13 +77,19 @@ def dispatch_plan(topk_idx, n_experts: int):
     return order, token_of, counts
 
 
+@keras.saving.register_keras_serializable(package="seekline")
 class MoE(keras.layers.Layer):
     def __init__(self, hidden_size: int, moe_intermediate_size: int, n_routed_experts: int,
                  n_shared_experts: int, num_experts_per_tok: int, n_group: int = 1,
                  topk_group: int = 1, routed_scaling_factor: float = 1.0,
                  norm_topk_prob: bool = False, scoring_func: str = "sigmoid",
-                 topk_method: str = "noaux_tc", initializer_range: float = 0.02, **kwargs):
+                 topk_method: str = "noaux_tc", initializer_range: float = 0.02,
+                 expert_loop: str = "auto", **kwargs):
+        """expert_loop: "unrolled" | "while" | "auto" (unrolled up to 32 experts)."""
         super().__init__(**kwargs)
+        if expert_loop not in ("auto", "unrolled", "while"):
+            raise ValueError(f"expert_loop must be auto, unrolled or while, got {expert_loop!r}")
+        self.expert_loop = ("unrolled" if n_routed_experts <= 32 else "while") if expert_loop == "auto" else expert_loop
         self.hidden_size = hidden_size
         self.moe_intermediate_size = moe_intermediate_size
         self.n_routed_experts = n_routed_experts
@@ -129,16 +135,46 @@ class MoE(keras.layers.Layer):
         order, token_of, counts = dispatch_plan(r.topk_idx, e)
         xs = tf.gather(x2d, token_of)                                       # (N*K, D) expert-major
         w = tf.gather(tf.reshape(r.topk_weight, [-1]), order)               # (N*K,)
-        pieces = tf.split(xs, counts, num=e, axis=0)                        # E × (n_e, D)
         dt = x2d.dtype
+        if self.expert_loop == "unrolled":
+            ys = self._experts_unrolled(xs, counts, dt)
+        else:
+            ys = self._experts_while(xs, counts, dt)
+        ys = ys * tf.cast(w, dt)[:, None]                                   # (N*K, D)
+        return tf.math.unsorted_segment_sum(ys, token_of, n)                # (N, D)
+
+    def _experts_unrolled(self, xs, counts, dt):
+        """One matmul chain per expert in the graph: fastest per step, trace time ∝ E."""
+        e = self.n_routed_experts
+        pieces = tf.split(xs, counts, num=e, axis=0)                        # E × (n_e, D)
         # unstack once: the gradient is one stacked tensor, not E full-size slices.
         gates = tf.unstack(tf.cast(self.experts_gate, dt), num=e)
         ups = tf.unstack(tf.cast(self.experts_up, dt), num=e)
         downs = tf.unstack(tf.cast(self.experts_down, dt), num=e)
         outs = [tf.matmul(tf.nn.silu(tf.matmul(p, g)) * tf.matmul(p, u), dn)   # (n_e, D)
-                for p, g, u, dn in zip(pieces, gates, ups, downs)]
-        ys = tf.concat(outs, axis=0) * tf.cast(w, dt)[:, None]              # (N*K, D)
-        return tf.math.unsorted_segment_sum(ys, token_of, n)                # (N, D)
+                for p, g, u, dn in zip(pieces, gates, ups, downs, strict=False)]
+        return tf.concat(outs, axis=0)                                      # (N*K, D)
+
+    def _experts_while(self, xs, counts, dt):
+        """A tf.while_loop over experts: graph size independent of E (256-expert models trace in
+        seconds); compute is still ∝ N·K. Inputs and weights enter through TensorArrays
+        (split / unstack), whose gradients are a concat / stack — reading loop-invariant tensors
+        by index instead would accumulate a dense full-size gradient every iteration."""
+        e = self.n_routed_experts
+        xs_ta = tf.TensorArray(dt, size=e, infer_shape=False).split(xs, counts)   # E × (n_e, D)
+        g_ta, u_ta, d_ta = (tf.TensorArray(dt, size=e).unstack(tf.cast(v, dt))
+                            for v in (self.experts_gate, self.experts_up, self.experts_down))
+        out_ta = tf.TensorArray(dt, size=e, infer_shape=False,
+                                element_shape=tf.TensorShape([None, self.hidden_size]))
+
+        def body(i, out_ta):
+            p = xs_ta.read(i)                                                # (n_i, D)
+            y = tf.matmul(tf.nn.silu(tf.matmul(p, g_ta.read(i))) * tf.matmul(p, u_ta.read(i)),
+                          d_ta.read(i))
+            return i + 1, out_ta.write(i, y)
+
+        _, out_ta = tf.while_loop(lambda i, _: i < e, body, (tf.constant(0), out_ta))
+        return out_ta.concat()                                              # (N*K, D)
 
     def call(self, x, return_router: bool = False):
         # x: (B, T, D)
@@ -158,4 +194,5 @@ class MoE(keras.layers.Layer):
                 "num_experts_per_tok": self.num_experts_per_tok, "n_group": self.n_group,
                 "topk_group": self.topk_group, "routed_scaling_factor": self.routed_scaling_factor,
                 "norm_topk_prob": self.norm_topk_prob, "scoring_func": self.scoring_func,
-                "topk_method": self.topk_method, "initializer_range": self.initializer_range}
+                "topk_method": self.topk_method, "initializer_range": self.initializer_range,
+                "expert_loop": self.expert_loop}

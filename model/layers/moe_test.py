@@ -84,26 +84,42 @@ def _dense_reference(layer, x):
     return out.reshape(x.shape)
 
 
+@pytest.mark.parametrize("expert_loop", ["unrolled", "while"])
 @pytest.mark.parametrize("scoring,method,n_group,topk_group", [
     ("sigmoid", "noaux_tc", 4, 2), ("softmax", "greedy", 1, 1), ("softmax", "group_limited_greedy", 2, 1)])
-def test_moe_matches_dense_reference(scoring, method, n_group, topk_group):
+def test_moe_matches_dense_reference(scoring, method, n_group, topk_group, expert_loop):
     layer = MoE(16, 8, 8, 1, 2, n_group, topk_group, 2.5 if scoring == "sigmoid" else 1.0,
-                scoring == "sigmoid", scoring, method, initializer_range=0.3)
+                scoring == "sigmoid", scoring, method, initializer_range=0.3, expert_loop=expert_loop)
     if layer.e_score_correction_bias is not None:
         layer.e_score_correction_bias.assign(np.random.default_rng(1).normal(size=8) * 0.3)
     x = np.random.default_rng(2).normal(size=(2, 5, 16)).astype(np.float32)
     np.testing.assert_allclose(layer(x).numpy(), _dense_reference(layer, x), rtol=1e-4, atol=1e-5)
 
 
-def test_moe_gradients_flow_to_chosen_experts_only():
-    layer = MoE(8, 4, 8, 0, 1, 1, 1, 1.0, True, "sigmoid", "noaux_tc", initializer_range=0.3)
+@pytest.mark.parametrize("expert_loop", ["unrolled", "while"])
+@pytest.mark.parametrize("graph", [False, True])
+def test_moe_gradients_flow_to_chosen_experts_only(expert_loop, graph):
+    layer = MoE(8, 4, 8, 0, 1, 1, 1, 1.0, True, "sigmoid", "noaux_tc", initializer_range=0.3,
+                expert_loop=expert_loop)
     x = tf.constant(np.random.default_rng(3).normal(size=(1, 3, 8)).astype(np.float32))
-    with tf.GradientTape() as tape:
-        y = layer(x, return_router=True)
-        loss = tf.reduce_sum(y[0] ** 2)
-    grads = tape.gradient(loss, [layer.experts_gate, layer.gate.kernel])
+
+    def fwd_bwd(x):
+        with tf.GradientTape() as tape:
+            y = layer(x, return_router=True)
+            loss = tf.reduce_sum(y[0] ** 2)
+        return y, tape.gradient(loss, [layer.experts_gate, layer.gate.kernel])
+    y, grads = (tf.function(fwd_bwd) if graph else fwd_bwd)(x)
     used = set(y[1].topk_idx.numpy().ravel())
     g = grads[0].numpy()
     for e in range(8):
         assert (np.abs(g[e]).sum() > 0) == (e in used)
     assert np.abs(grads[1].numpy()).sum() > 0   # router learns through the combine weights
+
+
+def test_expert_loops_agree_in_graph_mode():
+    a = MoE(16, 8, 40, 1, 4, 4, 2, 2.5, True, "sigmoid", "noaux_tc", 0.3)    # auto -> while (E > 32)
+    assert a.expert_loop == "while"
+    b = MoE.from_config({**a.get_config(), "expert_loop": "unrolled"})
+    b.set_weights(a.get_weights())
+    x = tf.constant(np.random.default_rng(4).normal(size=(2, 7, 16)).astype(np.float32))
+    np.testing.assert_allclose(tf.function(a)(x).numpy(), tf.function(b)(x).numpy(), rtol=1e-5, atol=1e-6)

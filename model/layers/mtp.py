@@ -17,6 +17,7 @@ from model.layers.linear import Linear
 from model.layers.rmsnorm import RMSNorm
 
 
+@keras.saving.register_keras_serializable(package="seekline")
 class MTPModule(keras.layers.Layer):
     def __init__(self, config: dict, layer_idx: int, **kwargs):
         super().__init__(**kwargs)

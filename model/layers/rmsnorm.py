@@ -5,6 +5,7 @@ import keras
 import tensorflow as tf
 
 
+@keras.saving.register_keras_serializable(package="seekline")
 class RMSNorm(keras.layers.Layer):
     def __init__(self, dim: int, eps: float = 1e-6, **kwargs):
         super().__init__(**kwargs)

@@ -13,7 +13,6 @@ Two layouts:
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -21,7 +20,7 @@ import tensorflow as tf
 from model.config import RopeScaling, yarn_get_mscale
 
 
-def rope_inv_freq(dim: int, theta: float, scaling: Optional[RopeScaling]) -> Tuple[np.ndarray, float]:
+def rope_inv_freq(dim: int, theta: float, scaling: RopeScaling | None) -> tuple[np.ndarray, float]:
     """Inverse frequencies (dim/2,) float32 and the cos/sin amplitude factor.
 
     YaRN (transformers' _compute_yarn_parameters): blend interpolated (÷factor) and original

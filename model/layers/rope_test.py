@@ -42,7 +42,7 @@ def test_rotation_is_relative_and_norm_preserving():
     q = rng.normal(size=(1, 1, 16)).astype(np.float32)
     k = rng.normal(size=(1, 1, 16)).astype(np.float32)
     for interleaved in (False, True):
-        def rot(x, p):
+        def rot(x, p, interleaved=interleaved):
             c, s = rope_cos_sin(tf.constant([[p]]), inv)
             return apply_rope(tf.constant(x), c, s, interleaved).numpy()
         np.testing.assert_allclose(np.linalg.norm(rot(q, 7)), np.linalg.norm(q), rtol=1e-5)
