@@ -73,7 +73,7 @@ fixtures: setup setup-ref ## regenerate the HF reference fixtures in tests/fixtu
 	$(REF_VENV)/bin/python scripts/make_hf_fixtures.py
 
 bench: setup setup-ref ## run the benchmarks in bench/ (each prints a ratio against a reference measured in the same run)
-	@shopt -s nullglob; files=(bench/bench_*.py); \
+	@shopt -s nullglob; files=(); for f in bench/bench_*.py; do [[ $$f == *_test.py ]] || files+=("$$f"); done; \
 	  if [ $${#files[@]} -eq 0 ]; then echo "no benchmarks yet"; fi; \
 	  for f in "$${files[@]}"; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
