@@ -166,27 +166,28 @@ def speed_config(preset: str):
 
 
 def generate_once(m, prompt, gcfg) -> dict:
-    """One call of seekline's public `generate`, time-stamping each token as it is selected (the
-    module's `select_next` is wrapped for the call; nothing in model/ changes). prefill = call
+    """One call of seekline's public `generate`, time-stamping each token as it reaches the host
+    (the module's `_fetch`, its one host sync per token, is wrapped for the call; nothing in
+    model/ changes; token selection itself runs inside the compiled step). prefill = call
     start -> first new token, decode = first -> last new token (N - 1 steps): the same points the
     transformers streamer stamps."""
     import importlib
     # the module, not the function of the same name that model.generation re-exports
     g = importlib.import_module("model.generation.generate")
-    orig, stamps = g.select_next, []
+    orig, stamps = g._fetch, []
 
     def stamped(*a, **kw):
         out = orig(*a, **kw)
         stamps.append(time.perf_counter())
         return out
 
-    g.select_next = stamped
+    g._fetch = stamped
     try:
         t0 = time.perf_counter()
         res = g.generate(m, [prompt], gcfg)
         t1 = time.perf_counter()
     finally:
-        g.select_next = orig
+        g._fetch = orig
     return {"prefill_s": stamps[0] - t0, "decode_s": stamps[-1] - stamps[0], "generate_s": t1 - t0,
             "stamps": len(stamps), "tokens": res.sequences[0]}
 
@@ -262,9 +263,9 @@ def _step_ms(m, prompt, new_tokens, reps, absorb=True, jit=False):
 def profile_seekline(m, prompt, new_tokens, reps):
     """Where seekline's time goes (seekline only). Decode: the compiled step alone (absorbed /
     naive attention; MoE vs a dense twin, with and without XLA), retracing across generate calls.
-    Prefill: call_cached eager (as generate runs it) vs tf.function; the dense twin's forward
-    with and without XLA; MLA prefill scores as two einsums (as model/layers/mla.py computes
-    them) vs one matmul over [q_nope|q_pe]·[k_nope|k_pe] in (B, H, T, d) layout."""
+    Prefill: call_cached eager vs tf.function (generate runs the compiled one); the dense twin's forward
+    with and without XLA; MLA prefill scores as two einsums (as model/layers/mla.py computed
+    them before) vs one matmul (its current layout) over [q_nope|q_pe]·[k_nope|k_pe] in (B, H, T, d) layout."""
     import tensorflow as tf
 
     import model

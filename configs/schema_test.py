@@ -127,3 +127,20 @@ def test_saved_config_reloads_identically(tmp_path):
     again = load_config(str(out))
     assert again == cfg
     assert yaml.safe_load(out.read_text())["validate"]["fail_on_anomalies"] is True
+
+
+def test_data_sections_validate_their_invariants():
+    with pytest.raises(ConfigError, match=r"num_perm \(100\) must be a multiple of dedup.bands \(16\)"):
+        load_config("tiny", ["ingest.dedup.num_perm=100"])
+    with pytest.raises(ConfigError, match="special tokens must be distinct; repeated: \\['<\\|eos\\|>'\\]"):
+        load_config("tiny", ["tokenizer.special_tokens=['<|eos|>']"])
+    with pytest.raises(ConfigError, match=r"validate.drift: .*threshold for 'num_tokens' must be in \(0, 1\]"):
+        load_config("tiny", ["validate.drift={num_tokens: 3}"])
+    cfg = load_config("tiny", ["ingest.format=jsonl", "ingest.text_field=body", "pack.seq_len=64"])
+    assert (cfg.ingest.format, cfg.ingest.text_field, cfg.pack.seq_len) == ("jsonl", "body", 64)
+
+
+def test_every_component_id_is_known_to_resources():
+    assert COMPONENT_IDS == ("ingest", "tokenizer", "pack", "statistics", "schema", "validate")
+    cfg = load_config("cluster")
+    assert cfg.resources.for_component("pack").cpu == "16"

@@ -19,6 +19,32 @@ def test_tiny_forward_shapes_and_aux_outputs():
     np.testing.assert_allclose(out["logits"].numpy(), m(ids).numpy(), atol=1e-6)
 
 
+def test_eager_inference_call_equals_plain_forward_and_keeps_length_check():
+    """Eager m(ids) runs a cached tf.function; the reference is the plain (untraced) forward."""
+    import pytest
+    m = build_model("tiny", seed=0)
+    rng = np.random.default_rng(4)
+    for t in (5, 9, 12):            # the third length runs the shape-relaxed trace
+        ids = rng.integers(0, 256, size=(2, t)).astype(np.int32)
+        mask = np.ones_like(ids)
+        mask[1, :2] = 0
+        want = m.forward(ids, attention_mask=mask)["logits"].numpy()
+        np.testing.assert_allclose(m(ids, attention_mask=mask).numpy(), want, atol=1e-6)
+    too_long = np.zeros((1, m.cfg.max_position_embeddings + 1), np.int32)
+    with pytest.raises(ValueError, match="exceeds the model's max context"):
+        m(too_long)
+
+
+def test_training_call_is_not_the_cached_inference_function():
+    from model import decoder
+    m = build_model("tiny", seed=0)
+    ids = np.zeros((1, 4), np.int32)
+    m(ids, training=True)
+    assert m not in decoder._INFERENCE_FORWARD
+    m(ids)
+    assert m in decoder._INFERENCE_FORWARD
+
+
 def test_left_padding_does_not_change_real_rows():
     for preset in ("tiny", "tiny-qwen2"):
         m = build_model(preset, seed=1)

@@ -120,8 +120,16 @@ def cmd_compile(args: argparse.Namespace) -> int:
     config = _load(args)
     with _console().status("compiling the pipeline for Kubeflow"):
         path = compile_pipeline(config, args.output)
+    _warn_portability(config)
     _console().print(f"wrote {path} (image {config.kubeflow.default_image})")
     return 0
+
+
+def _warn_portability(config) -> None:
+    from pipelines.kubeflow import portability_warnings
+
+    for w in portability_warnings(config):
+        _console().print(f"[yellow]warning:[/] {w}")
 
 
 def _package(args: argparse.Namespace, config):
@@ -139,10 +147,12 @@ def _package(args: argparse.Namespace, config):
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from pipelines.kubeflow import deploy, summary
+    from pipelines.kubeflow import check_reachable, deploy, summary
 
     config = _load(args)
+    check_reachable(args.host, args.token)  # before the (slow) compile: fail fast on a bad host
     package = _package(args, config)
+    _warn_portability(config)
     with _console().status(f"uploading {package} to {args.host}"):
         d = deploy(config, package, args.host, args.token, run_name=args.run_name, start_run=not args.no_run)
     _console().print(summary(d))
@@ -152,10 +162,16 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    from pipelines.kubeflow import schedule, summary
+    from configs.schema import validate_cron
+    from pipelines.kubeflow import check_reachable, schedule, summary
 
     config = _load(args)
     cron = args.cron or config.kubeflow.cron
+    try:
+        validate_cron(cron)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    check_reachable(args.host, args.token)
     package = _package(args, config)
     with _console().status(f"creating a recurring run on {args.host}"):
         d = schedule(config, package, args.host, cron, args.token, name=args.name)

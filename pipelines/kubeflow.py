@@ -82,6 +82,23 @@ def kubernetes_platform_spec(config: SeeklineConfig, spec: dict[str, Any]) -> di
     return {"platforms": {"kubernetes": {"deploymentSpec": {"executors": executors}}}}
 
 
+# URI schemes tf.io.gfile reads and writes out of the box in the image (TF 2.16 without
+# tensorflow-io): components that write outside KFP-managed artifacts must use one of these.
+GFILE_SCHEMES = ("gs://", "hdfs://", "ram://")
+
+
+def portability_warnings(config: SeeklineConfig) -> list[str]:
+    """Config choices that compile fine but would fail inside the cluster's containers."""
+    warnings = []
+    frozen = config.validate_.frozen_dir or f"{config.kubeflow.pipeline_root.rstrip('/')}/frozen"
+    if "://" in frozen and not frozen.startswith(GFILE_SCHEMES):
+        warnings.append(
+            f"validate.frozen_dir resolves to {frozen}, which tf.io.gfile cannot write in the "
+            "container; set validate.frozen_dir to a gs:// URI or a path on a mounted volume"
+        )
+    return warnings
+
+
 def compile_pipeline(config: SeeklineConfig, output_file: str | Path | None = None) -> Path:
     """Write the PipelineSpec YAML (+ platform spec document) atomically; return its path."""
     out = Path(output_file or config.kubeflow.output_file)

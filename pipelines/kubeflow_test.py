@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from components.common.errors import DeployError
-from configs.schema import load_config
+from configs.schema import COMPONENT_IDS, load_config
 from pipelines import kubeflow as kf
 from tests.kfp_fake import FakeKFP
 
@@ -30,7 +30,8 @@ def test_spec_parses_and_has_every_component(compiled):
     cfg, path = compiled
     spec, _ = kf.load_pipeline_spec(path)
     assert spec.pipeline_info.name == cfg.pipeline.name
-    assert set(spec.root.dag.tasks) == {"ingest", "statistics", "schema", "validate"}
+    assert set(spec.root.dag.tasks) == set(COMPONENT_IDS)
+    assert set(COMPONENT_IDS) >= {"ingest", "tokenizer", "pack", "statistics", "schema", "validate"}
     assert spec.default_pipeline_root == cfg.kubeflow.pipeline_root
     assert list(spec.root.dag.tasks["validate"].dependent_tasks) == ["schema", "statistics"]
 
@@ -167,3 +168,11 @@ def test_unreachable_host():
 def test_summary_is_json():
     d = kf.Deployment("http://h", "p", "v", "e", run_id="r")
     assert json.loads(kf.summary(d))["run_id"] == "r"
+
+
+def test_portability_warning_for_paths_the_container_cannot_write():
+    # tiny's Kubeflow pipeline root is minio://, which tf.io.gfile cannot write from a pod
+    [w] = kf.portability_warnings(load_config("tiny"))
+    assert "validate.frozen_dir" in w and "minio://mlpipeline/seekline-tiny/frozen" in w
+    assert kf.portability_warnings(load_config("cluster")) == []
+    assert kf.portability_warnings(load_config("tiny", ["validate.frozen_dir=/mnt/shared/frozen"])) == []

@@ -9,6 +9,8 @@ from __future__ import annotations
 from tfx import v1 as tfx
 
 from components.ingest.component import Ingest
+from components.pack.component import PackSequences
+from components.tokenizer.component import TrainTokenizer
 from components.validate.component import InferSchema, ValidateExamples
 from configs.schema import ResourceSpec, SeeklineConfig
 from pipelines.resources import to_resource_spec_proto
@@ -32,20 +34,37 @@ def create_pipeline(
       with_platform_resources: attach CPU/memory/GPU requests (Kubeflow); the local runner
         ignores them, so they are left off there.
     """
+    # ingest (Beam) → text examples; tokenizer trains on their train split; pack (Beam)
+    # tokenizes + packs both splits; TFDV statistics/schema/validation run on the packed rows.
     ingest = Ingest(
         config_json=config.ingest.model_dump_json(),
         corpus_fingerprint=corpus_fingerprint,
     ).with_id("ingest")
-    statistics = tfx.components.StatisticsGen(examples=ingest.outputs["examples"]).with_id(
-        "statistics"
-    )
-    schema = InferSchema(statistics=statistics.outputs["statistics"]).with_id("schema")
+    tokenizer = TrainTokenizer(
+        examples=ingest.outputs["examples"],
+        config_json=config.tokenizer.model_dump_json(),
+    ).with_id("tokenizer")
+    pack = PackSequences(
+        examples=ingest.outputs["examples"],
+        tokenizer=tokenizer.outputs["tokenizer"],
+        config_json=config.pack.model_dump_json(),
+    ).with_id("pack")
+    statistics = tfx.components.StatisticsGen(examples=pack.outputs["packed"]).with_id("statistics")
+    # The frozen schema + drift baseline live outside any one execution's artifacts, at a
+    # fixed place every later run (span) of this pipeline finds.
+    frozen_dir = config.validate_.frozen_dir or f"{pipeline_root.rstrip('/')}/frozen"
+    schema = InferSchema(
+        statistics=statistics.outputs["statistics"],
+        frozen_dir=frozen_dir,
+        schema_path=config.validate_.schema_path or "",
+    ).with_id("schema")
     validate = ValidateExamples(
         statistics=statistics.outputs["statistics"],
         schema=schema.outputs["schema"],
-        fail_on_anomalies=config.validate_.fail_on_anomalies,
+        frozen_dir=frozen_dir,
+        config_json=config.validate_.model_dump_json(),
     ).with_id("validate")
-    components = [ingest, statistics, schema, validate]
+    components = [ingest, tokenizer, pack, statistics, schema, validate]
 
     if with_platform_resources:
         for c in components:

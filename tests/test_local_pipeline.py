@@ -5,6 +5,7 @@ corpus so the test can change it.
 """
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -19,7 +20,8 @@ from pipelines.cli import main
 from pipelines.runs import list_runs
 
 pytestmark = pytest.mark.slow
-COMPONENTS = ["ingest", "statistics", "schema", "validate"]
+COMPONENTS = ["ingest", "tokenizer", "pack", "statistics", "schema", "validate"]
+PACKED_FEATURES = {"input_ids", "segment_ids", "positions", "num_tokens", "num_segments", "segment_lengths", "sources"}
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +62,23 @@ def test_first_run_executes_every_component(workdir, capsys):
     saved = out / "runs" / run.run_id.replace(":", "-") / "config.yaml"
     assert load_config(str(saved)) == load_config("tiny", overrides(workdir)[1::2])
     schema = tfdv.load_schema_text(str(next(out.glob("pipeline/schema/schema/*/schema.pbtxt"))))
-    assert {f.name for f in schema.feature} == {"text", "path", "source", "doc_id", "num_bytes", "num_lines"}
+    assert {f.name for f in schema.feature} == PACKED_FEATURES
+    # the schema inferred on the first run is frozen for the next spans
+    assert tfdv.load_schema_text(str(out / "pipeline" / "frozen" / "schema.pbtxt")) == schema
     assert next(out.glob("pipeline/validate/anomalies/*/anomalies.txt")).read_text() == "no anomalies\n"
-    stats = tfdv.load_stats_binary(str(next(out.glob("pipeline/statistics/statistics/*/Split-train/FeatureStats.pb"))))
-    n_train = stats.datasets[0].num_examples
-    stats_eval = tfdv.load_stats_binary(str(next(out.glob("pipeline/statistics/statistics/*/Split-eval/FeatureStats.pb"))))
-    assert n_train + stats_eval.datasets[0].num_examples == 30
+    assert next(out.glob("pipeline/validate/anomalies/*/statistics.html")).stat().st_size > 1000
+    # TFDV's statistics of the packed rows agree with the pack report (two computations)
+    report = json.loads(next(out.glob("pipeline/pack/packed/*/data_report.json")).read_text())
+    for split in ("train", "eval"):
+        stats = tfdv.load_stats_binary(str(next(out.glob(f"pipeline/statistics/statistics/*/Split-{split}/FeatureStats.pb"))))
+        ds = stats.datasets[0]
+        assert ds.num_examples == report["rows"][split]
+        num_tokens = next(f for f in ds.features if f.path.step == ["num_tokens"])
+        assert round(num_tokens.num_stats.mean * ds.num_examples) == report["tokens_written"][split]
+    assert report["ingest"]["stages"][0] == ["files listed", 30]
+    assert (out / "pipeline").glob("pack/packed/*/data_report.png")
+    tok_meta = json.loads(next(out.glob("pipeline/tokenizer/tokenizer/*/tokenizer_meta.json")).read_text())
+    assert tok_meta["eos_id"] == 2 and tok_meta["roundtrip_checked_documents"] == report["ingest"]["documents"]["train"]
 
 
 def test_second_run_is_served_from_cache(workdir, capsys):
@@ -85,13 +98,20 @@ def test_changed_corpus_reruns_ingest(workdir):
     assert main(["run", *overrides(workdir)]) == 0
     last = runs(workdir)[-1]
     assert last.executions[0].component == "ingest" and last.executions[0].state == "COMPLETE"
+    # the new span is validated against the schema frozen by the first run (and passes)
+    assert {e.component: e.state for e in last.executions}["validate"] == "COMPLETE"
+    origins = sorted(
+        (workdir / "out" / "pipeline" / "schema" / "schema").glob("*/schema_origin.txt"),
+        key=lambda p: int(p.parent.name),
+    )
+    assert origins[-1].read_text().startswith("frozen schema ")
 
 
 def _eval_bound_file(i: int) -> bytes:
     """A file whose content hash routes it to the eval split (eval_percent=20)."""
     n = 0
     while True:
-        data = f"VALUE_{i} = {n}\n".encode()
+        data = f"VALUE_{i} = {n}  # a constant that only the eval split has\n".encode()
         if int(hashlib.sha256(data).hexdigest()[:8], 16) % 100 < 20:
             return data
         n += 1
@@ -109,6 +129,23 @@ def test_anomalies_fail_the_run_with_a_readable_report(workdir, capsys):
     err = capsys.readouterr().err
     assert "seekline: error: data validation found" in err and "eval/source" in err
     assert runs(workdir)[-1].state == "FAILED"
+
+
+def test_a_drifted_span_fails_against_the_previous_span(workdir, capsys):
+    # Same corpus entry (so the same `sources` value), but now hundreds of one-line functions:
+    # rows hold many ~20-token pieces instead of a few long ones — segment_lengths drifts.
+    corpus = workdir / "corpus"
+    shutil.rmtree(corpus)
+    corpus.mkdir()
+    for i in range(400):
+        (corpus / f"f{i}.py").write_text(f"def function_{i}(value):\n    return value * {i} + {i * 7}\n")
+    baseline = workdir / "out" / "pipeline" / "frozen" / "baseline" / "FeatureStats.pb"
+    before = baseline.read_bytes()
+    assert main(["run", *overrides(workdir)]) == 2
+    err = capsys.readouterr().err
+    assert "seekline: error: data validation found" in err and "train/segment_lengths" in err
+    assert "Jensen-Shannon" in err.replace("jensen_shannon", "Jensen-Shannon")
+    assert baseline.read_bytes() == before  # a failed span never becomes the baseline
 
 
 def _cli(*args):

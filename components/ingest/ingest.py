@@ -1,45 +1,61 @@
-"""Ingest: a corpus of source files → TFRecord shards of tf.train.Example, split train/eval.
+"""Ingest: corpus → clean, deduplicated text examples split train/eval (one Beam pipeline).
 
-Plain functions, no TFX: the component in ``component.py`` is a thin wrapper over
-``run_ingest``. Files are addressed through ``tf.io.gfile`` so local paths and object-store
-URIs (gs://, s3://, hdfs://) work alike.
+Plain functions and Beam transforms, no TFX: ``component.py`` is a thin wrapper over
+``run_ingest``. The same code runs on the DirectRunner (multi-processing, N local workers) and
+on a distributed runner via the pipeline options.
 
-Every document becomes one example with features:
-  text (bytes, UTF-8 source), path (bytes, relative to its corpus root), source (bytes, the
-  corpus entry it came from), doc_id (bytes, sha256 of the text), num_bytes (int64),
-  num_lines (int64).
-The split is a pure function of the document's content hash, so it does not depend on file
-order, worker count or which other files exist.
+  files ─ read (sources.py) ─ decode (UTF-8 policy) ─ normalise ─ quality filters (clean.py)
+        ─ exact dedup (content hash) ─ near dedup (MinHash + LSH, minhash.py)
+        ─ split by content hash ─ sorted GZIP TFRecord shards per split ─ publish
+
+Every example has features:
+  text (bytes, normalised UTF-8), path (bytes, relative to its corpus root; 'file.jsonl:17' for
+  a JSONL line), source (bytes, the corpus entry), doc_id (bytes, sha256 hex of text),
+  num_bytes (int64), num_lines (int64).
+The split and the shard are pure functions of doc_id, and each shard is sorted by doc_id, so
+the output does not depend on file order, worker count or which other files exist.
+Counts of every stage and every skip/filter reason go to ``ingest_report.json`` (+ PNG).
 """
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
+import json
+import logging
+import math
 import os
-import sysconfig
-import uuid
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 
+import apache_beam as beam
 import tensorflow as tf
+from apache_beam.options.pipeline_options import PipelineOptions
 
+from components.common import shards as sh
 from components.common.errors import InputDataError
 from components.common.fileio import atomic_write_json
-from configs.schema import IngestConfig
+from components.common.metrics import Counters, read_counters, run_pipeline
+from components.ingest import minhash
+from components.ingest.clean import normalise, reject_reason
+from components.ingest.report import write_ingest_png
+from components.ingest.sources import (  # noqa: F401 (re-exported: pipelines/local.py uses them)
+    STDLIB,
+    RawRecord,
+    SourceFile,
+    corpus_fingerprint,
+    decode_utf8,
+    list_corpus_files,
+    read_file,
+    resolve_root,
+)
+from configs.schema import DedupConfig, IngestConfig
 
-STDLIB = "python-stdlib"
+NAMESPACE = "seekline.ingest"
 SPLITS = ("train", "eval")
 REPORT_FILE = "ingest_report.json"
-
-
-@dataclass(frozen=True)
-class SourceFile:
-    uri: str  # what tf.io.gfile opens
-    relpath: str  # relative to its corpus root, '/'-separated
-    source: str  # the corpus entry it came from (as written in the config)
-    size: int
-    mtime_ns: int
+REPORT_PNG = "ingest_report.png"
+_STATS_FILE = "stats.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,219 +63,318 @@ class Document:
     text: str
     relpath: str
     source: str
-    doc_id: str  # sha256 hex of the UTF-8 text
-
-
-@dataclass
-class IngestReport:
-    files_listed: int = 0
-    files_sampled: int = 0
-    skipped_too_large: int = 0
-    skipped_empty: int = 0
-    skipped_invalid_utf8: int = 0
-    documents: dict[str, int] = field(default_factory=lambda: {s: 0 for s in SPLITS})
-    bytes: dict[str, int] = field(default_factory=lambda: {s: 0 for s in SPLITS})
-    shards: dict[str, list[str]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def resolve_root(entry: str) -> str:
-    """A corpus entry as a directory/glob URI; 'python-stdlib' is resolved where we run."""
-    if entry == STDLIB:
-        return sysconfig.get_paths()["stdlib"]
-    return entry
-
-
-def _is_glob(s: str) -> bool:
-    return any(c in s for c in "*?[")
-
-
-def _matches(relpath: str, include: list[str], exclude: list[str]) -> bool:
-    name = relpath.rsplit("/", 1)[-1]
-    if include and not any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(relpath, p) for p in include):
-        return False
-    return not any(fnmatch.fnmatch(relpath, p) for p in exclude)
-
-
-def _stat(uri: str) -> tuple[int, int]:
-    st = tf.io.gfile.stat(uri)
-    return int(st.length), int(st.mtime_nsec)
-
-
-def list_corpus_files(cfg: IngestConfig) -> list[SourceFile]:
-    """Every file the config selects, sampled to ``max_files`` deterministically.
-
-    Raises InputDataError naming the entry when a directory/glob does not exist or matches
-    nothing.
-    """
-    files: list[SourceFile] = []
-    for entry in cfg.corpus:
-        root = resolve_root(entry)
-        if _is_glob(root):
-            matched = sorted(tf.io.gfile.glob(root))
-            if not matched:
-                raise InputDataError(f"corpus glob matches no files: {entry}")
-            base = root.split("*", 1)[0].rsplit("/", 1)[0]
-            for uri in matched:
-                if tf.io.gfile.isdir(uri):
-                    continue
-                rel = uri[len(base) :].lstrip("/") if uri.startswith(base) else os.path.basename(uri)
-                if _matches(rel, [], cfg.exclude):
-                    size, mtime = _stat(uri)
-                    files.append(SourceFile(uri, rel, entry, size, mtime))
-            continue
-        if not tf.io.gfile.isdir(root):
-            raise InputDataError(f"corpus directory not found: {root}" + (f" ({entry})" if root != entry else ""))
-        for dirpath, _dirs, names in tf.io.gfile.walk(root):
-            for name in names:
-                uri = os.path.join(dirpath, name)
-                rel = os.path.relpath(uri, root).replace(os.sep, "/")
-                if not _matches(rel, cfg.include, cfg.exclude):
-                    continue
-                try:
-                    size, mtime = _stat(uri)
-                except (tf.errors.OpError, OSError) as e:
-                    raise InputDataError(f"cannot read corpus file {uri}: {_reason(e)}") from None
-                files.append(SourceFile(uri, rel, entry, size, mtime))
-    if not files:
-        raise InputDataError(
-            f"corpus {', '.join(cfg.corpus)} has no files matching include={cfg.include}"
-        )
-    # A hash order is a fair sample of a directory tree (sorted order would take one package).
-    files.sort(key=lambda f: (hashlib.sha256(f"{f.source}/{f.relpath}".encode()).hexdigest()))
-    if cfg.max_files is not None:
-        files = files[: cfg.max_files]
-    return files
-
-
-def corpus_fingerprint(files: Iterable[SourceFile]) -> str:
-    """Changes when any selected file is added, removed, resized or touched.
-
-    The pipeline passes it to the ingest component as a parameter, so the TFX cache re-runs
-    ingest exactly when its input changed.
-    """
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f.source}\0{f.relpath}\0{f.size}\0{f.mtime_ns}\n".encode())
-    return h.hexdigest()
+    doc_id: str  # sha256 hex of the normalised UTF-8 text
 
 
 def split_for(doc_id: str, eval_percent: int) -> str:
     return "eval" if int(doc_id[:8], 16) % 100 < eval_percent else "train"
 
 
-def _reason(e: BaseException) -> str:
-    if isinstance(e, tf.errors.OpError):
-        return e.message.splitlines()[0]
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror
-    return str(e)
+def to_example(doc: Document) -> bytes:
+    from tensorflow.core.example import (  # protos only; TF is imported once per worker
+        example_pb2,
+        feature_pb2,
+    )
 
+    def b(v: str) -> feature_pb2.Feature:
+        return feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[v.encode("utf-8")]))
 
-def read_documents(
-    files: Iterable[SourceFile], cfg: IngestConfig, report: IngestReport
-) -> Iterator[Document]:
-    for f in files:
-        if f.size > cfg.max_file_bytes:
-            report.skipped_too_large += 1
-            continue
-        try:
-            with tf.io.gfile.GFile(f.uri, "rb") as fh:
-                raw = fh.read()
-        except (tf.errors.OpError, OSError) as e:
-            raise InputDataError(f"cannot read corpus file {f.uri}: {_reason(e)}") from None
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            if cfg.on_invalid_utf8 == "fail":
-                raise InputDataError(
-                    f"{f.uri}: invalid UTF-8 at byte {e.start} (ingest.on_invalid_utf8=fail)"
-                ) from None
-            report.skipped_invalid_utf8 += 1
-            continue
-        if not text.strip():
-            report.skipped_empty += 1
-            continue
-        doc_id = hashlib.sha256(raw).hexdigest()
-        yield Document(text=text, relpath=f.relpath, source=f.source, doc_id=doc_id)
+    def i(v: int) -> feature_pb2.Feature:
+        return feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=[v]))
 
-
-def to_example(doc: Document) -> tf.train.Example:
-    def b(v: str) -> tf.train.Feature:
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode("utf-8")]))
-
-    def i(v: int) -> tf.train.Feature:
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
-
-    return tf.train.Example(
-        features=tf.train.Features(
+    raw = doc.text.encode("utf-8")
+    ex = example_pb2.Example(
+        features=feature_pb2.Features(
             feature={
                 "text": b(doc.text),
                 "path": b(doc.relpath),
                 "source": b(doc.source),
                 "doc_id": b(doc.doc_id),
-                "num_bytes": i(len(doc.text.encode("utf-8"))),
+                "num_bytes": i(len(raw)),
                 "num_lines": i(doc.text.count("\n") + (0 if doc.text.endswith("\n") else 1)),
             }
         )
     )
+    return ex.SerializeToString(deterministic=True)
 
 
-def shard_name(index: int, num_shards: int) -> str:
-    # The ExampleGen naming; the .gz suffix tells Beam/TFDV readers the shards are GZIP.
-    return f"data_tfrecord-{index:05d}-of-{num_shards:05d}.gz"
+def clean(rec: RawRecord, cfg: IngestConfig, count) -> Iterator[Document]:
+    """Decode → normalise → filter one record (each drop counted by reason)."""
+    count("stage_records")
+    text = rec.data
+    if isinstance(text, bytes):
+        text = decode_utf8(text, cfg.on_invalid_utf8, rec.uri, count)
+        if text is None:
+            return
+    text = normalise(text)
+    count("stage_decoded")
+    reason = reject_reason(text, cfg.filters)
+    if reason:
+        count(f"filter_{reason}")
+        return
+    count("stage_filtered")
+    doc_id = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    yield Document(text=text, relpath=rec.relpath, source=rec.source, doc_id=doc_id)
 
 
-def run_ingest(cfg: IngestConfig, output_uri: str, files: list[SourceFile] | None = None) -> IngestReport:
-    """Write ``output_uri/Split-{train,eval}/data_tfrecord-*.gz`` and ``ingest_report.json``.
+def _keep_first_of_group(kv, count) -> Iterator[Document]:
+    _doc_id, group = kv
+    group = list(group)
+    if len(group) > 1:
+        count("exact_duplicates", len(group) - 1)
+    count("stage_exact_dedup")
+    # Deterministic choice among byte-identical texts: the first by (source, path).
+    yield min(group, key=lambda d: (d.source, d.relpath))
 
-    Each split is written into a hidden temporary folder and renamed into place only when all
-    its shards are closed, so a crash never leaves a half-written split published.
+
+class ExactDedup(beam.PTransform):
+    def __init__(self, count):
+        super().__init__()
+        self.count = count
+
+    def expand(self, docs):
+        return (
+            docs
+            | "KeyByHash" >> beam.Map(lambda d: (d.doc_id, d))
+            | "GroupByHash" >> beam.GroupByKey()
+            | "KeepOne" >> beam.FlatMap(_keep_first_of_group, self.count)
+        )
+
+
+def _signature(d: Document, p: DedupConfig):
+    sig = minhash.signature(d.text, p.num_perm, p.shingle_words, p.seed)
+    if sig is not None:
+        yield d.doc_id, sig
+
+
+def _bands(kv, bands: int):
+    doc_id, sig = kv
+    for key in minhash.band_keys(sig, bands):
+        yield key, (doc_id, sig)
+
+
+def _verify(kv, p: DedupConfig):
+    _key, members = kv
+    yield from minhash.verify_bucket(members, p.threshold, p.max_bucket)
+
+
+def _drop_filter(kv, count):
+    _doc_id, grouped = kv
+    docs, drops = list(grouped["docs"]), list(grouped["drop"])
+    if drops:
+        count("near_duplicates", len(docs))
+        return
+    for d in docs:
+        count("stage_near_dedup")
+        yield d
+
+
+class NearDedup(beam.PTransform):
+    """MinHash signatures → LSH buckets → verified pairs → connected groups (one worker:
+    edges are few) → drop all but the smallest doc_id of each group."""
+
+    def __init__(self, p: DedupConfig, count):
+        super().__init__()
+        self.p, self.count = p, count
+
+    def expand(self, docs):
+        p = self.p
+        drops = (
+            docs
+            | "Signature" >> beam.FlatMap(_signature, p)
+            | "Bands" >> beam.FlatMap(_bands, p.bands)
+            | "GroupByBand" >> beam.GroupByKey()
+            | "Verify" >> beam.FlatMap(_verify, p)
+            | "DistinctPairs" >> beam.Distinct()
+            | "AllPairs" >> beam.combiners.ToList()
+            | "Groups" >> beam.FlatMap(minhash.duplicates_to_drop)
+            | "KeyDrop" >> beam.Map(lambda i: (i, True))
+        )
+        keyed = docs | "KeyDocs" >> beam.Map(lambda d: (d.doc_id, d))
+        return (
+            {"docs": keyed, "drop": drops}
+            | "Join" >> beam.CoGroupByKey()
+            | "DropNearDups" >> beam.FlatMap(_drop_filter, self.count)
+        )
+
+
+def _keyed_record(d: Document, cfg: IngestConfig):
+    return (split_for(d.doc_id, cfg.eval_percent), sh.shard_of(d.doc_id, cfg.num_shards)), (d.doc_id, d)
+
+
+def _write_shard(kv, staging: str, num_shards: int, count) -> None:
+    (split, shard), items = kv
+    items = sorted(items, key=lambda x: x[0])
+    path = os.path.join(staging, f"Split-{split}", sh.shard_name(shard, num_shards))
+    sh.write_shard(path, (to_example(d) for _, d in items))
+    count(f"documents_{split}", len(items))
+
+
+def _log2_bin(n: int) -> str:
+    return str(int(math.log2(n))) if n > 0 else "0"
+
+
+def _merge(out: dict, a: dict) -> None:
+    for k, v in a.items():
+        if isinstance(v, dict):
+            _merge(out.setdefault(k, {}), v)
+        else:
+            out[k] = out.get(k, 0) + v
+
+
+def _doc_stats(d: Document, eval_percent: int) -> dict:
+    split = split_for(d.doc_id, eval_percent)
+    n = len(d.text.encode("utf-8"))
+    return {
+        "documents": {split: 1},
+        "bytes": {split: n},
+        "chars": {split: len(d.text)},
+        "sources": {d.source: {split: 1}},
+        "length_histogram": {split: {_log2_bin(n): 1}},
+    }
+
+
+class _MergeDicts(beam.CombineFn):
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, acc, x):
+        _merge(acc, x)
+        return acc
+
+    def merge_accumulators(self, accs):
+        out: dict = {}
+        for a in accs:
+            _merge(out, a)
+        return out
+
+    def extract_output(self, acc):
+        return acc
+
+
+def _write_json(obj, path: str) -> None:
+    atomic_write_json(path, obj)
+
+
+def _read_json(path: str) -> dict:
+    with tf.io.gfile.GFile(path, "r") as f:
+        return json.load(f)
+
+
+def build_ingest(p: beam.Pipeline, files: list[SourceFile], cfg: IngestConfig, staging: str) -> None:
+    """Add the ingest transforms to ``p``; outputs land in ``staging``."""
+    count = Counters(NAMESPACE)
+    docs = (
+        p
+        | "Files" >> beam.Create(files)
+        | "Distribute" >> beam.Reshuffle()
+        | "Read" >> beam.FlatMap(read_file, cfg, count)
+        | "Clean" >> beam.FlatMap(clean, cfg, count)
+    )
+    if cfg.dedup.exact:
+        docs = docs | "ExactDedup" >> ExactDedup(count)
+    if cfg.dedup.near:
+        docs = docs | "NearDedup" >> NearDedup(cfg.dedup, count)
+    _ = (
+        docs
+        | "KeyBySplitShard" >> beam.Map(_keyed_record, cfg)
+        | "GroupByShard" >> beam.GroupByKey()
+        | "WriteShards" >> beam.Map(_write_shard, staging, cfg.num_shards, count)
+    )
+    _ = (
+        docs
+        | "DocStats" >> beam.Map(_doc_stats, cfg.eval_percent)
+        | "SumStats" >> beam.CombineGlobally(_MergeDicts())
+        | "WriteStats" >> beam.Map(_write_json, os.path.join(staging, _STATS_FILE))
+    )
+
+
+def local_pipeline(num_workers: int = 1, mode: str = "in_memory") -> beam.Pipeline:
+    """A DirectRunner pipeline (tests, benchmarks); the TFX component gets its pipeline from
+    the run's beam_pipeline_args instead."""
+    return beam.Pipeline(
+        options=PipelineOptions(
+            ["--runner=DirectRunner", f"--direct_num_workers={num_workers}", f"--direct_running_mode={mode}"]
+        )
+    )
+
+
+# Report: stage → counter (documents left after the stage).
+_STAGES = (
+    ("records read", "stage_records"),
+    ("decoded", "stage_decoded"),
+    ("passed filters", "stage_filtered"),
+    ("after exact dedup", "stage_exact_dedup"),
+    ("after near dedup", "stage_near_dedup"),
+)
+_SKIPS = (
+    "skipped_too_large", "skipped_empty", "skipped_binary", "invalid_utf8_skipped",
+    "invalid_utf8_replaced", "jsonl_malformed", "missing_text_field",
+)
+
+
+def make_report(counters: dict[str, int], stats: dict, files_listed: int, cfg: IngestConfig) -> dict:
+    stages = [["files listed", files_listed], ["files read", counters.get("files_read", 0)]]
+    for name, key in _STAGES:
+        if key == "stage_exact_dedup" and not cfg.dedup.exact or key == "stage_near_dedup" and not cfg.dedup.near:
+            continue
+        stages.append([name, counters.get(key, 0)])
+    documents = {s: stats.get("documents", {}).get(s, 0) for s in SPLITS}
+    stages += [[f"written {s}", documents[s]] for s in SPLITS]
+    return {
+        "files_listed": files_listed,
+        "stages": stages,
+        "skipped": {k: counters.get(k, 0) for k in _SKIPS},
+        "filtered": {k[len("filter_"):]: v for k, v in sorted(counters.items()) if k.startswith("filter_")},
+        "exact_duplicates": counters.get("exact_duplicates", 0),
+        "near_duplicates": counters.get("near_duplicates", 0),
+        "documents": documents,
+        "bytes": {s: stats.get("bytes", {}).get(s, 0) for s in SPLITS},
+        "chars": {s: stats.get("chars", {}).get(s, 0) for s in SPLITS},
+        "sources": stats.get("sources", {}),
+        "length_histogram_log2_bytes": stats.get("length_histogram", {}),
+        "counters": dict(sorted(counters.items())),
+    }
+
+
+def run_ingest(
+    cfg: IngestConfig,
+    output_uri: str,
+    files: list[SourceFile] | None = None,
+    pipeline: beam.Pipeline | None = None,
+) -> dict:
+    """Write ``output_uri/Split-{train,eval}/data_tfrecord-*.gz`` + ``ingest_report.{json,png}``.
+
+    ``pipeline``: an unused Beam pipeline to run on (the component passes the one built from
+    the run's beam_pipeline_args); default: DirectRunner, one in-process worker. Nothing is
+    published unless the whole pipeline succeeded (see common/shards.py).
     """
-    report = IngestReport()
     if files is None:
         files = list_corpus_files(cfg)
-    report.files_listed = report.files_sampled = len(files)
     tf.io.gfile.makedirs(output_uri)
-    tmp = {s: os.path.join(output_uri, f".tmp-Split-{s}-{uuid.uuid4().hex[:8]}") for s in SPLITS}
-    writers: dict[str, list[tf.io.TFRecordWriter]] = {}
+    staging = sh.new_staging(output_uri)
     try:
+        p = pipeline if pipeline is not None else local_pipeline()
+        build_ingest(p, files, cfg, staging)
+        result = run_pipeline(p)
+        counters = read_counters(result, NAMESPACE)
+        stats_path = os.path.join(staging, _STATS_FILE)
+        stats = _read_json(stats_path) if tf.io.gfile.exists(stats_path) else {}
+        report = make_report(counters, stats, len(files), cfg)
+        log.info("ingest: %s", json.dumps(report["stages"]))
         for s in SPLITS:
-            tf.io.gfile.makedirs(tmp[s])
-            writers[s] = [
-                tf.io.TFRecordWriter(os.path.join(tmp[s], shard_name(i, cfg.num_shards)), "GZIP")
-                for i in range(cfg.num_shards)
-            ]
-        for doc in read_documents(files, cfg, report):
-            split = split_for(doc.doc_id, cfg.eval_percent)
-            shard = int(doc.doc_id[8:16], 16) % cfg.num_shards
-            writers[split][shard].write(to_example(doc).SerializeToString())
-            report.documents[split] += 1
-            report.bytes[split] += len(doc.text.encode("utf-8"))
-        for ws in writers.values():
-            for w in ws:
-                w.close()
-        for s in SPLITS:
-            if report.documents[s] == 0:
-                total = sum(report.documents.values())
+            if report["documents"][s] == 0:
+                total = sum(report["documents"].values())
                 raise InputDataError(
-                    f"ingest produced an empty {s!r} split ({total} documents, "
-                    f"eval_percent={cfg.eval_percent}); add files or change ingest.eval_percent"
+                    f"ingest produced an empty {s!r} split ({total} documents kept of "
+                    f"{counters.get('stage_records', 0)} read, eval_percent={cfg.eval_percent}); "
+                    "add files or change ingest.eval_percent / ingest.filters"
                 )
         for s in SPLITS:
-            final = os.path.join(output_uri, f"Split-{s}")
-            if tf.io.gfile.exists(final):
-                tf.io.gfile.rmtree(final)
-            tf.io.gfile.rename(tmp[s], final)
-            report.shards[s] = sorted(tf.io.gfile.listdir(final))
+            sh.fill_empty_shards(os.path.join(staging, f"Split-{s}"), cfg.num_shards)
+        report["shards"] = sh.publish(staging, output_uri, SPLITS)
     finally:
-        for ws in writers.values():
-            for w in ws:
-                w.close()
-        for s in SPLITS:
-            if tf.io.gfile.exists(tmp[s]):
-                tf.io.gfile.rmtree(tmp[s])
-    atomic_write_json(os.path.join(output_uri, REPORT_FILE), report.to_dict())
+        sh.discard(staging)
+    atomic_write_json(os.path.join(output_uri, REPORT_FILE), report)
+    write_ingest_png(report, os.path.join(output_uri, REPORT_PNG))
     return report

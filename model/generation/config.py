@@ -18,8 +18,8 @@ class GenerationConfig:
     seed: int | None = None
     # MLA only: decode with the absorbed path (attend over the latent) or expand the cache.
     absorb: bool = True
-    # Compile the decode step with XLA. Dense (non-MoE) models only: the MoE dispatch uses
-    # data-dependent shapes, so MoE models run the step as a (non-XLA) tf.function graph.
+    # Compile the decode model step with XLA. MoE layers run single-token steps through the
+    # fixed-shape gathered-experts path (the prefill dispatch has data-dependent shapes).
     jit_compile: bool = False
 
     def __post_init__(self):

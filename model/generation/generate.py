@@ -5,8 +5,12 @@ GQA layers cache K/V per KV head. Prompts of different lengths are left-padded: 
 mask hides the pad slots and position ids restart at 0 at each row's first real token, so every
 row sees exactly what it would see alone.
 
-The per-token decode step is a tf.function with fixed shapes (traced once per model/batch
-shape); with GenerationConfig.jit_compile it is XLA-compiled (dense models).
+Prefill and the per-token decode step are tf.functions (reduce_retracing; prompt lengths are
+bucketed to multiples of PREFILL_BUCKET so nearby lengths share a trace). The decode step also
+does token selection (greedy / temperature / top-k / top-p with a stateless (seed, step) RNG),
+stop flags and the key_valid / position updates, so the host does one small sync per token.
+With GenerationConfig.jit_compile the model step is XLA-compiled (MoE layers take the
+fixed-shape gathered-experts path for single-token steps, so this includes MoE models).
 """
 from __future__ import annotations
 
@@ -45,37 +49,126 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int):
     return ids, mask
 
 
-_STEP_FNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Prompt lengths are left-padded up to a multiple of this, so prompts of nearby lengths share
+# one traced prefill/decode shape (the extra pad slots are masked like any left padding).
+PREFILL_BUCKET = 32
+
+
+def bucket_len(n: int) -> int:
+    """Smallest multiple of PREFILL_BUCKET >= n."""
+    return -(-n // PREFILL_BUCKET) * PREFILL_BUCKET
+
+
+def pad_to_bucket(ids, mask, pad_id: int):
+    """Left-pad ids/mask (B, P) to (B, bucket_len(P)) with pad_id / mask 0."""
+    extra = bucket_len(ids.shape[1]) - ids.shape[1]
+    if extra == 0:
+        return ids, mask
+    return (np.pad(ids, [(0, 0), (extra, 0)], constant_values=pad_id),
+            np.pad(mask, [(0, 0), (extra, 0)], constant_values=0))
+
+
+# Compiled functions per model. The closures hold a weak reference to the model, so this map
+# does not keep models alive.
+_FNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _cached_fn(model, key, make):
+    per_model = _FNS.setdefault(model, {})
+    if key not in per_model:
+        per_model[key] = make(weakref.ref(model))
+    return per_model[key]
 
 
 def _step_fn(model, absorb: bool, jit: bool):
-    """Compiled one-token decode step, cached per model."""
-    per_model = _STEP_FNS.setdefault(model, {})
-    key = (absorb, jit)
-    if key not in per_model:
+    """Compiled one-token model step (no sampling), cached per model:
+    (token (B, 1), cache, write_pos (B,), position (B,), key_valid (B, S)) -> (logits (B, V), cache)."""
+    def make(ref):
         def step(token, cache, write_pos, position, key_valid):
             # token (B, 1); write_pos (B,) cache row; position (B,) rope position
-            logits, cache = model.call_cached(token, cache, write_pos[:, None], position[:, None],
-                                              key_valid, absorb=absorb)
+            logits, cache = ref().call_cached(token, cache, write_pos[:, None], position[:, None],
+                                              key_valid, absorb=absorb, last_only=True)
             return logits[:, -1, :], cache
-        per_model[key] = tf.function(step, jit_compile=jit, reduce_retracing=True)
-    return per_model[key]
+        return tf.function(step, jit_compile=jit, reduce_retracing=True)
+    return _cached_fn(model, ("step", absorb, jit), make)
+
+
+def _prefill_fn(model, absorb: bool):
+    """Compiled prefill, cached per model: (ids (B, P), mask (B, P), max_len ()) ->
+    (last-position logits (B, V), cache, key_valid (B, max_len)). Run eagerly this was 2x slower."""
+    def make(ref):
+        def run(ids, mask, max_len):
+            m = ref()
+            b, p = tf.shape(ids)[0], tf.shape(ids)[1]
+            cache = m.init_cache(b, max_len, m.compute_dtype)
+            key_valid = tf.pad(mask, [[0, 0], [0, max_len - p]])                  # (B, max_len)
+            write_idx = tf.tile(tf.range(p)[None], [b, 1])                         # (B, P)
+            pos = tf.maximum(tf.cumsum(mask, axis=1) - 1, 0)                       # (B, P)
+            logits, cache = m.call_cached(ids, cache, write_idx, pos, key_valid, absorb=absorb,
+                                          last_only=True)                          # (B, 1, V)
+            return logits[:, -1, :], cache, key_valid
+        return tf.function(run, reduce_retracing=True)
+    return _cached_fn(model, ("prefill", absorb), make)
+
+
+def _sample(logits, seed, t, stops, temperature, top_k, top_p):
+    """logits (B, V) -> (token (B,) int32, hit a stop token (B,) bool). seed, t: () int32."""
+    tok = select_next(logits, temperature, top_k, top_p, tf.stack([seed, t]))
+    hit = tf.reduce_any(tok[:, None] == stops[None, :], axis=-1)                   # (B,)
+    return tok, hit
+
+
+def _first_token_fn(model, temperature: float, top_k: int, top_p: float):
+    """Compiled selection of the first new token from the prefill logits."""
+    def make(ref):
+        def first(logits, seed, stops):
+            return _sample(logits, seed, tf.constant(0, tf.int32), stops, temperature, top_k, top_p)
+        return tf.function(first, reduce_retracing=True)
+    return _cached_fn(model, ("first", temperature, top_k, top_p), make)
+
+
+def _decode_fn(model, absorb: bool, jit: bool, temperature: float, top_k: int, top_p: float):
+    """Compiled decode step including the host bookkeeping that used to run eagerly per token:
+    feed the last token (pad for finished rows), mark its cache row valid, run the model step,
+    select the next token with the stateless seed (seed, t) and update the stop flags.
+
+    (tok, done, cache, write, pos, key_valid, seed, t, stops, pad_id) ->
+    (tok, done, cache, write + 1, pos + 1, key_valid, t + 1); tok/done/write/pos (B,).
+    With jit, only the model step is XLA-compiled (nested tf.function): sampling stays on the
+    TF kernels so sampled tokens do not depend on jit_compile.
+    """
+    inner = _step_fn(model, absorb, jit)
+
+    def make(ref):
+        del ref  # the model is reached through `inner`
+        def decode(tok, done, cache, write, pos, key_valid, seed, t, stops, pad_id):
+            feed = tf.where(done, pad_id, tok)                                      # (B,)
+            s = tf.shape(key_valid)[1]
+            written = tf.cast(tf.range(s)[None, :] == write[:, None], key_valid.dtype)   # (B, S)
+            key_valid = tf.maximum(key_valid, written)
+            logits, cache = inner(feed[:, None], cache, write, pos, key_valid)     # (B, V)
+            t = t + 1
+            nxt, hit = _sample(logits, seed, t, stops, temperature, top_k, top_p)
+            return nxt, done | hit, cache, write + 1, pos + 1, key_valid, t
+        return tf.function(decode, reduce_retracing=True)
+    return _cached_fn(model, ("decode", absorb, jit, temperature, top_k, top_p), make)
+
+
+def _fetch(tok, done):
+    """The one host sync per generated token: (B,) ids and stop flags as numpy."""
+    return tok.numpy(), done.numpy()
 
 
 def prefill(model, ids, mask, max_len: int, absorb: bool = False):
     """Run the (left-padded) prompts, filling a cache of max_len rows.
 
-    Returns (last-position logits (B, V), cache, key_valid (B, max_len), next positions (B,)).
+    Returns (last-position logits (B, V), cache, key_valid (B, max_len) int32, next positions (B,)).
     """
-    b, p = ids.shape
-    cache = model.init_cache(b, max_len, model.compute_dtype)
-    key_valid = np.zeros((b, max_len), np.int32)
-    key_valid[:, :p] = mask
-    write_idx = np.tile(np.arange(p, dtype=np.int32)[None], [b, 1])
-    pos = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
-    logits, cache = model.call_cached(tf.constant(ids), cache, tf.constant(write_idx),
-                                      tf.constant(pos), tf.constant(key_valid), absorb=absorb)
-    return logits[:, -1, :], cache, key_valid, mask.sum(axis=1).astype(np.int32)
+    ids = tf.convert_to_tensor(np.asarray(ids, np.int32))
+    mask = np.asarray(mask, np.int32)
+    logits, cache, key_valid = _prefill_fn(model, absorb)(
+        ids, tf.convert_to_tensor(mask), tf.constant(max_len, tf.int32))
+    return logits, cache, key_valid, mask.sum(axis=1).astype(np.int32)
 
 
 def generate(model, prompts: Sequence[Sequence[int]],
@@ -83,7 +176,6 @@ def generate(model, prompts: Sequence[Sequence[int]],
     """Generate continuations for a batch of token-id prompts (lists of ints)."""
     cfg = model.cfg
     ids, mask = left_pad(prompts, config.pad_token_id)
-    b, p = ids.shape
     limit = cfg.max_position_embeddings
     for i, seq in enumerate(prompts):
         if len(seq) + config.max_new_tokens > limit:
@@ -95,32 +187,35 @@ def generate(model, prompts: Sequence[Sequence[int]],
     if bad.size:
         raise GenerationError(f"generate: token id {int(bad[0])} is outside the vocabulary "
                               f"[0, {cfg.vocab_size})")
+    ids, mask = pad_to_bucket(ids, mask, config.pad_token_id)
+    b, p = ids.shape
     max_len = p + config.max_new_tokens
     logits, cache, key_valid, next_pos = prefill(model, ids, mask, max_len)
-    step = _step_fn(model, config.absorb, config.jit_compile and not cfg.is_moe)
     seed = config.seed if config.seed is not None else int(np.random.randint(0, 2**31 - 1))
-    stops = set(config.stop_token_ids)
-    out: list[list[int]] = [[] for _ in range(b)]
-    done = np.zeros(b, bool)
-    reasons = ["length"] * b
-    key_valid = tf.constant(key_valid)
-    for t in range(config.max_new_tokens):
-        tok = select_next(logits, config.temperature, config.top_k, config.top_p,
-                          tf.constant([seed, t], tf.int32)).numpy()
-        for i in range(b):
-            if done[i]:
-                continue
-            if int(tok[i]) in stops:
-                done[i], reasons[i] = True, "stop"
-            else:
-                out[i].append(int(tok[i]))
-        if done.all() or t == config.max_new_tokens - 1:
+    seed = tf.constant(seed, tf.int32)
+    # -1 never matches a token id: an empty stop set still has a (1,) tensor.
+    stops = tf.constant(list(config.stop_token_ids) or [-1], tf.int32)
+    temp, top_k, top_p = config.temperature, config.top_k, config.top_p
+    tok, done = _first_token_fn(model, temp, top_k, top_p)(logits, seed, stops)
+    decode = _decode_fn(model, config.absorb, config.jit_compile, temp, top_k, top_p)
+    write = tf.fill([b], tf.constant(p, tf.int32))                                  # (B,)
+    pos, t, pad_id = tf.constant(next_pos), tf.constant(0, tf.int32), tf.constant(config.pad_token_id)
+    steps = []
+    for i in range(config.max_new_tokens):
+        tok_np, done_np = _fetch(tok, done)
+        steps.append(tok_np)
+        if done_np.all() or i == config.max_new_tokens - 1:
             break
-        write = np.full((b,), p + t, np.int32)
-        tok = np.where(done, config.pad_token_id, tok).astype(np.int32)
-        key_valid = tf.tensor_scatter_nd_update(
-            key_valid, np.stack([np.arange(b), write], -1).astype(np.int32), np.ones(b, np.int32))
-        logits, cache = step(tf.constant(tok[:, None]), cache, tf.constant(write),
-                             tf.constant(next_pos), key_valid)
-        next_pos = next_pos + 1
+        tok, done, cache, write, pos, key_valid, t = decode(tok, done, cache, write, pos, key_valid,
+                                                            seed, t, stops, pad_id)
+    return _collect(np.stack(steps, axis=1), set(config.stop_token_ids))
+
+
+def _collect(tokens, stops: set) -> GenerationResult:
+    """tokens (B, N) selected per step -> each row up to (not including) its first stop token."""
+    out, reasons = [], []
+    for row in tokens.tolist():
+        cut = next((j for j, x in enumerate(row) if x in stops), None)
+        out.append(row if cut is None else row[:cut])
+        reasons.append("length" if cut is None else "stop")
     return GenerationResult(out, reasons)

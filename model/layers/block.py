@@ -51,10 +51,10 @@ class DecoderBlock(keras.layers.Layer):
         self.is_moe = isinstance(self.mlp, MoE)
         self.built = True
 
-    def _ffn(self, x, return_router):
+    def _ffn(self, x, return_router, gather_experts: bool = False):
         h = self.post_attention_layernorm(x)
         if self.is_moe:
-            y, r = self.mlp(h, return_router=True)
+            y, r = self.mlp(h, return_router=True, gather_experts=gather_experts)
             return x + y, r
         return x + self.mlp(h), None
 
@@ -67,7 +67,8 @@ class DecoderBlock(keras.layers.Layer):
     def call_cached(self, x, cos, sin, bias, cache, write_idx, absorb: bool = True):
         a, cache = self.self_attn.call_cached(self.input_layernorm(x), cos, sin, bias, cache,
                                               write_idx, absorb)
-        x, _ = self._ffn(x + a, False)
+        # One new token per row (decode): the fixed-shape expert path, which XLA can compile.
+        x, _ = self._ffn(x + a, False, gather_experts=x.shape[1] == 1)
         return x, cache
 
     def get_config(self):

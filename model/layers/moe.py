@@ -176,12 +176,33 @@ class MoE(keras.layers.Layer):
         _, out_ta = tf.while_loop(lambda i, _: i < e, body, (tf.constant(0), out_ta))
         return out_ta.concat()                                              # (N*K, D)
 
-    def call(self, x, return_router: bool = False):
-        # x: (B, T, D)
+    def gathered_experts(self, x2d, r: RouterOutput):
+        """x2d (N, D) -> (N, D), the same Σ_k w_k · SwiGLU_{e_k}(x) with fixed shapes: gather each
+        token's K experts' weights and run batched matmuls. No data-dependent split, so XLA can
+        compile it; but it copies N·K weight triples, so it is meant for a handful of tokens
+        (single-token decode), never prefill or training. Terms are summed per token in ascending
+        expert order, the order unsorted_segment_sum adds them in on the dispatch path."""
+        dt = x2d.dtype
+        idx = tf.sort(r.topk_idx, axis=-1)                                   # (N, K) expert order
+        w = tf.gather(r.topk_weight, tf.argsort(r.topk_idx, axis=-1, stable=True),
+                      batch_dims=1)                                          # (N, K) matching idx
+        gate = tf.cast(tf.gather(self.experts_gate, idx), dt)               # (N, K, D, I)
+        up = tf.cast(tf.gather(self.experts_up, idx), dt)                   # (N, K, D, I)
+        down = tf.cast(tf.gather(self.experts_down, idx), dt)               # (N, K, I, D)
+        xk = x2d[:, None, None, :]                                           # (N, 1, 1, D)
+        h = tf.nn.silu(tf.matmul(xk, gate)) * tf.matmul(xk, up)             # (N, K, 1, I)
+        ys = tf.matmul(h, down)[:, :, 0, :] * tf.cast(w, dt)[:, :, None]    # (N, K, D)
+        y = ys[:, 0]
+        for k in range(1, self.num_experts_per_tok):                        # sequential, in order
+            y = y + ys[:, k]
+        return y                                                             # (N, D)
+
+    def call(self, x, return_router: bool = False, gather_experts: bool = False):
+        """x (B, T, D). gather_experts: use the fixed-shape gathered path (single-token decode)."""
         shape = tf.shape(x)
         x2d = tf.reshape(x, [-1, self.hidden_size])                         # (N, D)
         r = self.router(x2d)
-        y = self.routed_experts(x2d, r)
+        y = (self.gathered_experts if gather_experts else self.routed_experts)(x2d, r)
         if self.shared_experts is not None:
             y = y + self.shared_experts(x2d)                                # shared: unscaled
         y = tf.reshape(y, shape)

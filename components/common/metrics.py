@@ -1,0 +1,78 @@
+"""Beam counters by name, and reading them back after a run."""
+
+from __future__ import annotations
+
+import re
+
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+
+
+class Counters:
+    """``count(name, n=1)`` increments the Beam counter ``namespace:name`` (created lazily;
+    picklable, so DoFns can carry it to workers)."""
+
+    def __init__(self, namespace: str):
+        self.namespace = namespace
+        self._c: dict = {}
+
+    def __getstate__(self):
+        return {"namespace": self.namespace}
+
+    def __setstate__(self, state):
+        self.namespace = state["namespace"]
+        self._c = {}
+
+    def __call__(self, name: str, n: int = 1) -> None:
+        c = self._c.get(name)
+        if c is None:
+            c = self._c[name] = Metrics.counter(self.namespace, name)
+        c.inc(n)
+
+
+def read_counters(result, namespace: str) -> dict[str, int]:
+    """Counter values of a finished pipeline (committed where the runner reports them)."""
+    out: dict[str, int] = {}
+    for m in result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]:
+        v = m.committed if m.committed is not None else m.attempted
+        out[m.key.metric.name] = out.get(m.key.metric.name, 0) + int(v or 0)
+    return out
+
+
+_REMOTE_USER_ERROR = re.compile(r"\b(InputDataError|ConfigError|UserError): (.+)")
+
+
+def run_pipeline(p):
+    """Run a Beam pipeline to completion; a UserError raised in a worker comes back as one.
+
+    Remote workers (multi-processing DirectRunner, Dataflow) return failures as text, so the
+    exception type is lost; the CLI needs it to print a one-line error instead of a traceback.
+    """
+    from components.common import errors
+
+    try:
+        result = p.run()
+        result.wait_until_finish()
+        return result
+    except Exception as e:
+        local = errors.find_user_error(e)
+        # In-process runners re-raise the error itself, with the failing step appended.
+        found = type(local)(_strip_step(str(local))) if local is not None else user_error_from_text(str(e))
+        if found is not None:
+            raise found from e
+        raise
+
+
+def _strip_step(message: str) -> str:
+    """Beam appends the failing step to a message: "... [while running 'Read']"."""
+    return re.sub(r"\s*\[while running '[^']*'\]\s*$", "", message).strip()
+
+
+def user_error_from_text(text: str):
+    """The UserError a remote worker's failure text names, or None."""
+    from components.common import errors
+
+    m = _REMOTE_USER_ERROR.search(text)
+    if not m:
+        return None
+    return getattr(errors, m.group(1))(_strip_step(m.group(2)))
