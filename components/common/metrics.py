@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 
+import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 
@@ -76,3 +78,46 @@ def user_error_from_text(text: str):
     if not m:
         return None
     return getattr(errors, m.group(1))(_strip_step(m.group(2)))
+
+
+def merge_nested_counts(out: dict, a: dict) -> None:
+    """Add the numbers of nested dict ``a`` into ``out`` in place ({k: n | {k: ...}})."""
+    for k, v in a.items():
+        if isinstance(v, dict):
+            merge_nested_counts(out.setdefault(k, {}), v)
+        else:
+            out[k] = out.get(k, 0) + v
+
+
+class MergeNestedCounts(beam.CombineFn):
+    """Beam combiner summing per-document stats dicts into one report dict."""
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, acc, x):
+        merge_nested_counts(acc, x)
+        return acc
+
+    def merge_accumulators(self, accs):
+        out: dict = {}
+        for a in accs:
+            merge_nested_counts(out, a)
+        return out
+
+    def extract_output(self, acc):
+        return acc
+
+
+def write_json(obj, path: str) -> None:
+    """Beam-Map-friendly (obj first) atomic JSON write."""
+    from components.common.fileio import atomic_write_json
+
+    atomic_write_json(path, obj)
+
+
+def read_json(path: str) -> dict:
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(path, "r") as f:
+        return json.load(f)

@@ -25,7 +25,6 @@ import logging
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import apache_beam as beam
 import tensorflow as tf
@@ -34,9 +33,17 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from components.common import shards as sh
 from components.common.errors import InputDataError
 from components.common.fileio import atomic_write_json
-from components.common.metrics import Counters, read_counters, run_pipeline
+from components.common.metrics import (
+    Counters,
+    MergeNestedCounts,
+    read_counters,
+    read_json,
+    run_pipeline,
+    write_json,
+)
 from components.ingest import minhash
 from components.ingest.clean import normalise, reject_reason
+from components.ingest.document import Document, to_example
 from components.ingest.report import write_ingest_png
 from components.ingest.sources import (  # noqa: F401 (re-exported: pipelines/local.py uses them)
     STDLIB,
@@ -58,44 +65,8 @@ _STATS_FILE = "stats.json"
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Document:
-    text: str
-    relpath: str
-    source: str
-    doc_id: str  # sha256 hex of the normalised UTF-8 text
-
-
 def split_for(doc_id: str, eval_percent: int) -> str:
     return "eval" if int(doc_id[:8], 16) % 100 < eval_percent else "train"
-
-
-def to_example(doc: Document) -> bytes:
-    from tensorflow.core.example import (  # protos only; TF is imported once per worker
-        example_pb2,
-        feature_pb2,
-    )
-
-    def b(v: str) -> feature_pb2.Feature:
-        return feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[v.encode("utf-8")]))
-
-    def i(v: int) -> feature_pb2.Feature:
-        return feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=[v]))
-
-    raw = doc.text.encode("utf-8")
-    ex = example_pb2.Example(
-        features=feature_pb2.Features(
-            feature={
-                "text": b(doc.text),
-                "path": b(doc.relpath),
-                "source": b(doc.source),
-                "doc_id": b(doc.doc_id),
-                "num_bytes": i(len(raw)),
-                "num_lines": i(doc.text.count("\n") + (0 if doc.text.endswith("\n") else 1)),
-            }
-        )
-    )
-    return ex.SerializeToString(deterministic=True)
 
 
 def clean(rec: RawRecord, cfg: IngestConfig, count) -> Iterator[Document]:
@@ -214,14 +185,6 @@ def _log2_bin(n: int) -> str:
     return str(int(math.log2(n))) if n > 0 else "0"
 
 
-def _merge(out: dict, a: dict) -> None:
-    for k, v in a.items():
-        if isinstance(v, dict):
-            _merge(out.setdefault(k, {}), v)
-        else:
-            out[k] = out.get(k, 0) + v
-
-
 def _doc_stats(d: Document, eval_percent: int) -> dict:
     split = split_for(d.doc_id, eval_percent)
     n = len(d.text.encode("utf-8"))
@@ -232,33 +195,6 @@ def _doc_stats(d: Document, eval_percent: int) -> dict:
         "sources": {d.source: {split: 1}},
         "length_histogram": {split: {_log2_bin(n): 1}},
     }
-
-
-class _MergeDicts(beam.CombineFn):
-    def create_accumulator(self):
-        return {}
-
-    def add_input(self, acc, x):
-        _merge(acc, x)
-        return acc
-
-    def merge_accumulators(self, accs):
-        out: dict = {}
-        for a in accs:
-            _merge(out, a)
-        return out
-
-    def extract_output(self, acc):
-        return acc
-
-
-def _write_json(obj, path: str) -> None:
-    atomic_write_json(path, obj)
-
-
-def _read_json(path: str) -> dict:
-    with tf.io.gfile.GFile(path, "r") as f:
-        return json.load(f)
 
 
 def build_ingest(p: beam.Pipeline, files: list[SourceFile], cfg: IngestConfig, staging: str) -> None:
@@ -284,8 +220,8 @@ def build_ingest(p: beam.Pipeline, files: list[SourceFile], cfg: IngestConfig, s
     _ = (
         docs
         | "DocStats" >> beam.Map(_doc_stats, cfg.eval_percent)
-        | "SumStats" >> beam.CombineGlobally(_MergeDicts())
-        | "WriteStats" >> beam.Map(_write_json, os.path.join(staging, _STATS_FILE))
+        | "SumStats" >> beam.CombineGlobally(MergeNestedCounts())
+        | "WriteStats" >> beam.Map(write_json, os.path.join(staging, _STATS_FILE))
     )
 
 
@@ -359,7 +295,7 @@ def run_ingest(
         result = run_pipeline(p)
         counters = read_counters(result, NAMESPACE)
         stats_path = os.path.join(staging, _STATS_FILE)
-        stats = _read_json(stats_path) if tf.io.gfile.exists(stats_path) else {}
+        stats = read_json(stats_path) if tf.io.gfile.exists(stats_path) else {}
         report = make_report(counters, stats, len(files), cfg)
         log.info("ingest: %s", json.dumps(report["stages"]))
         for s in SPLITS:

@@ -12,7 +12,6 @@ Writes ``Split-{train,eval}/data_tfrecord-*.gz`` and ``data_report.{json,png}`` 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -23,7 +22,15 @@ import numpy as np
 from components.common import shards as sh
 from components.common.errors import InputDataError
 from components.common.fileio import atomic_write_json
-from components.common.metrics import Counters, read_counters, run_pipeline
+from components.common.metrics import (
+    Counters,
+    MergeNestedCounts,
+    read_counters,
+    read_json,
+    run_pipeline,
+    write_json,
+)
+from components.ingest.document import parse_example
 from components.pack import packing
 from components.pack.report import write_data_png
 from configs.schema import PackConfig
@@ -38,14 +45,8 @@ log = logging.getLogger(__name__)
 
 
 def _parse(record: bytes) -> tuple[str, str, str]:
-    from tensorflow.core.example import example_pb2
-
-    f = example_pb2.Example.FromString(record).features.feature
-    return (
-        f["doc_id"].bytes_list.value[0].decode(),
-        f["text"].bytes_list.value[0].decode("utf-8"),
-        f["source"].bytes_list.value[0].decode("utf-8"),
-    )
+    d = parse_example(record)
+    return d.doc_id, d.text, d.source
 
 
 class EncodeFn(beam.DoFn):
@@ -115,36 +116,6 @@ class PackWriteFn(beam.DoFn):
         yield stats
 
 
-def _merge(out: dict, a: dict) -> None:
-    for k, v in a.items():
-        if isinstance(v, dict):
-            _merge(out.setdefault(k, {}), v)
-        else:
-            out[k] = out.get(k, 0) + v
-
-
-class _MergeDicts(beam.CombineFn):
-    def create_accumulator(self):
-        return {}
-
-    def add_input(self, acc, x):
-        _merge(acc, x)
-        return acc
-
-    def merge_accumulators(self, accs):
-        out: dict = {}
-        for a in accs:
-            _merge(out, a)
-        return out
-
-    def extract_output(self, acc):
-        return acc
-
-
-def _write_json(obj, path: str) -> None:
-    atomic_write_json(path, obj)
-
-
 def build_pack(p: beam.Pipeline, examples_uri: str, tokenizer_uri: str, ids: dict, cfg: PackConfig, staging: str) -> None:
     count = Counters(NAMESPACE)
     stats = []
@@ -161,16 +132,9 @@ def build_pack(p: beam.Pipeline, examples_uri: str, tokenizer_uri: str, ids: dic
     _ = (
         stats
         | "AllStats" >> beam.Flatten()
-        | "SumStats" >> beam.CombineGlobally(_MergeDicts())
-        | "WriteStats" >> beam.Map(_write_json, os.path.join(staging, _STATS_FILE))
+        | "SumStats" >> beam.CombineGlobally(MergeNestedCounts())
+        | "WriteStats" >> beam.Map(write_json, os.path.join(staging, _STATS_FILE))
     )
-
-
-def _read_json(path: str) -> dict:
-    import tensorflow as tf
-
-    with tf.io.gfile.GFile(path, "r") as f:
-        return json.load(f)
 
 
 def make_report(ingest_report: dict, stats: dict, cfg: PackConfig, counters: dict) -> dict:
@@ -213,9 +177,9 @@ def run_pack(
         result = run_pipeline(p)
         counters = read_counters(result, NAMESPACE)
         stats_path = os.path.join(staging, _STATS_FILE)
-        stats = _read_json(stats_path) if tf.io.gfile.exists(stats_path) else {}
+        stats = read_json(stats_path) if tf.io.gfile.exists(stats_path) else {}
         ingest_path = os.path.join(examples_uri, INGEST_REPORT)
-        ingest_report = _read_json(ingest_path) if tf.io.gfile.exists(ingest_path) else {}
+        ingest_report = read_json(ingest_path) if tf.io.gfile.exists(ingest_path) else {}
         report = make_report(ingest_report, stats, cfg, counters)
         log.info("pack: rows %s tokens %s", report["rows"], report["tokens_written"])
         for s in SPLITS:

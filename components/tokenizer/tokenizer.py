@@ -23,6 +23,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from components.common.errors import InputDataError
 from components.common.fileio import atomic_write_json, atomic_write_text
+from components.ingest.document import parse_example
 from configs.schema import TokenizerConfig
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -34,14 +35,8 @@ def special_tokens(cfg: TokenizerConfig) -> list[str]:
 
 
 def _parse(record: bytes) -> tuple[str, str, str]:
-    from tensorflow.core.example import example_pb2
-
-    f = example_pb2.Example.FromString(record).features.feature
-    return (
-        f["doc_id"].bytes_list.value[0].decode(),
-        f["text"].bytes_list.value[0].decode("utf-8"),
-        f["path"].bytes_list.value[0].decode("utf-8"),
-    )
+    d = parse_example(record)
+    return d.doc_id, d.text, d.relpath
 
 
 def _shard_docs(path: str) -> Iterator[tuple[str, str, str]]:
