@@ -29,7 +29,8 @@ def _quiet_libraries() -> None:
 def _console():
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False)
+    # Piped output (CI logs, make) gets a wide fixed width instead of rich's 80 columns.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 
 
 def _load(args: argparse.Namespace):
