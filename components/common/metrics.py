@@ -121,3 +121,12 @@ def read_json(path: str) -> dict:
 
     with tf.io.gfile.GFile(path, "r") as f:
         return json.load(f)
+
+
+def run_and_collect(p, namespace: str, stats_path: str) -> tuple[dict[str, int], dict]:
+    """Run ``p``; return its counters in ``namespace`` and the stats JSON it wrote (or {})."""
+    import tensorflow as tf
+
+    counters = read_counters(run_pipeline(p), namespace)
+    stats = read_json(stats_path) if tf.io.gfile.exists(stats_path) else {}
+    return counters, stats

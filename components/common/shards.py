@@ -10,6 +10,7 @@ failed run leaves at most a hidden staging folder, never a half-written publishe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterable
@@ -28,6 +29,25 @@ def shard_of(doc_id: str, num_shards: int) -> int:
     """Shard of a document by its hex content hash (hex digits 8..16: independent of the
     split, which uses digits 0..8)."""
     return int(doc_id[8:16], 16) % num_shards
+
+
+@contextlib.contextmanager
+def staged(output_uri: str):
+    """A hidden staging folder under ``output_uri`` that is always removed on exit; what the
+    block publishes (``publish_splits``) is renamed out of it first."""
+    tf.io.gfile.makedirs(output_uri)
+    staging = new_staging(output_uri)
+    try:
+        yield staging
+    finally:
+        discard(staging)
+
+
+def publish_splits(staging: str, output_uri: str, splits: Iterable[str], num_shards: int) -> dict[str, list[str]]:
+    """Give every split all ``num_shards`` files, then rename the splits into place."""
+    for s in splits:
+        fill_empty_shards(os.path.join(staging, f"Split-{s}"), num_shards)
+    return publish(staging, output_uri, splits)
 
 
 def new_staging(output_uri: str) -> str:

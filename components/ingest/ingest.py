@@ -27,7 +27,6 @@ import os
 from collections.abc import Iterator
 
 import apache_beam as beam
-import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from components.common import shards as sh
@@ -36,9 +35,7 @@ from components.common.fileio import atomic_write_json
 from components.common.metrics import (
     Counters,
     MergeNestedCounts,
-    read_counters,
-    read_json,
-    run_pipeline,
+    run_and_collect,
     write_json,
 )
 from components.ingest import minhash
@@ -287,15 +284,10 @@ def run_ingest(
     """
     if files is None:
         files = list_corpus_files(cfg)
-    tf.io.gfile.makedirs(output_uri)
-    staging = sh.new_staging(output_uri)
-    try:
+    with sh.staged(output_uri) as staging:
         p = pipeline if pipeline is not None else local_pipeline()
         build_ingest(p, files, cfg, staging)
-        result = run_pipeline(p)
-        counters = read_counters(result, NAMESPACE)
-        stats_path = os.path.join(staging, _STATS_FILE)
-        stats = read_json(stats_path) if tf.io.gfile.exists(stats_path) else {}
+        counters, stats = run_and_collect(p, NAMESPACE, os.path.join(staging, _STATS_FILE))
         report = make_report(counters, stats, len(files), cfg)
         log.info("ingest: %s", json.dumps(report["stages"]))
         for s in SPLITS:
@@ -306,11 +298,7 @@ def run_ingest(
                     f"{counters.get('stage_records', 0)} read, eval_percent={cfg.eval_percent}); "
                     "add files or change ingest.eval_percent / ingest.filters"
                 )
-        for s in SPLITS:
-            sh.fill_empty_shards(os.path.join(staging, f"Split-{s}"), cfg.num_shards)
-        report["shards"] = sh.publish(staging, output_uri, SPLITS)
-    finally:
-        sh.discard(staging)
+        report["shards"] = sh.publish_splits(staging, output_uri, SPLITS, cfg.num_shards)
     atomic_write_json(os.path.join(output_uri, REPORT_FILE), report)
     write_ingest_png(report, os.path.join(output_uri, REPORT_PNG))
     return report

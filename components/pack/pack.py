@@ -25,9 +25,8 @@ from components.common.fileio import atomic_write_json
 from components.common.metrics import (
     Counters,
     MergeNestedCounts,
-    read_counters,
     read_json,
-    run_pipeline,
+    run_and_collect,
     write_json,
 )
 from components.ingest.document import parse_example
@@ -169,15 +168,10 @@ def run_pack(
 
     meta = load_meta(tokenizer_uri)
     ids = {k: meta[k] for k in ("pad_id", "bos_id", "eos_id")}
-    tf.io.gfile.makedirs(output_uri)
-    staging = sh.new_staging(output_uri)
-    try:
+    with sh.staged(output_uri) as staging:
         p = pipeline if pipeline is not None else local_pipeline()
         build_pack(p, examples_uri, tokenizer_uri, ids, cfg, staging)
-        result = run_pipeline(p)
-        counters = read_counters(result, NAMESPACE)
-        stats_path = os.path.join(staging, _STATS_FILE)
-        stats = read_json(stats_path) if tf.io.gfile.exists(stats_path) else {}
+        counters, stats = run_and_collect(p, NAMESPACE, os.path.join(staging, _STATS_FILE))
         ingest_path = os.path.join(examples_uri, INGEST_REPORT)
         ingest_report = read_json(ingest_path) if tf.io.gfile.exists(ingest_path) else {}
         report = make_report(ingest_report, stats, cfg, counters)
@@ -185,10 +179,7 @@ def run_pack(
         for s in SPLITS:
             if report["rows"][s] == 0:
                 raise InputDataError(f"pack produced no rows for the {s!r} split of {examples_uri}")
-            sh.fill_empty_shards(os.path.join(staging, f"Split-{s}"), cfg.num_shards)
-        report["shards"] = sh.publish(staging, output_uri, SPLITS)
-    finally:
-        sh.discard(staging)
+        report["shards"] = sh.publish_splits(staging, output_uri, SPLITS, cfg.num_shards)
     atomic_write_json(os.path.join(output_uri, REPORT_FILE), report)
     write_data_png(report, os.path.join(output_uri, REPORT_PNG))
     return report
