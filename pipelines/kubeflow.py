@@ -28,6 +28,11 @@ from configs.schema import COMPONENT_IDS, SeeklineConfig, validate_cron
 CONTAINER_COMMAND = ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
 
 
+# Tasks that read from outside the pipeline's artifacts (the corpus), so a cache key made of
+# their parameters cannot tell a changed input from an unchanged one.
+UNCACHED_ON_KUBEFLOW = ("ingest",)
+
+
 def executor_label(component_id: str) -> str:
     """The deploymentSpec executor key TFX's compiler gives a component."""
     return f"{component_id}_executor"
@@ -56,6 +61,12 @@ def build_pipeline_spec(config: SeeklineConfig) -> dict[str, Any]:
     job = runner.run(pipeline, write_out=False)
     spec = job["pipelineSpec"]
     spec["defaultPipelineRoot"] = config.kubeflow.pipeline_root
+    # Locally the corpus fingerprint (a parameter) keys ingest's cache; a compiled spec is reused
+    # by every scheduled run, so its fingerprint is fixed and KFP's cache would serve ingest
+    # forever, even after the corpus changed. Ingest always runs on the cluster; downstream
+    # steps re-run only when its output is new.
+    for task_id in UNCACHED_ON_KUBEFLOW:
+        spec["root"]["dag"]["tasks"][task_id]["cachingOptions"] = {"enableCache": False}
     return spec
 
 
@@ -256,11 +267,16 @@ def schedule(
     client = _client(host, token)
     pipeline_id, version_id = upload(client, package, config.pipeline.name)
     exp = _api_call("create the experiment", client.create_experiment, config.kubeflow.experiment)
+    job_name = name or f"{config.pipeline.name}-scheduled"
+    # Re-scheduling (e.g. every `helm upgrade`) replaces the schedule instead of adding another
+    # that would keep launching the old pipeline version.
+    for old in _recurring_runs_named(client, exp.experiment_id, job_name):
+        _api_call("delete the previous recurring run", client.delete_recurring_run, old)
     rr = _api_call(
         "create the recurring run",
         client.create_recurring_run,
         experiment_id=exp.experiment_id,
-        job_name=name or f"{config.pipeline.name}-scheduled",
+        job_name=job_name,
         cron_expression=cron,
         max_concurrency=config.kubeflow.max_concurrency,
         pipeline_id=pipeline_id,
@@ -272,6 +288,25 @@ def schedule(
     return Deployment(
         host or "", pipeline_id, version_id, exp.experiment_id, recurring_run_id=rr.recurring_run_id
     )
+
+
+def _recurring_runs_named(client, experiment_id: str, name: str) -> list[str]:
+    flt = json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]})
+    ids, token = [], ""
+    while True:
+        page = _api_call(
+            "list recurring runs",
+            client.list_recurring_runs,
+            page_token=token,
+            page_size=100,
+            experiment_id=experiment_id,
+            filter=flt,
+        )
+        # Filter again client-side: a server that ignores the filter must not lose other schedules.
+        ids += [r.recurring_run_id for r in (page.recurring_runs or []) if r.display_name == name]
+        token = page.next_page_token or ""
+        if not token:
+            return ids
 
 
 def summary(d: Deployment) -> str:

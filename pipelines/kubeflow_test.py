@@ -30,10 +30,20 @@ def test_spec_parses_and_has_every_component(compiled):
     cfg, path = compiled
     spec, _ = kf.load_pipeline_spec(path)
     assert spec.pipeline_info.name == cfg.pipeline.name
-    assert set(spec.root.dag.tasks) == set(COMPONENT_IDS)
-    assert set(COMPONENT_IDS) >= {"ingest", "tokenizer", "pack", "statistics", "schema", "validate"}
+    assert set(spec.root.dag.tasks) == {"ingest", "tokenizer", "pack", "statistics", "schema", "validate"}
+    assert set(COMPONENT_IDS) == set(spec.root.dag.tasks)  # every task can be given resources
     assert spec.default_pipeline_root == cfg.kubeflow.pipeline_root
     assert list(spec.root.dag.tasks["validate"].dependent_tasks) == ["schema", "statistics"]
+
+
+def test_ingest_is_never_served_from_cache_on_kubeflow(compiled):
+    # A scheduled run re-uses one compiled spec: ingest's parameters never change, so only an
+    # uncached ingest sees a changed corpus. Everything else stays cacheable.
+    _, path = compiled
+    spec, _ = kf.load_pipeline_spec(path)
+    tasks = spec.root.dag.tasks
+    assert tasks["ingest"].caching_options.enable_cache is False
+    assert all(tasks[t].caching_options.enable_cache for t in tasks if t != "ingest")
 
 
 def test_container_runs_the_configured_image_and_tfx_entrypoint(compiled):
@@ -131,7 +141,7 @@ def test_second_deploy_adds_a_version_to_the_same_pipeline(fake, package):
 def test_schedule_creates_a_recurring_run_with_six_field_cron(fake, package):
     cfg = load_config("tiny", ["kubeflow.max_concurrency=2"])
     d = kf.schedule(cfg, package, fake.host, cron="0 30 2 * * 1", name="weekly-retrain")
-    body = next(r for r in fake.requests if r.path == "/apis/v2beta1/recurringruns").json()
+    body = next(r for r in fake.requests if r.method == "POST" and r.path == "/apis/v2beta1/recurringruns").json()
     assert body["trigger"] == {"cron_schedule": {"cron": "0 30 2 * * 1"}}
     assert body["display_name"] == "weekly-retrain"
     assert body["max_concurrency"] in (2, "2")
@@ -176,3 +186,12 @@ def test_portability_warning_for_paths_the_container_cannot_write():
     assert "validate.frozen_dir" in w and "minio://mlpipeline/seekline-tiny/frozen" in w
     assert kf.portability_warnings(load_config("cluster")) == []
     assert kf.portability_warnings(load_config("tiny", ["validate.frozen_dir=/mnt/shared/frozen"])) == []
+
+
+def test_rescheduling_replaces_the_recurring_run_of_the_same_name(fake, package):
+    cfg = load_config("tiny")
+    other = kf.schedule(cfg, package, fake.host, cron="0 0 1 * * *", name="nightly-eval")
+    first = kf.schedule(cfg, package, fake.host, cron="0 0 3 * * *")
+    second = kf.schedule(cfg, package, fake.host, cron="0 0 4 * * *")  # e.g. a helm upgrade
+    assert set(fake.recurring_runs) == {other.recurring_run_id, second.recurring_run_id}
+    assert ("DELETE", f"/apis/v2beta1/recurringruns/{first.recurring_run_id}") in fake.calls()

@@ -29,6 +29,7 @@ class FakeKFP:
     pipelines: dict[str, dict] = field(default_factory=dict)  # id → pipeline
     versions: dict[str, list[dict]] = field(default_factory=dict)  # pipeline id → versions
     experiments: dict[str, dict] = field(default_factory=dict)
+    recurring_runs: dict[str, dict] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
     fail_runs_with: int | None = None  # answer POST /runs with this HTTP status
 
@@ -112,7 +113,27 @@ class FakeKFP:
             return 200, {"run_id": str(uuid.uuid4()), "display_name": body["display_name"], "state": "PENDING"}
         if p == "/apis/v2beta1/recurringruns" and r.method == "POST":
             body = r.json()
-            return 200, {"recurring_run_id": str(uuid.uuid4()), "display_name": body["display_name"], "status": "ENABLED"}
+            rid = str(uuid.uuid4())
+            self.recurring_runs[rid] = {
+                "recurring_run_id": rid,
+                "display_name": body["display_name"],
+                "experiment_id": body.get("experiment_id"),
+                "status": "ENABLED",
+            }
+            return 200, self.recurring_runs[rid]
+        if p == "/apis/v2beta1/recurringruns" and r.method == "GET":
+            want = _wanted_names(json.loads(r.query.get("filter", ["{}"])[0] or "{}"))
+            exp = r.query.get("experiment_id", [None])[0]
+            found = [
+                x for x in self.recurring_runs.values()
+                if (not want or x["display_name"] in want) and (exp is None or x["experiment_id"] == exp)
+            ]
+            return 200, {"recurringRuns": found, "total_size": len(found)}
+        m = re.fullmatch(r"/apis/v2beta1/recurringruns/([^/]+)", p)
+        if m and r.method == "DELETE":
+            if self.recurring_runs.pop(m.group(1), None) is None:
+                return 404, {"error": "recurring run not found", "code": 5}
+            return 200, {}
         return 404, {"error": f"fake KFP has no route {r.method} {p}", "code": 5}
 
 
