@@ -144,3 +144,10 @@ def test_every_component_id_is_known_to_resources():
     assert COMPONENT_IDS == ("ingest", "tokenizer", "pack", "statistics", "schema", "validate")
     cfg = load_config("cluster")
     assert cfg.resources.for_component("pack").cpu == "16"
+
+
+def test_cross_field_checks_name_the_section():
+    with pytest.raises(ConfigError, match=r"ingest.filters: .*min_chars \(500\) > max_chars \(100\)"):
+        load_config("tiny", ["ingest.filters.min_chars=500", "ingest.filters.max_chars=100"])
+    with pytest.raises(ConfigError, match=r"tolerations.0: .*Exists must not have a value"):
+        load_config("tiny", ["resources.default.tolerations=[{key: a, operator: Exists, value: b}]"])

@@ -101,7 +101,7 @@ GFILE_SCHEMES = ("gs://", "hdfs://", "ram://")
 def portability_warnings(config: SeeklineConfig) -> list[str]:
     """Config choices that compile fine but would fail inside the cluster's containers."""
     warnings = []
-    frozen = config.validate_.frozen_dir or f"{config.kubeflow.pipeline_root.rstrip('/')}/frozen"
+    frozen = config.validate_.resolved_frozen_dir(config.kubeflow.pipeline_root)
     if "://" in frozen and not frozen.startswith(GFILE_SCHEMES):
         warnings.append(
             f"validate.frozen_dir resolves to {frozen}, which tf.io.gfile cannot write in the "

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.ingest.ingest import corpus_fingerprint, list_corpus_files
+from components.validate.validate import schema_fingerprint
 from configs.schema import SeeklineConfig, save_config
 
 METADATA_FILE = "metadata.sqlite"
@@ -81,6 +82,7 @@ def run_local(
             str(paths.metadata)
         ),
         corpus_fingerprint=corpus_fingerprint(files),
+        schema_fingerprint=schema_fingerprint(config.validate_.schema_path),
     )
     before = _run_ids(paths, config)
     try:

@@ -12,6 +12,7 @@ from components.ingest.component import Ingest
 from components.pack.component import PackSequences
 from components.tokenizer.component import TrainTokenizer
 from components.validate.component import InferSchema, ValidateExamples
+from components.validate.validate import check_threshold_features
 from configs.schema import ResourceSpec, SeeklineConfig
 from pipelines.resources import to_resource_spec_proto
 
@@ -22,6 +23,7 @@ def create_pipeline(
     pipeline_root: str,
     metadata_connection_config=None,
     corpus_fingerprint: str = "",
+    schema_fingerprint: str = "",
     with_platform_resources: bool = False,
 ) -> tfx.dsl.Pipeline:
     """Build the seekline DAG.
@@ -31,9 +33,11 @@ def create_pipeline(
       pipeline_root: where artifacts are written (local folder or object-store URI).
       metadata_connection_config: MLMD connection (local runs); None on Kubeflow.
       corpus_fingerprint: changes when the corpus changes, so ingest re-runs only then.
+      schema_fingerprint: changes when a committed schema (validate.schema_path) is edited.
       with_platform_resources: attach CPU/memory/GPU requests (Kubeflow); the local runner
         ignores them, so they are left off there.
     """
+    check_threshold_features(config.validate_.drift, config.validate_.skew)
     # ingest (Beam) → text examples; tokenizer trains on their train split; pack (Beam)
     # tokenizes + packs both splits; TFDV statistics/schema/validation run on the packed rows.
     ingest = Ingest(
@@ -52,11 +56,12 @@ def create_pipeline(
     statistics = tfx.components.StatisticsGen(examples=pack.outputs["packed"]).with_id("statistics")
     # The frozen schema + drift baseline live outside any one execution's artifacts, at a
     # fixed place every later run (span) of this pipeline finds.
-    frozen_dir = config.validate_.frozen_dir or f"{pipeline_root.rstrip('/')}/frozen"
+    frozen_dir = config.validate_.resolved_frozen_dir(pipeline_root)
     schema = InferSchema(
         statistics=statistics.outputs["statistics"],
         frozen_dir=frozen_dir,
         schema_path=config.validate_.schema_path or "",
+        schema_fingerprint=schema_fingerprint,
     ).with_id("schema")
     validate = ValidateExamples(
         statistics=statistics.outputs["statistics"],

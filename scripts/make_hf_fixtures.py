@@ -310,6 +310,13 @@ def _write_weights(d, sd, shard):
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
 
 
+def _sha256(path):
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def verify_export(export_root):
     """transformers loads each seekline export and reproduces the fixture's reference logits."""
     results = {}
@@ -326,7 +333,9 @@ def verify_export(export_root):
         err = float(np.abs(got - ref["logits"]).max())
         info = {"export_loaded_by": f"transformers {transformers.__version__}",
                 "model_class": type(model).__name__, "max_abs_err_vs_reference": err,
-                "exported_files": sorted(os.listdir(exp))}
+                "exported_files": sorted(os.listdir(exp)),
+                # what exactly was checked: hf_test.py re-exports with today's code and compares
+                "exported_sha256": {fn: _sha256(os.path.join(exp, fn)) for fn in sorted(os.listdir(exp))}}
         if "mtp_logits" in ref.files:
             # the exported MTP layer (model.layers.{L}.*) through transformers' MtpModel
             mtp = _mtp_reference(exp, torch.from_numpy(ref["input_ids"]).long())

@@ -76,7 +76,7 @@ def test_first_run_executes_every_component(workdir, capsys):
         num_tokens = next(f for f in ds.features if f.path.step == ["num_tokens"])
         assert round(num_tokens.num_stats.mean * ds.num_examples) == report["tokens_written"][split]
     assert report["ingest"]["stages"][0] == ["files listed", 30]
-    assert (out / "pipeline").glob("pack/packed/*/data_report.png")
+    assert next(out.glob("pipeline/pack/packed/*/data_report.png")).stat().st_size > 0
     tok_meta = json.loads(next(out.glob("pipeline/tokenizer/tokenizer/*/tokenizer_meta.json")).read_text())
     assert tok_meta["eos_id"] == 2 and tok_meta["roundtrip_checked_documents"] == report["ingest"]["documents"]["train"]
 
@@ -146,6 +146,19 @@ def test_a_drifted_span_fails_against_the_previous_span(workdir, capsys):
     assert "seekline: error: data validation found" in err and "train/segment_lengths" in err
     assert "Jensen-Shannon" in err.replace("jensen_shannon", "Jensen-Shannon")
     assert baseline.read_bytes() == before  # a failed span never becomes the baseline
+
+
+def test_deleting_the_frozen_folder_accepts_the_new_data(workdir):
+    # The documented remedy for a deliberate change: the schema/validate steps must not hand back
+    # the old frozen schema from the cache.
+    frozen = workdir / "out" / "pipeline" / "frozen"
+    shutil.rmtree(frozen)
+    assert main(["run", *overrides(workdir)]) == 0
+    assert (frozen / "schema.pbtxt").is_file() and (frozen / "baseline" / "FeatureStats.pb").is_file()
+    last = runs(workdir)[-1]
+    assert last.state != "FAILED"
+    validate = next(e for e in last.executions if e.component == "validate")
+    assert validate.state == "COMPLETE"
 
 
 def _cli(*args):

@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 from components.common import shards as sh
 
 
@@ -36,3 +38,23 @@ def test_publish_replaces_an_older_split_and_discard_removes_staging(tmp_path):
     staging = sh.new_staging(out)
     sh.discard(staging)
     assert sorted(os.listdir(out)) == ["Split-eval"]
+
+
+def test_staged_output_leaves_nothing_when_the_block_fails(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="boom"):
+        with sh.staged(str(out)) as staging:
+            sh.write_shard(os.path.join(staging, "Split-train", sh.shard_name(0, 2)), [b"a", b"b"])
+            raise RuntimeError("boom")
+    assert os.listdir(out) == []  # no .staging-* folder, no Split-*
+
+
+def test_publish_splits_fills_missing_shards(tmp_path):
+    out = tmp_path / "out"
+    with sh.staged(str(out)) as staging:
+        sh.write_shard(os.path.join(staging, "Split-train", sh.shard_name(1, 3)), [b"x"])
+        shards = sh.publish_splits(staging, str(out), ["train", "eval"], 3)
+    expected = [sh.shard_name(i, 3) for i in range(3)]
+    assert shards == {"train": expected, "eval": expected}
+    assert sorted(os.listdir(out)) == ["Split-eval", "Split-train"]
+    assert sh.read_records(str(out / "Split-train" / "*")) == [b"x"]

@@ -280,3 +280,10 @@ def test_python_stdlib_is_the_running_interpreters():
     files = ing.list_corpus_files(IngestConfig(max_files=10))
     assert len(files) == 10 and all(f.relpath.endswith(".py") for f in files)
     assert all(os.path.isfile(f.uri) for f in files)
+
+
+def test_corrupt_gzip_jsonl_is_a_clear_error(tmp_path):
+    good = gzip.compress(b'{"text": "x = 1"}\n' * 50)
+    corpus = make_corpus(tmp_path / "c", {"a.jsonl.gz": good[:20] + b"\x00garbage" * 20 + good[-8:]})
+    with pytest.raises(InputDataError, match=r"cannot read corpus file .*a.jsonl.gz"):
+        ing.run_ingest(IngestConfig(corpus=[str(corpus)], include=["*.jsonl.gz"]), str(tmp_path / "o"))

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sysconfig
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -165,6 +166,21 @@ def _field(obj: object, path: str) -> object:
     return obj
 
 
+def _parquet_batches(pf, column: str, uri: str):
+    """Batches of one column, streamed; a corrupt page is an error naming the file."""
+    import pyarrow as pa
+
+    it = pf.iter_batches(columns=[column], batch_size=1024)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except pa.ArrowException as e:
+            raise InputDataError(f"{uri}: cannot read Parquet data ({e})") from None
+        yield batch
+
+
 def read_file(f: SourceFile, cfg: IngestConfig, count: Counter) -> Iterator[RawRecord]:
     """The raw records of one corpus file (see the module docstring)."""
     count("files_read")
@@ -176,7 +192,8 @@ def read_file(f: SourceFile, cfg: IngestConfig, count: Counter) -> Iterator[RawR
             yield from _read_parquet(f, cfg, count)
         else:
             yield from _read_text(f, cfg, count)
-    except (tf.errors.OpError, OSError, EOFError) as e:
+    except (tf.errors.OpError, OSError, EOFError, zlib.error) as e:
+        # zlib.error: a corrupt .gz body (it is not an OSError)
         raise InputDataError(f"cannot read corpus file {f.uri}: {_reason(e)}") from None
 
 
@@ -256,7 +273,7 @@ def _read_parquet(f: SourceFile, cfg: IngestConfig, count: Counter) -> Iterator[
     if not (pa.types.is_string(col_type) or pa.types.is_large_string(col_type)):
         raise InputDataError(f"{f.uri}: column {cfg.text_field!r} is {col_type}, not a string")
     row = 0
-    for batch in pf.iter_batches(columns=[cfg.text_field], batch_size=1024):
+    for batch in _parquet_batches(pf, cfg.text_field, f.uri):
         for value in batch.column(0).to_pylist():
             if value is None:
                 if cfg.strict:

@@ -98,6 +98,10 @@ def to_example(row: Row) -> bytes:
     return ex.SerializeToString(deterministic=True)
 
 
+# The features of a packed row, as written by to_example and read by feature_spec.
+PACKED_FEATURES = ("input_ids", "segment_ids", "positions", "num_tokens", "num_segments", "segment_lengths", "sources")
+
+
 def feature_spec(seq_len: int) -> dict:
     """tf.io.parse_example spec of a packed row (for tf.data readers in later phases)."""
     import tensorflow as tf

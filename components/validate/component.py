@@ -23,8 +23,12 @@ def InferSchema(  # noqa: N802
     frozen_dir: Parameter[str],
     split: Parameter[str] = "train",
     schema_path: Parameter[str] = "",
+    schema_fingerprint: Parameter[str] = "",
 ) -> None:
-    """The committed schema, else the frozen one, else one inferred from ``split`` and frozen."""
+    """The committed schema, else the frozen one, else one inferred from ``split`` and frozen.
+
+    ``schema_fingerprint`` (sha256 of the committed schema file) is only part of the cache key.
+    """
     resolved, origin = v.resolve_schema(v.load_split_stats(statistics.uri, split), schema_path or None, frozen_dir)
     tfdv.write_schema_text(resolved, os.path.join(schema.uri, v.SCHEMA_FILE))
     atomic_write_text(os.path.join(schema.uri, ORIGIN_FILE), origin + "\n")
@@ -44,7 +48,15 @@ def ValidateExamples(  # noqa: N802
     cfg = ValidateConfig.model_validate_json(config_json)
     splits = artifact_utils.decode_split_names(statistics.split_names)
     stats = {s: v.load_split_stats(statistics.uri, s) for s in splits}
-    loaded = tfdv.load_schema_text(os.path.join(schema.uri, v.SCHEMA_FILE))
+    # The frozen folder (or committed schema) is the source of truth, not the schema artifact:
+    # after a failure the user may delete the frozen folder to re-infer, and the cached schema
+    # step would still hand over the old schema. Normally both are the same schema.
+    if "train" in stats:
+        loaded, origin = v.resolve_schema(stats["train"], cfg.schema_path, frozen_dir)
+    else:
+        loaded, origin = v.load_schema(os.path.join(schema.uri, v.SCHEMA_FILE)), "schema artifact"
+    tfdv.write_schema_text(loaded, os.path.join(anomalies.uri, v.SCHEMA_FILE))
+    anomalies.set_string_custom_property("schema_origin", origin)
     baseline = v.load_baseline(frozen_dir)
     found = v.validate_splits(stats, v.with_comparators(loaded, cfg.drift, cfg.skew), baseline)
     anomalies.split_names = artifact_utils.encode_split_names(splits)
@@ -70,5 +82,5 @@ def ValidateExamples(  # noqa: N802
         "re-infer the schema from this span"
     )
     v.check_anomalies(found, cfg.fail_on_anomalies, hint)
-    if "train" in stats:  # a validated span is the next span's drift baseline
+    if "train" in stats and not report:  # only a clean span becomes the next drift baseline
         v.save_baseline(stats["train"], frozen_dir)

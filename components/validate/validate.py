@@ -68,6 +68,29 @@ def _exists(path: str) -> bool:
     return tf.io.gfile.exists(path)
 
 
+def load_schema(path: str) -> schema_pb2.Schema:
+    """A schema.pbtxt; a malformed one is a one-line error naming the file and line:column."""
+    from google.protobuf import text_format
+
+    try:
+        return tfdv.load_schema_text(path)
+    except text_format.ParseError as e:
+        raise InputDataError(f"{path}: not a valid TFDV schema: {e}") from None
+
+
+def schema_fingerprint(schema_path: str | None) -> str:
+    """Changes when a committed schema file is edited, so the schema step re-runs (TFX caches
+    on parameters, not on the files they name)."""
+    if not schema_path or not _exists(schema_path):
+        return ""
+    import hashlib
+
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(schema_path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def resolve_schema(
     train_stats: statistics_pb2.DatasetFeatureStatisticsList,
     schema_path: str | None,
@@ -77,13 +100,26 @@ def resolve_schema(
     if schema_path:
         if not _exists(schema_path):
             raise InputDataError(f"validate.schema_path: schema file not found: {schema_path}")
-        return tfdv.load_schema_text(schema_path), f"committed schema {schema_path}"
+        return load_schema(schema_path), f"committed schema {schema_path}"
     frozen = os.path.join(frozen_dir, SCHEMA_FILE)
     if _exists(frozen):
-        return tfdv.load_schema_text(frozen), f"frozen schema {frozen}"
+        return load_schema(frozen), f"frozen schema {frozen}"
     schema = infer_schema(train_stats)
     atomic_write_text(frozen, str(schema))
     return schema, f"inferred now and frozen at {frozen}"
+
+
+def check_threshold_features(drift: Mapping[str, float], skew: Mapping[str, float]) -> None:
+    """Fail at pipeline build time (not after ingest and pack have run) on a threshold for a
+    feature packed rows do not have."""
+    from components.pack.packing import PACKED_FEATURES
+
+    for kind, thresholds in (("drift", drift), ("skew", skew)):
+        for name in thresholds:
+            if name not in PACKED_FEATURES:
+                raise ConfigError(
+                    f"validate.{kind}: no packed feature {name!r} (features: {', '.join(PACKED_FEATURES)})"
+                )
 
 
 def with_comparators(

@@ -128,3 +128,20 @@ def test_thresholds_for_unknown_features_are_config_errors():
 def test_statistics_html_is_a_facets_page():
     html = v.statistics_html(stats(span(1)), stats(span(2)), "train", "eval")
     assert html.startswith("<!DOCTYPE html>") and "facets-iframe" in html and "train vs eval" in html
+
+
+def test_malformed_schema_file_is_named_with_its_line(tmp_path):
+    bad = tmp_path / "schema.pbtxt"
+    bad.write_text('feature {\n  name: "x"\n  type: NOT_A_TYPE\n}\n')
+    with pytest.raises(InputDataError, match=r"schema.pbtxt: not a valid TFDV schema: 3:"):
+        v.load_schema(str(bad))
+
+
+def test_thresholds_for_features_packed_rows_lack_fail_before_any_run():
+    from components.common.errors import ConfigError
+    from configs.schema import ValidateConfig
+
+    defaults = ValidateConfig()
+    v.check_threshold_features(defaults.drift, defaults.skew)  # the shipped defaults are valid
+    with pytest.raises(ConfigError, match=r"validate.skew: no packed feature 'nope'"):
+        v.check_threshold_features({}, {"nope": 0.5})
