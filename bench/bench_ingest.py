@@ -42,7 +42,8 @@ FLOOR = 10_000  # tokens/s/worker, the seed plan's
 
 def run_path(icfg, pcfg, files, workers: int, tmp: str, tokenizer_uri: str | None):
     """ingest (+ tokenizer training when ``tokenizer_uri`` is None) + pack on ``workers``."""
-    from components.ingest.ingest import local_pipeline, run_ingest
+    from components.common.metrics import local_pipeline
+    from components.ingest.ingest import run_ingest
     from components.pack.pack import run_pack
     from components.tokenizer import tokenizer as tkz
     from configs.schema import TokenizerConfig

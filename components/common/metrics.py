@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import apache_beam as beam
@@ -130,3 +131,20 @@ def run_and_collect(p, namespace: str, stats_path: str) -> tuple[dict[str, int],
     counters = read_counters(run_pipeline(p), namespace)
     stats = read_json(stats_path) if tf.io.gfile.exists(stats_path) else {}
     return counters, stats
+
+
+def log2_bin(n: int) -> str:
+    """Histogram bin of a length: floor(log2 n) as a string key ("0" for n <= 0)."""
+    return str(int(math.log2(n))) if n > 0 else "0"
+
+
+def local_pipeline(num_workers: int = 1, mode: str = "in_memory") -> beam.Pipeline:
+    """A DirectRunner pipeline (tests, benchmarks); the TFX components get theirs from the run's
+    beam_pipeline_args instead."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    return beam.Pipeline(
+        options=PipelineOptions(
+            ["--runner=DirectRunner", f"--direct_num_workers={num_workers}", f"--direct_running_mode={mode}"]
+        )
+    )

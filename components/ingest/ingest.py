@@ -22,12 +22,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 from collections.abc import Iterator
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from components.common import shards as sh
 from components.common.errors import InputDataError
@@ -35,6 +33,8 @@ from components.common.fileio import atomic_write_json
 from components.common.metrics import (
     Counters,
     MergeNestedCounts,
+    local_pipeline,
+    log2_bin,
     run_and_collect,
     write_json,
 )
@@ -178,10 +178,6 @@ def _write_shard(kv, staging: str, num_shards: int, count) -> None:
     count(f"documents_{split}", len(items))
 
 
-def _log2_bin(n: int) -> str:
-    return str(int(math.log2(n))) if n > 0 else "0"
-
-
 def _doc_stats(d: Document, eval_percent: int) -> dict:
     split = split_for(d.doc_id, eval_percent)
     n = len(d.text.encode("utf-8"))
@@ -190,7 +186,7 @@ def _doc_stats(d: Document, eval_percent: int) -> dict:
         "bytes": {split: n},
         "chars": {split: len(d.text)},
         "sources": {d.source: {split: 1}},
-        "length_histogram": {split: {_log2_bin(n): 1}},
+        "length_histogram": {split: {log2_bin(n): 1}},
     }
 
 
@@ -219,16 +215,6 @@ def build_ingest(p: beam.Pipeline, files: list[SourceFile], cfg: IngestConfig, s
         | "DocStats" >> beam.Map(_doc_stats, cfg.eval_percent)
         | "SumStats" >> beam.CombineGlobally(MergeNestedCounts())
         | "WriteStats" >> beam.Map(write_json, os.path.join(staging, _STATS_FILE))
-    )
-
-
-def local_pipeline(num_workers: int = 1, mode: str = "in_memory") -> beam.Pipeline:
-    """A DirectRunner pipeline (tests, benchmarks); the TFX component gets its pipeline from
-    the run's beam_pipeline_args instead."""
-    return beam.Pipeline(
-        options=PipelineOptions(
-            ["--runner=DirectRunner", f"--direct_num_workers={num_workers}", f"--direct_running_mode={mode}"]
-        )
     )
 
 

@@ -13,7 +13,6 @@ Writes ``Split-{train,eval}/data_tfrecord-*.gz`` and ``data_report.{json,png}`` 
 from __future__ import annotations
 
 import logging
-import math
 import os
 
 import apache_beam as beam
@@ -25,6 +24,8 @@ from components.common.fileio import atomic_write_json
 from components.common.metrics import (
     Counters,
     MergeNestedCounts,
+    local_pipeline,
+    log2_bin,
     read_json,
     run_and_collect,
     write_json,
@@ -68,10 +69,6 @@ class EncodeFn(beam.DoFn):
             yield sh.shard_of(doc_id, self.num_shards), (doc_id, ids, source)
 
 
-def _log2_bin(n: int) -> str:
-    return str(int(math.log2(n))) if n > 0 else "0"
-
-
 class PackWriteFn(beam.DoFn):
     """One shard's documents → sorted → packed rows → shard file; yields report stats."""
 
@@ -94,7 +91,7 @@ class PackWriteFn(beam.DoFn):
         for _, ids, src in docs:
             n = int(ids.size) + 1 + int(self.cfg.add_bos)
             b = stats["doc_tokens_log2"].setdefault(s, {})
-            b[_log2_bin(n)] = b.get(_log2_bin(n), 0) + 1
+            b[log2_bin(n)] = b.get(log2_bin(n), 0) + 1
             stats["source_tokens"].setdefault(src, {}).setdefault(s, 0)
             stats["source_tokens"][src][s] += n
         written = {"rows": 0, "tokens": 0}
@@ -163,7 +160,6 @@ def run_pack(
     """Tokenize + pack both splits of ``examples_uri`` into ``output_uri``; returns the report."""
     import tensorflow as tf
 
-    from components.ingest.ingest import local_pipeline
     from components.tokenizer.tokenizer import load_meta
 
     meta = load_meta(tokenizer_uri)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from tensorflow.core.example import example_pb2
 
+from components.common.metrics import local_pipeline
 from components.common.shards import read_records, shard_name
 from components.common.testdata import write_text_examples
-from components.ingest.ingest import local_pipeline
 from components.ingest.sources import list_corpus_files
 from components.pack import pack as pk
 from components.tokenizer import tokenizer as tkz
