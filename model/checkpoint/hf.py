@@ -11,6 +11,7 @@ so exported tensors are bit-identical to the imported ones.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -218,11 +219,19 @@ def assign_from_reader(model, reader: CheckpointReader) -> None:
 
 
 # ---------------------------------------------------------------------- save
+@contextlib.contextmanager
 def _atomic_dir(out_dir: str):
-    """Create a sibling temp dir; `_commit(tmp, out_dir)` swaps it into place."""
+    """Yield a sibling temp dir to write into; on success it replaces out_dir, on failure it is
+    removed and out_dir is left as it was."""
     parent = os.path.dirname(os.path.abspath(out_dir)) or "."
     os.makedirs(parent, exist_ok=True)
-    return tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
+    try:
+        yield tmp
+        _commit(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _commit(tmp: str, out_dir: str) -> None:
@@ -270,17 +279,12 @@ def save_hf_checkpoint(model, out_dir: str, dtype: str = "float32",
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
     tensors = model_to_hf_tensors(model)
-    tmp = _atomic_dir(out_dir)
-    try:
+    with _atomic_dir(out_dir) as tmp:
         _write_shards(tmp, tensors, dtype, max_shard_bytes)
         cfg_dict = model.cfg.to_hf_dict()
         cfg_dict["torch_dtype"] = dtype
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(cfg_dict, f, indent=2, sort_keys=True)
-        _commit(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -307,8 +311,7 @@ def import_hf_checkpoint(hf_dir: str, out_dir: str, dtype: str = "auto",
     out_cfg = cfg.replace(fp8_weight_block_size=None)
     if not with_mtp:
         out_cfg = out_cfg.replace(num_nextn_predict_layers=0)
-    tmp = _atomic_dir(out_dir)
-    try:
+    with _atomic_dir(out_dir) as tmp:
         # Group keys into shards lazily so only one shard's tensors are in memory at a time.
         itemsize = 4 if dtype == "float32" else 2
         keys = [k for k in expected if k in reader]
@@ -340,8 +343,4 @@ def import_hf_checkpoint(hf_dir: str, out_dir: str, dtype: str = "auto",
                 "num_tensors": len(keys)}
         with open(os.path.join(tmp, SEEKLINE_META), "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
-        _commit(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta

@@ -200,3 +200,19 @@ def test_with_mtp_true_requires_mtp_keys():
     assert not load_fixture_model("dsv3_plain_bf16_sharded").mtp
     with pytest.raises(CheckpointError, match=r"missing tensor 'model\.layers\.3\.embed_tokens\.weight'"):
         load_hf_checkpoint(fixture_dir("dsv3_plain_bf16_sharded"), with_mtp=True)
+
+
+def test_failed_export_keeps_the_old_dir_and_leaves_no_temp(tmp_path, monkeypatch):
+    import model.checkpoint.hf as hf
+
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / "previous.txt").write_text("keep me")
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(hf, "_write_shards", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save_hf_checkpoint(load_hf_checkpoint(fixture_dir("qwen2_gqa_tied")), str(out))
+    assert os.listdir(tmp_path) == ["exp"] and (out / "previous.txt").read_text() == "keep me"
