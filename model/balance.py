@@ -14,7 +14,12 @@ from model.layers.moe import RouterOutput
 
 
 def expert_load(topk_idx, n_experts: int, token_mask=None):
-    """Number of tokens routed to each expert this step: (N, K) int -> (E,) float32."""
+    """Number of tokens routed to each expert this step: (N, K) int -> (E,) float32.
+
+    token_mask (N,) or (B, T) with B·T = N: tokens where it is 0 are not counted. For packed rows
+    pass `segment_ids != 0` so padding (which is still routed) does not count as load and does
+    not skew the bias update.
+    """
     onehot = tf.one_hot(topk_idx, n_experts, dtype=tf.float32)                 # (N, K, E)
     if token_mask is not None:
         onehot = onehot * tf.reshape(tf.cast(token_mask, tf.float32), [-1, 1, 1])
@@ -22,7 +27,11 @@ def expert_load(topk_idx, n_experts: int, token_mask=None):
 
 
 def layer_loads(routers: Sequence[RouterOutput], n_experts: int, token_mask=None) -> list[tf.Tensor]:
-    """expert_load for every MoE layer, in `DecoderLM.moe_layers()` order."""
+    """expert_load for every MoE layer, in `DecoderLM.moe_layers()` order.
+
+    Every layer (MTP ones included) routes the same B·T token positions, so one token_mask
+    (e.g. `segment_ids != 0` on packed rows) applies to all of them.
+    """
     return [expert_load(r.topk_idx, n_experts, token_mask) for r in routers]
 
 

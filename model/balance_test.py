@@ -29,3 +29,18 @@ def test_update_routing_bias_on_model():
         want = b0 + 0.01 * np.sign(load.mean() - load)
         np.testing.assert_allclose(layer.e_score_correction_bias.numpy(), want, atol=1e-7)
         assert load.sum() == 32 * m.cfg.num_experts_per_tok
+
+
+def test_padding_of_a_packed_row_is_not_load():
+    m = build_model("tiny", seed=0)
+    ids = np.random.default_rng(1).integers(2, 256, size=(2, 10)).astype(np.int32)
+    seg = np.array([[1, 1, 1, 2, 2, 2, 2, 0, 0, 0],
+                    [1, 1, 1, 1, 1, 1, 1, 1, 1, 0]])
+    out = m.forward(ids, segment_ids=seg, return_router=True, with_mtp=True)
+    loads = layer_loads(out["router"], m.cfg.n_routed_experts, token_mask=seg != 0)
+    k = m.cfg.num_experts_per_tok
+    for r, load in zip(out["router"], loads, strict=True):
+        assert load.numpy().sum() == 16 * k                                # 7 + 9 real tokens
+        # reference: count the real tokens' top-k choices directly
+        real = r.topk_idx.numpy()[(seg != 0).reshape(-1)]
+        np.testing.assert_array_equal(load.numpy(), np.bincount(real.reshape(-1), minlength=m.cfg.n_routed_experts))

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from model.config import ModelConfig
-from model.layers.attention_utils import mask_bias
+from model.layers.attention_utils import mask_bias, positions_from_segments
 from model.layers.block import DecoderBlock
 from model.layers.linear import Linear
 from model.layers.mtp import MTPModule
@@ -78,6 +78,9 @@ class DecoderLM(keras.Model):
         m = tf.cast(attention_mask, tf.int32)
         return tf.maximum(tf.cumsum(m, axis=1) - 1, 0)
 
+    # Packed rows (components/pack): positions restart at 0 at each document (segment) start.
+    positions_from_segments = staticmethod(positions_from_segments)
+
     def _check_length(self, token_ids):
         if token_ids.shape.rank == 2 and token_ids.shape[1] is not None \
                 and token_ids.shape[1] > self.cfg.max_position_embeddings:
@@ -85,8 +88,8 @@ class DecoderLM(keras.Model):
                              f"context of {self.cfg.max_position_embeddings} (max_position_embeddings)")
 
     # ------------------------------------------------------------------ full-sequence forward
-    def call(self, token_ids, attention_mask=None, position_ids=None, training=False):
-        """token_ids (B, T) int -> logits (B, T, V).
+    def call(self, token_ids, attention_mask=None, position_ids=None, training=False, segment_ids=None):
+        """token_ids (B, T) int -> logits (B, T, V). segment_ids: see `forward`.
 
         Called eagerly for inference (training falsy), the forward runs as a cached
         tf.function: op-by-op eager dispatch of the same graph cost ~40% more at T=1024 on
@@ -100,13 +103,24 @@ class DecoderLM(keras.Model):
                 attention_mask = tf.convert_to_tensor(attention_mask)
             if position_ids is not None:
                 position_ids = tf.convert_to_tensor(position_ids)
-            return _inference_forward(self)(token_ids, attention_mask, position_ids)
-        return self.forward(token_ids, attention_mask, position_ids, training=training)["logits"]
+            if segment_ids is not None:
+                segment_ids = tf.convert_to_tensor(segment_ids)
+            return _inference_forward(self)(token_ids, attention_mask, position_ids, segment_ids)
+        return self.forward(token_ids, attention_mask, position_ids, training=training,
+                            segment_ids=segment_ids)["logits"]
 
     def forward(self, token_ids, attention_mask=None, position_ids=None, training=False,
-                return_router: bool = False, with_mtp: bool = False) -> dict[str, Any]:
+                return_router: bool = False, with_mtp: bool = False,
+                segment_ids=None) -> dict[str, Any]:
         """One pass returning {'logits', 'hidden', 'router': [RouterOutput per MoE layer],
         'mtp_logits': [(B, T, V) per depth]}.
+
+        Packed rows: segment_ids (B, T) int (1..n per document, 0 on padding; docs/data.md) make
+        attention block-diagonal causal — a query sees only earlier keys of its own, non-zero
+        segment — and position_ids, when not given, restart at 0 at each segment start. Each
+        document's logits then equal a forward of that document alone (model/packing_test.py).
+        Padding queries see no key at all (a finite uniform row, no NaN); their outputs are
+        garbage that the losses mask (model.losses, segment_ids=...).
 
         mtp_logits[k-1][:, i] predicts token i+k+1; the last k+1 positions have no target (the
         input is padded with id 0 past the end) and must be masked by the loss (model.losses).
@@ -116,11 +130,15 @@ class DecoderLM(keras.Model):
         b, t = tf.shape(token_ids)[0], tf.shape(token_ids)[1]
         if attention_mask is None:
             attention_mask = tf.ones([b, t], tf.int32)
+        if segment_ids is not None:
+            segment_ids = tf.convert_to_tensor(segment_ids)
         if position_ids is None:
-            position_ids = self.positions_from_mask(attention_mask)
+            position_ids = (self.positions_from_mask(attention_mask) if segment_ids is None
+                            else positions_from_segments(segment_ids))
         cos, sin = self.rope(position_ids)
         seq = tf.tile(tf.range(t)[None, :], [b, 1])                         # (B, T) buffer positions
-        bias = mask_bias(seq, seq, attention_mask)                          # (B, 1, T, T)
+        # (B, 1, T, T); with segments block-diagonal causal. The MTP modules get the same bias.
+        bias = mask_bias(seq, seq, attention_mask, segment_ids, segment_ids)
         x = self.embed_tokens(token_ids)
         routers: list = []
         for blk in self.blocks:
@@ -133,7 +151,10 @@ class DecoderLM(keras.Model):
             mtp_logits = []
             h = hidden
             for k, mod in enumerate(self.mtp, start=1):
-                # Emb(t_{i+k}); positions past the end get id 0 and are masked by the loss.
+                # Emb(t_{i+k}); positions past the end get id 0 and are masked by the loss, as are
+                # (packed rows) positions whose t_{i+k} is in the next document: no in-document
+                # position attends to them (they are the document's last k, causal), so they
+                # cannot leak into a kept prediction.
                 shifted = tf.concat([token_ids[:, k:], tf.zeros([b, k], token_ids.dtype)], axis=1)
                 h, normed, r = mod(h, self.embed_tokens(shifted), cos, sin, bias, return_router=True)
                 if r is not None:
@@ -204,8 +225,9 @@ def _inference_forward(model: DecoderLM):
     if fn is None:
         ref = weakref.ref(model)
 
-        def run(token_ids, attention_mask, position_ids):
-            return ref().forward(token_ids, attention_mask, position_ids, training=False)["logits"]
+        def run(token_ids, attention_mask, position_ids, segment_ids):
+            return ref().forward(token_ids, attention_mask, position_ids, training=False,
+                                 segment_ids=segment_ids)["logits"]
         fn = _INFERENCE_FORWARD[model] = tf.function(run, reduce_retracing=True)
     return fn
 

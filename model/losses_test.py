@@ -55,3 +55,45 @@ def test_sequence_aux_loss_formula():
     got = sequence_aux_loss(r, b, t, k, alpha).numpy()
     np.testing.assert_allclose(got, np.mean(losses), rtol=1e-5)
     # perfectly balanced uniform routing gives α (f_i = 1, P_i = 1/E)
+
+
+def test_losses_skip_targets_across_documents_and_padding():
+    """Row segments [1 1 1 2 2 0]: valid next-token pairs by hand (0->1, 1->2, 3->4);
+    depth-1 MTP (i -> i+2): only 0->2."""
+    rng = np.random.default_rng(4)
+    ids = rng.integers(0, 7, size=(1, 6))
+    seg = np.array([[1, 1, 1, 2, 2, 0]])
+    logits = rng.normal(size=(1, 6, 7)).astype(np.float32)
+    want = np.mean([_ce(logits[0, i], ids[0, j]) for i, j in ((0, 1), (1, 2), (3, 4))])
+    got = causal_lm_loss(tf.constant(logits), tf.constant(ids), segment_ids=tf.constant(seg)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    got = mtp_loss([tf.constant(logits)], tf.constant(ids), weight=1.0, segment_ids=tf.constant(seg)).numpy()
+    np.testing.assert_allclose(got, _ce(logits[0, 0], ids[0, 2]), rtol=1e-5)
+    # segment_ids and loss_mask combine: masking token 1 also drops 0->1 and 1->2
+    mask = np.array([[1, 0, 1, 1, 1, 1]])
+    got = causal_lm_loss(tf.constant(logits), tf.constant(ids), tf.constant(mask), tf.constant(seg)).numpy()
+    np.testing.assert_allclose(got, _ce(logits[0, 3], ids[0, 4]), rtol=1e-5)
+
+
+def test_sequence_aux_loss_per_document():
+    """With segment_ids each (row, segment) is a sequence; padding (0) counts nowhere."""
+    rng = np.random.default_rng(5)
+    b, t, e, k, alpha = 2, 6, 5, 2, 1e-2
+    seg = np.array([[1, 1, 1, 2, 2, 0],
+                    [1, 1, 1, 1, 1, 1]])
+    s = rng.uniform(0.1, 0.9, size=(b * t, e)).astype(np.float32)
+    idx = np.stack([rng.choice(e, k, replace=False) for _ in range(b * t)]).astype(np.int32)
+    r = RouterOutput(tf.constant(s), tf.constant(idx), tf.constant(np.ones((b * t, k), np.float32)))
+
+    def one(rows):   # eq. 17-20 over the given flat token rows
+        n = len(rows)
+        f = np.array([e / (k * n) * sum(i in idx[j] for j in rows) for i in range(e)])
+        sp = s[rows] / s[rows].sum(-1, keepdims=True)
+        return alpha * (f * sp.mean(0)).sum()
+
+    docs = [[0, 1, 2], [3, 4], list(range(6, 12))]    # flat rows of the three documents
+    got = sequence_aux_loss(r, b, t, k, alpha, segment_ids=tf.constant(seg)).numpy()
+    np.testing.assert_allclose(got, np.mean([one(d) for d in docs]), rtol=1e-5)
+    # per row with padding masked: row 0 = its five real tokens as one sequence
+    got = sequence_aux_loss(r, b, t, k, alpha, token_mask=tf.constant(seg != 0)).numpy()
+    np.testing.assert_allclose(got, np.mean([one([0, 1, 2, 3, 4]), one(list(range(6, 12)))]), rtol=1e-5)
