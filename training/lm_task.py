@@ -1,0 +1,63 @@
+"""The causal-LM task on packed rows: next-token CE + MTP + the sequence-wise balance loss.
+
+Pretraining and context extension both train with it; later phases (SFT) reuse it with a loss
+mask. Batches are {input_ids, segment_ids, positions} (B, T) int32 as written by the pack phase:
+attention never crosses a document (segment) boundary and positions restart per document.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from model.losses import causal_lm_loss, mtp_loss, total_sequence_aux_loss
+from training.loop import StepOutput
+
+
+def next_token_targets(segment_ids, loss_mask=None):
+    """(B, T) -> float count of valid next-token targets: position i predicts i+1 in the same,
+    non-padding document (the targets `causal_lm_loss` averages over)."""
+    seg = tf.cast(segment_ids, tf.int32)
+    valid = tf.equal(seg[:, :-1], seg[:, 1:]) & tf.not_equal(seg[:, :-1], 0)          # (B, T-1)
+    valid = tf.cast(valid, tf.float32)
+    if loss_mask is not None:
+        m = tf.cast(loss_mask, tf.float32)
+        valid = valid * m[:, :-1] * m[:, 1:]
+    return tf.reduce_sum(valid)
+
+
+@dataclass(frozen=True)
+class CausalLMTask:
+    mtp_weight: float = 0.3
+    aux_loss_alpha: float = 1e-4
+
+    def weight(self, batch):
+        return next_token_targets(batch["segment_ids"], batch.get("loss_mask"))
+
+    def compute(self, model, batch, training: bool) -> StepOutput:
+        ids, seg = batch["input_ids"], batch["segment_ids"]                 # (B, T)
+        loss_mask = batch.get("loss_mask")
+        cfg = model.cfg
+        use_mtp = training and self.mtp_weight > 0 and cfg.num_nextn_predict_layers > 0
+        out = model.forward(ids, position_ids=batch.get("positions"), segment_ids=seg,
+                            training=training, return_router=True, with_mtp=use_mtp)
+        lm = causal_lm_loss(out["logits"], ids, loss_mask, segment_ids=seg)
+        if not training:
+            # Held-out numbers are the plain next-token loss (perplexity = exp of it).
+            return StepOutput(lm, {"loss": lm})
+        metrics = {"lm_loss": lm}
+        loss = lm
+        if use_mtp:
+            mtp = mtp_loss(out["mtp_logits"], ids, loss_mask, weight=self.mtp_weight, segment_ids=seg)
+            metrics["mtp_loss"] = mtp
+            loss = loss + mtp
+        token_mask = tf.not_equal(seg, 0)                                   # (B, T) padding excluded
+        routers = out.get("router", [])
+        if routers and self.aux_loss_alpha > 0:
+            b, t = tf.shape(ids)[0], tf.shape(ids)[1]
+            aux = total_sequence_aux_loss(routers, b, t, cfg.num_experts_per_tok, self.aux_loss_alpha,
+                                          token_mask=token_mask, segment_ids=seg)
+            metrics["aux_loss"] = aux
+            loss = loss + aux
+        metrics["loss"] = loss
+        return StepOutput(loss, metrics, routers, token_mask)
