@@ -17,8 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from components.common.errors import ConfigError
-from components.common.fileio import atomic_write_text
+from common.errors import ConfigError
+from common.fileio import atomic_write_text
 
 DEFAULT_PRESET = "tiny"
 

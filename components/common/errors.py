@@ -1,41 +1,6 @@
-"""User-facing errors.
+"""User-facing errors: re-exported from ``common.errors``, where they live so that configs/ and
+model/ can raise them without importing components/. See that module for the contract."""
 
-A ``UserError`` is a problem with what the user gave us (a config, a path, a corpus file). The
-CLI prints its message on one line and exits non-zero without a traceback; anything else is a
-bug and keeps its traceback.
-"""
+from common.errors import ConfigError, DeployError, InputDataError, UserError, find_user_error
 
-
-class UserError(Exception):
-    """Bad input from the user. The message must name the file / key / field at fault."""
-
-
-class ConfigError(UserError):
-    """Invalid configuration: unknown key, wrong type, invalid value, unknown preset."""
-
-
-class InputDataError(UserError):
-    """Corpus or other input data that cannot be read or parsed."""
-
-
-class DeployError(UserError):
-    """Kubeflow Pipelines endpoint missing, unreachable or refusing a request."""
-
-
-def find_user_error(exc: BaseException) -> UserError | None:
-    """Return the first UserError in an exception's cause/context chain.
-
-    Orchestrators (TFX's LocalDagRunner, Beam) re-raise component failures wrapped in their
-    own exception types; the original UserError is still reachable through the chain.
-    """
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, UserError):
-            return e
-        todo.extend([e.__cause__, e.__context__])
-    return None
+__all__ = ["UserError", "ConfigError", "InputDataError", "DeployError", "find_user_error"]

@@ -15,16 +15,16 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections import OrderedDict
 
 import numpy as np
 
+from common.fileio import make_temp_dir
 from model.checkpoint.reader import CheckpointReader
 from model.checkpoint.safetensors_io import write_safetensors
 from model.config import ModelConfig
-from model.errors import CheckpointError
+from model.errors import CheckpointError, ConfigError
 from model.params import hf_param_shapes
 
 SEEKLINE_META = "seekline.json"
@@ -174,7 +174,10 @@ def read_config(path: str) -> ModelConfig:
     cpath = os.path.join(path, "config.json")
     if not os.path.exists(cpath):
         raise CheckpointError(f"{path}: config.json not found")
-    return ModelConfig.from_json_file(cpath)
+    try:
+        return ModelConfig.from_json_file(cpath)
+    except UnicodeDecodeError as e:  # a damaged (binary) file: from_json_file expects text
+        raise ConfigError(f"{cpath}: invalid JSON: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def load_hf_checkpoint(path: str, with_mtp: bool | None = None, config: ModelConfig | None = None):
@@ -222,10 +225,11 @@ def assign_from_reader(model, reader: CheckpointReader) -> None:
 @contextlib.contextmanager
 def _atomic_dir(out_dir: str):
     """Yield a sibling temp dir to write into; on success it replaces out_dir, on failure it is
-    removed and out_dir is left as it was."""
+    removed and out_dir is left as it was. The dir gets the umask's permissions (0755 under 022),
+    as a plain mkdir would: tempfile.mkdtemp's 0700 would make every checkpoint private."""
     parent = os.path.dirname(os.path.abspath(out_dir)) or "."
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
+    tmp = make_temp_dir(parent, prefix=os.path.basename(out_dir) + ".tmp-")
     try:
         yield tmp
         _commit(tmp, out_dir)

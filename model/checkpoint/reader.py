@@ -22,6 +22,23 @@ _FUSED_GATE_UP = re.compile(r"^(.*\.mlp\.experts)\.gate_up_proj$")
 _FUSED_DOWN = re.compile(r"^(.*\.mlp\.experts)\.down_proj$")
 
 
+def _read_weight_map(index: str) -> dict[str, str]:
+    """{tensor name: shard file name} of a model.safetensors.index.json, or a one-line error."""
+    try:
+        with open(index, "rb") as f:
+            weight_map = json.loads(f.read().decode("utf-8"))["weight_map"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        detail = f"no {e}" if isinstance(e, KeyError) else str(e)
+        raise CheckpointError(f"{index}: invalid index json ({' '.join(detail.split())})") from None
+    if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v and os.path.basename(v) == v
+            for k, v in weight_map.items()):
+        # A shard name must be a plain file name: the index may not point outside the folder.
+        raise CheckpointError(f"{index}: invalid index json (weight_map must map tensor names "
+                              "to shard file names in this folder)")
+    return weight_map
+
+
 class CheckpointReader:
     def __init__(self, path: str, fp8_block: tuple[int, int] | None = None):
         self.path = path
@@ -32,18 +49,14 @@ class CheckpointReader:
         self._files: dict[str, SafetensorsFile] = {}
         self._where: dict[str, str] = {}
         if os.path.exists(index):
-            try:
-                with open(index) as f:
-                    weight_map = json.load(f)["weight_map"]
-            except (json.JSONDecodeError, KeyError) as e:
-                raise CheckpointError(f"{index}: invalid index json ({e})") from None
+            weight_map = _read_weight_map(index)
             for key, fn in weight_map.items():
                 fp = os.path.join(path, fn)
                 if fn not in self._files:
                     if not os.path.exists(fp):
                         raise CheckpointError(f"{index}: shard '{fn}' (holding '{key}') is missing")
                     self._files[fn] = SafetensorsFile(fp)
-                if key not in self._files[fn].header:
+                if key not in self._files[fn]:
                     raise CheckpointError(f"{index}: key '{key}' is not in shard '{fn}'")
                 self._where[key] = fn
         elif os.path.exists(single):
