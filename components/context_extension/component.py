@@ -1,0 +1,33 @@
+"""TFX wrapper of the context-extension phase (imports TFX; the logic is in extend.py)."""
+
+import os
+
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types.standard_artifacts import Examples, Model
+
+from components.context_extension.extend import run_context_extension
+from components.tokenizer.component import TokenizerArtifact
+from configs.training import ContextExtensionConfig
+
+
+@component
+def ExtendContext(  # noqa: N802
+    pretrained: InputArtifact[Model],
+    examples: InputArtifact[Examples],
+    tokenizer: InputArtifact[TokenizerArtifact],
+    model: OutputArtifact[Model],
+    config_json: Parameter[str],
+) -> None:
+    """YaRN-extends the pretrained model and continues training on long rows; the report holds
+    passkey retrieval at 1×/2×/4× the original context before and after."""
+    cfg = ContextExtensionConfig.model_validate_json(config_json)
+    report = run_context_extension(cfg, os.path.join(pretrained.uri, "final"), examples.uri, tokenizer.uri,
+                                   model.uri, progress=False)
+    model.set_int_custom_property("steps", int(report["steps"]))
+    model.set_int_custom_property("context", int(report["extended_context"]))
+    for when in ("before", "after"):
+        for mult, row in report.get(when, {}).items():
+            model.set_float_custom_property(f"passkey_{when}_{mult}", float(row["accuracy"]))
+    if report.get("eval_loss") is not None:
+        model.set_float_custom_property("eval_loss", float(report["eval_loss"]))

@@ -1,0 +1,124 @@
+"""`seekline train PHASE`: one training phase's plain function, outside TFX.
+
+The same command a Kubeflow TFJob worker runs (TF_CONFIG picks MultiWorkerMirroredStrategy);
+re-running it with the same --output resumes from the newest checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from common.errors import UserError
+
+PHASES = ("pretrain", "context_extension")
+
+
+def add_train_parser(sub, config_args) -> None:
+    p = sub.add_parser(
+        "train", help="run one training phase outside TFX (resumes when re-run with the same --output)",
+        description="run one training phase's plain function outside TFX: the command a TFJob worker "
+        "runs. Re-running it with the same --output resumes from the newest checkpoint.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=TRAIN_EXAMPLES)
+    p.add_argument("phase", choices=PHASES, metavar="PHASE", help=f"one of: {', '.join(PHASES)}")
+    config_args(p)
+    p.add_argument("--data", metavar="DIR",
+                   help="pretrain: packed rows (a pack artifact folder); context_extension: text examples "
+                   "(an ingest artifact folder). Default: the newest one of this config's local pipeline")
+    p.add_argument("--tokenizer", metavar="DIR",
+                   help="tokenizer artifact; default: the one --data was packed with (ML Metadata)")
+    p.add_argument("--init", metavar="DIR",
+                   help="context_extension: the pretrained model (a pretrain output folder or its final/); "
+                   "default: the newest pretrain artifact of this config's local pipeline")
+    p.add_argument("--output", required=True, metavar="DIR", help="where checkpoints, reports and final/ go")
+    p.add_argument("--max-steps", type=int, metavar="N", help="stop after step N (resume later for the rest)")
+    p.add_argument("--checkpoint-every", type=int, metavar="K", help="checkpoint every K steps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.set_defaults(fn=cmd_train)
+
+
+TRAIN_EXAMPLES = """\
+examples:
+  seekline train pretrain --output runs/pt                      # newest packed data of the tiny pipeline
+  seekline train pretrain --output runs/pt --max-steps 50       # stop at 50; re-run to finish
+  seekline train pretrain --data outputs/tiny/pipeline/pack/packed/3 --output runs/pt \\
+      --set pretrain.trainer.lr=1e-3
+  seekline train context_extension --init runs/pt --output runs/ce
+  TF_CONFIG='{"cluster": {"worker": ["h1:2222", "h2:2222"]}, "task": {"type": "worker", "index": 0}}' \\
+      seekline train pretrain --output /shared/pt                # one per worker (a TFJob does this)
+"""
+
+
+def _positive(name: str, v: int | None) -> None:
+    if v is not None and v < 1:
+        raise UserError(f"{name} must be >= 1 (got {v})")
+
+
+def resolve_inputs(config, phase: str, data: str | None, tokenizer: str | None) -> tuple[str, str]:
+    """--data / --tokenizer, defaulting to the newest pack execution of the local pipeline:
+    its packed rows (pretrain) or the text examples it packed (context_extension re-packs the
+    documents into longer rows), and the tokenizer it used."""
+    from pipelines.artifacts import latest_execution_artifacts, producer_inputs
+    from pipelines.local import local_paths
+
+    meta = local_paths(config).metadata
+    if data is None:
+        arts = latest_execution_artifacts(meta, config.pipeline.name, "pack")
+        data = arts["outputs"].get("packed") if phase == "pretrain" else arts["inputs"].get("examples")
+        tokenizer = tokenizer or arts["inputs"].get("tokenizer")
+    if tokenizer is None:
+        tokenizer = producer_inputs(meta, data).get("tokenizer")
+        if tokenizer is None:
+            raise UserError(f"{data}: cannot tell which tokenizer these rows were packed with; pass --tokenizer")
+    return data, tokenizer
+
+
+def resolve_init(config, init: str | None) -> str:
+    from pipelines.artifacts import latest_execution_artifacts
+    from pipelines.local import local_paths
+
+    if init is None:
+        arts = latest_execution_artifacts(local_paths(config).metadata, config.pipeline.name, "pretrain")
+        init = arts["outputs"]["model"]
+    final = os.path.join(init, "final")
+    return final if os.path.isdir(final) else init
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from configs.schema import save_config
+    from pipelines.cli import _load
+
+    _positive("--max-steps", args.max_steps)
+    _positive("--checkpoint-every", args.checkpoint_every)
+    config = _load(args)
+    section = getattr(config, args.phase)
+    # The strategy must exist before any other TF op (MultiWorkerMirroredStrategy).
+    from training.strategy import make_runtime
+    runtime = make_runtime(section.trainer.strategy, section.trainer.precision)
+    data, tokenizer = resolve_inputs(config, args.phase, args.data, args.tokenizer)
+    from components.pretrain.pretrain import check_output_dir
+    check_output_dir(args.output)
+    if runtime.is_chief:
+        save_config(config, os.path.join(args.output, "config.yaml"))
+    common = dict(runtime=runtime, max_steps=args.max_steps, checkpoint_every=args.checkpoint_every,
+                  progress=not args.no_progress)
+    if args.phase == "pretrain":
+        from components.pretrain.pretrain import run_pretrain
+        report = run_pretrain(section, data, tokenizer, args.output, **common)
+    else:
+        from components.context_extension.extend import run_context_extension
+        init = resolve_init(config, args.init)
+        report = run_context_extension(section, init, data, tokenizer, args.output, **common)
+    _print_report(report, args.output)
+    return 0
+
+
+def _print_report(report: dict, output: str) -> None:
+    from rich.console import Console
+
+    c = Console(highlight=False)
+    keys = ("steps", "target_steps", "eval_loss", "eval_perplexity", "eval_unigram_entropy", "tokens_per_s")
+    c.print("  ".join(f"{k}={report[k]:.4g}" if isinstance(report.get(k), float) else f"{k}={report.get(k)}"
+                      for k in keys if k in report))
+    if "final" in report:
+        c.print(f"final weights: {report['final']}")
+    c.print(f"report: {os.path.join(output, 'report.json')}")

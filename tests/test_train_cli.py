@@ -1,0 +1,153 @@
+"""`seekline train`: SIGKILL + resume is bit-identical; bad input fails before any compute."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.testdata import write_packed
+
+SEQ, VOCAB = 64, 256
+TRAIN = ["--set", "pretrain.trainer.steps=36", "--set", "pretrain.trainer.micro_batch_size=4",
+         "--set", "pretrain.trainer.lr=0.003", "--set", "pretrain.trainer.warmup_steps=4",
+         "--set", "pretrain.trainer.checkpoint_every=3", "--set", "pretrain.trainer.log_every=4",
+         "--set", "pretrain.trainer.eval_batches=2",
+         "--set", "pretrain.model_overrides={rope_scaling: null, num_hidden_layers: 2}"]
+
+
+def _tokenizer(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "tokenizer_meta.json").write_text(json.dumps({"vocab_size": VOCAB, "bos_id": 1, "eos_id": 2, "pad_id": 0}))
+    return d
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    data = write_packed(str(root / "data"), SEQ, VOCAB, train_rows=96, eval_rows=16)
+    return Path(data), _tokenizer(root / "tok")
+
+
+def _cmd(data, tok, out, *extra):
+    return [sys.executable, "-m", "pipelines.cli", "train", "pretrain", "--data", str(data), "--tokenizer",
+            str(tok), "--output", str(out), "--no-progress", *TRAIN, *extra]
+
+
+def _env():
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def _weights(out: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+    return load_file(str(out / "final" / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_moment_then_rerun_is_bit_identical(inputs, tmp_path):
+    data, tok = inputs
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    subprocess.run(_cmd(data, tok, ref), check=True, env=_env(), capture_output=True, timeout=600)
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    proc = subprocess.Popen(_cmd(data, tok, killed), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not (killed / "checkpoints" / "checkpoint").exists() and proc.poll() is None:
+            assert time.time() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.5))   # anywhere: mid-step, mid-save, mid-eval, mid-export
+        killed_early = proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    rerun = subprocess.run(_cmd(data, tok, killed), env=_env(), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    a, b = _weights(ref), _weights(killed)
+    assert sorted(a) == sorted(b)
+    diff = [k for k in a if not np.array_equal(a[k], b[k])]
+    assert not diff, f"kill seed {seed}: {len(diff)} tensors differ, e.g. {diff[:3]}"
+    report = json.loads((killed / "report.json").read_text())
+    assert report["steps"] == 36
+    assert killed_early is False or report["resumed_from_step"] is not None, f"kill seed {seed}"
+
+
+def _fails(args, expect: str, tmp_path) -> str:
+    import io
+    from contextlib import redirect_stderr
+
+    from pipelines.cli import main
+    buf = io.StringIO()
+    with redirect_stderr(buf):
+        rc = main(args)
+    err = buf.getvalue().strip()
+    assert rc == 2, err
+    assert len(err.splitlines()) == 1, err
+    assert expect in err, err
+    return err
+
+
+def test_bad_schedule_is_a_config_error(inputs, tmp_path):
+    data, tok = inputs
+    base = ["train", "pretrain", "--data", str(data), "--tokenizer", str(tok), "--output", str(tmp_path / "o")]
+    _fails([*base, "--set", "pretrain.trainer.warmup_steps=50", "--set", "pretrain.trainer.steps=10"],
+           "warmup_steps (50) > steps (10)", tmp_path)
+    _fails([*base, "--set", "pretrain.trainer.lr=0"], "pretrain.trainer.lr", tmp_path)
+    _fails([*base, "--max-steps", "0"], "--max-steps must be >= 1", tmp_path)
+    assert not (tmp_path / "o").exists()  # nothing written for a refused config
+
+
+def test_unwritable_output_is_one_line(inputs, tmp_path):
+    data, tok = inputs
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    _fails(["train", "pretrain", "--data", str(data), "--tokenizer", str(tok), "--output", str(blocker / "out")],
+           "not writable", tmp_path)
+
+
+def test_data_from_another_tokenizer_or_length_fails_before_training(inputs, tmp_path):
+    data, _ = inputs
+    small_tok = tmp_path / "tok"
+    small_tok.mkdir()
+    (small_tok / "tokenizer_meta.json").write_text(json.dumps({"vocab_size": 100, "bos_id": 1, "eos_id": 2,
+                                                               "pad_id": 0}))
+    out = tmp_path / "o"
+    _fails(["train", "pretrain", "--data", str(data), "--tokenizer", str(small_tok), "--output", str(out)],
+           "outside the model's vocab_size 100", tmp_path)
+    assert not (out / "checkpoints").exists()
+    # an artifact whose rows are not the length its pack config says (a mixed-up artifact)
+    import shutil
+    odd = tmp_path / "odd"
+    shutil.copytree(data, odd)
+    (odd / "config.json").write_text(json.dumps({"seq_len": 2 * SEQ}))
+    _fails(["train", "pretrain", "--data", str(odd), "--tokenizer", str(_tokenizer(tmp_path / "t2")),
+            "--output", str(out)], f"rows have {SEQ} tokens but the run expects seq_len {2 * SEQ}", tmp_path)
+    assert not (out / "checkpoints").exists()
+
+
+def test_missing_data_dir_is_one_line(inputs, tmp_path):
+    _, tok = inputs
+    _fails(["train", "pretrain", "--data", str(tmp_path / "nope"), "--tokenizer", str(tok), "--output",
+            str(tmp_path / "o")], "data directory not found", tmp_path)
+
+
+@pytest.mark.slow
+def test_resume_with_another_model_config_is_refused(inputs, tmp_path):
+    data, tok = inputs
+    out = tmp_path / "o"
+    from pipelines.cli import main
+    assert main(_cmd(data, tok, out, "--max-steps", "3")[3:]) == 0
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    _fails([*_cmd(data, tok, out)[3:], "--set", "pretrain.model_overrides={rope_scaling: null, num_hidden_layers: 3}"],
+           "different model config", tmp_path)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
