@@ -18,12 +18,29 @@ import json
 import os
 import shutil
 
+import keras
 import tensorflow as tf
 
 from common.errors import ConfigError
 from common.fileio import atomic_write_text
 
 MODEL_CONFIG = "model_config.json"
+
+
+def _with_all_weights(trackables: dict) -> dict:
+    """Add every weight of each Keras layer/model as an explicit, position-keyed dict.
+
+    Keras 3 keeps sublayers held in Python lists (the decoder's blocks) in its own tracking
+    structures, which TF checkpoints do not traverse: block weights were saved only because the
+    optimizer also references the trainable ones, and non-trainable state (the MoE routing
+    biases) was not saved at all, so a resumed run restarted balancing from zero biases.
+    """
+    out = dict(trackables)
+    for name, obj in trackables.items():
+        if isinstance(obj, keras.layers.Layer):
+            out[f"{name}_weights"] = {f"{i:04d}:{v.path}".replace("/", "."): v
+                                      for i, v in enumerate(obj.weights)}
+    return out
 
 
 class CheckpointStore:
@@ -34,7 +51,7 @@ class CheckpointStore:
         write_dir = directory if is_chief else os.path.join(
             os.path.dirname(directory.rstrip("/")), f".worker-{worker_index}-checkpoints")
         self.write_dir = write_dir
-        self.ckpt = tf.train.Checkpoint(**trackables)
+        self.ckpt = tf.train.Checkpoint(**_with_all_weights(trackables))
         self.manager = tf.train.CheckpointManager(self.ckpt, write_dir, max_to_keep=keep,
                                                   checkpoint_name="ckpt")
         # Restores always read the chief's folder (workers share it on a cluster volume).

@@ -86,10 +86,11 @@ def check_rows(data: PackedData, seq_len: int, vocab_size: int, max_rows: int = 
         if len(ids) != seq_len:
             raise InputDataError(f"{data.train_files[0]}: rows have {len(ids)} tokens but the run "
                                  f"expects seq_len {seq_len} (data from another pack config?)")
-        top = max(ids) if ids else 0
-        if top >= vocab_size or min(ids, default=0) < 0:
-            raise InputDataError(f"{data.train_files[0]}: token id {top} outside the model's vocab_size "
-                                 f"{vocab_size} (data from another tokenizer?)")
+        # Name the offending id itself: for a negative id the row's max is a valid one.
+        bad = next((t for t in ids if t < 0 or t >= vocab_size), None)
+        if bad is not None:
+            raise InputDataError(f"{data.train_files[0]}: record {i} has token id {bad} outside the "
+                                 f"model's vocab_size {vocab_size} (data from another tokenizer?)")
 
 
 def _parse(seq_len: int):

@@ -1,0 +1,185 @@
+"""The packed-row train stream: deterministic, resumable at any step, per-epoch reshuffled,
+sliced per replica; input checks that fail before any compute."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from common.errors import InputDataError
+from training.data import check_rows, eval_stream, open_packed, train_stream
+from training.testdata import synthetic_rows, write_packed
+
+SEQ, VOCAB, ROWS = 16, 64, 10
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    # 10 rows in 3 shards: a 6-row step wraps an epoch mid-batch every few steps.
+    return open_packed(write_packed(str(tmp_path_factory.mktemp("packed")), SEQ, VOCAB,
+                                    train_rows=ROWS, eval_rows=5, shards=3))
+
+
+def _file_rows(files):
+    """Rows in file order, read with plain protobuf parsing (independent of the stream code)."""
+    out = []
+    for raw in tf.data.TFRecordDataset(list(files), compression_type="GZIP"):
+        f = tf.train.Example.FromString(raw.numpy()).features.feature
+        out.append(tuple(f["input_ids"].int64_list.value) + tuple(f["segment_ids"].int64_list.value))
+    return out
+
+
+def _steps(data, n_steps, **kw):
+    """First n_steps elements of train_stream as lists of row keys: [step][accum][row]."""
+    args = dict(micro_batch=3, accum=2, num_replicas=1, seed=7, shuffle_buffer=100, num_rows=ROWS)
+    args.update(kw)
+    ds = train_stream(data.train_files, data.seq_len, **args)
+    out = []
+    for el in ds.take(n_steps):
+        ids, seg = el["input_ids"].numpy(), el["segment_ids"].numpy()       # (accum, M, T)
+        assert ids.dtype == np.int32 and ids.shape[-1] == SEQ
+        out.append([[tuple(i) + tuple(s) for i, s in zip(ids[a], seg[a], strict=True)]
+                    for a in range(ids.shape[0])])
+    return out
+
+
+def _flat(steps):
+    return [row for step in steps for micro in step for row in micro]
+
+
+def test_stream_is_deterministic_and_resumes_mid_epoch(packed):
+    full = _steps(packed, 8)                      # 48 rows = 4.8 epochs of 10
+    assert full == _steps(packed, 8)
+    # 6 rows/step over 10-row epochs: steps 1, 2 and 5 start inside an epoch (offsets 6, 2, 0).
+    for s in (1, 2, 5, 7):
+        assert _steps(packed, 8 - s, start_step=s) == full[s:], f"resume at step {s}"
+
+
+def test_each_epoch_is_a_new_permutation_of_all_rows(packed):
+    rows = _flat(_steps(packed, 8))
+    file_rows = _file_rows(packed.train_files)
+    epochs = [rows[e * ROWS:(e + 1) * ROWS] for e in range(4)]
+    for ep in epochs:
+        assert sorted(ep) == sorted(file_rows)    # every row exactly once per epoch
+    assert len({tuple(ep) for ep in epochs}) == 4  # a different order every epoch
+    assert epochs[0] != file_rows
+    # A different seed gives a different stream.
+    assert _flat(_steps(packed, 2, seed=8)) != rows[:12]
+
+
+def test_windowed_shuffle_still_covers_every_row(packed):
+    # A 4-row shuffle buffer: shuffling happens within windows, but coverage and resume hold.
+    full = _steps(packed, 5, shuffle_buffer=4)
+    rows = _flat(full)
+    for e in range(3):
+        assert sorted(rows[e * ROWS:(e + 1) * ROWS]) == sorted(_file_rows(packed.train_files))
+    assert _steps(packed, 2, shuffle_buffer=4, start_step=3) == full[3:]
+
+
+def test_replica_slices_partition_the_global_batch(packed):
+    """2 replicas × micro 2 see, per step and micro-step, exactly the rows of 1 replica × micro 4."""
+    single = _steps(packed, 4, micro_batch=4)
+    r0 = _steps(packed, 4, micro_batch=2, num_replicas=2, replica_range=(0, 1))
+    r1 = _steps(packed, 4, micro_batch=2, num_replicas=2, replica_range=(1, 2))
+    for s in range(4):
+        for a in range(2):
+            assert r0[s][a] + r1[s][a] == single[s][a]
+    # One input pipeline feeding both local replicas: elements alternate replica 0, replica 1.
+    both = _steps(packed, 8, micro_batch=2, num_replicas=2, replica_range=(0, 2))
+    assert both[0::2] == r0 and both[1::2] == r1
+    # Resuming a replica's slice gives the same tail.
+    assert _steps(packed, 2, micro_batch=2, num_replicas=2, replica_range=(1, 2), start_step=2) == r1[2:]
+
+
+def test_eval_stream_is_file_order_and_capped(packed):
+    batches = list(eval_stream(packed.eval_files, SEQ, batch_size=2, max_batches=2))
+    assert [b["input_ids"].shape[0] for b in batches] == [2, 2]
+    got = [tuple(i) + tuple(s) for b in batches
+           for i, s in zip(b["input_ids"].numpy(), b["segment_ids"].numpy(), strict=True)]
+    assert got == _file_rows(packed.eval_files)[:4]
+
+
+def _write_rows(path, rows):
+    def feat(v):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(x) for x in v]))
+    with tf.io.TFRecordWriter(path, options="GZIP") as w:
+        for ids, seg, pos in rows:
+            f = {"input_ids": feat(ids), "segment_ids": feat(seg), "positions": feat(pos)}
+            w.write(tf.train.Example(features=tf.train.Features(feature=f)).SerializeToString())
+
+
+def _one_line_error(excinfo, *needles):
+    msg = str(excinfo.value)
+    assert "\n" not in msg, msg
+    for n in needles:
+        assert n in msg, msg
+    return msg
+
+
+def test_check_rows_accepts_matching_rows(packed):
+    check_rows(packed, SEQ, VOCAB)
+
+
+def test_check_rows_rejects_wrong_length(packed):
+    with pytest.raises(InputDataError) as e:
+        check_rows(packed, SEQ * 2, VOCAB)
+    _one_line_error(e, packed.train_files[0], f"{SEQ} tokens", f"seq_len {2 * SEQ}")
+
+
+def test_check_rows_rejects_out_of_vocab_ids(packed, tmp_path):
+    top = max(max(r[:SEQ]) for r in _file_rows(packed.train_files[:1]))
+    with pytest.raises(InputDataError) as e:
+        check_rows(packed, SEQ, vocab_size=top)       # ids 0..top need vocab_size top+1
+    _one_line_error(e, packed.train_files[0], f"token id {top}", f"vocab_size {top}")
+    # A negative id (a corrupt or foreign artifact) is reported as itself.
+    root = tmp_path / "neg"
+    shutil.copytree(packed.root, root)
+    first = os.path.join(root, "Split-train", os.path.basename(packed.train_files[0]))
+    ids, seg, pos = synthetic_rows(1, SEQ, VOCAB, seed=3)[0]
+    ids[5] = -7
+    _write_rows(first, [(ids, seg, pos)])
+    with pytest.raises(InputDataError) as e:
+        check_rows(open_packed(str(root)), SEQ, VOCAB)
+    _one_line_error(e, first, "token id -7")
+
+
+def test_open_packed_errors_name_the_folder(tmp_path, packed):
+    missing = str(tmp_path / "nope")
+    with pytest.raises(InputDataError) as e:
+        open_packed(missing)
+    _one_line_error(e, missing, "not found")
+
+    root = tmp_path / "no-train"
+    shutil.copytree(packed.root, root)
+    shutil.rmtree(root / "Split-train")
+    with pytest.raises(InputDataError) as e:
+        open_packed(str(root))
+    _one_line_error(e, str(root), "Split-train")
+
+    (root / "Split-train").mkdir()
+    with pytest.raises(InputDataError) as e:
+        open_packed(str(root))
+    _one_line_error(e, "Split-train", "no TFRecord shards")
+
+    broken = tmp_path / "bad-config"
+    shutil.copytree(packed.root, broken)
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(InputDataError) as e:
+        open_packed(str(broken))
+    _one_line_error(e, str(broken / "config.json"))
+
+
+def test_open_packed_reads_seq_len_with_or_without_config(tmp_path, packed):
+    assert packed.seq_len == SEQ and len(packed.train_files) == 3
+    assert packed.num_rows("train") == ROWS and packed.num_rows("eval") == 5
+    root = tmp_path / "no-config"
+    shutil.copytree(packed.root, root)
+    os.remove(root / "config.json")
+    assert open_packed(str(root)).seq_len == SEQ    # peeked from the first row
+
+
+def test_empty_train_split_is_an_input_error(packed):
+    with pytest.raises(InputDataError):
+        train_stream(packed.train_files, SEQ, micro_batch=1, accum=1, num_replicas=1, seed=0,
+                     shuffle_buffer=4, num_rows=0)
