@@ -132,10 +132,21 @@ class Trainer:
         if cfg.clip_norm > 0:
             grads, _ = tf.clip_by_global_norm(grads, cfg.clip_norm, use_norm=gnorm)
 
-        def apply():
-            self.optimizer.apply_gradients(zip(grads, self.variables, strict=True))
+        def apply(g):
+            self.optimizer.apply_gradients(zip(g, self.variables, strict=True))
             return tf.constant(True)
-        tf.cond(finite, apply, lambda: tf.constant(False))
+        if tf.__internal__.distribute.strategy_supports_no_merge_call():
+            tf.cond(finite, lambda: apply(grads), lambda: tf.constant(False))
+        else:
+            # Mirrored/multi-worker (without XLA on GPUs): apply_gradients synchronises through
+            # merge_call, which a cond branch in replica context cannot do. Decide in
+            # cross-replica context and run the update per replica from there, as Keras'
+            # LossScaleOptimizer does.
+            def cross_replica(strategy, finite, grads):
+                ok = strategy.experimental_local_results(finite)[0]
+                return tf.cond(ok, lambda: strategy.extended.call_for_each_replica(apply, args=(grads,)),
+                               lambda: tf.constant(False))
+            ctx.merge_call(cross_replica, args=(finite, grads))
         return metric_sums, gnorm, finite, loads, tokens
 
     def _build_train_fn(self):

@@ -48,6 +48,16 @@ def _workers(cfg: dict) -> int:
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
+def _role(cfg: dict) -> tuple[bool, int]:
+    """(is_chief, worker_index) of this process: the "chief" task if the cluster has one, else
+    worker 0; indices count the chief first, then the workers."""
+    task = cfg.get("task", {}) or {}
+    ttype, tidx = task.get("type", "worker"), int(task.get("index", 0))
+    has_chief = bool((cfg.get("cluster", {}) or {}).get("chief"))
+    is_chief = ttype == "chief" or (ttype == "worker" and tidx == 0 and not has_chief)
+    return is_chief, tidx + (1 if has_chief and ttype == "worker" else 0)
+
+
 def make_runtime(strategy: str = "auto", precision: str = "auto") -> Runtime:
     """Build the strategy (first TF op of the process) and set the Keras dtype policy."""
     tf_config = _tf_config()
@@ -61,11 +71,7 @@ def make_runtime(strategy: str = "auto", precision: str = "auto") -> Runtime:
             raise ConfigError("trainer.strategy=multi_worker needs TF_CONFIG with a 'cluster' of workers")
         # RING collectives work on CPU and GPU; NCCL is picked automatically on GPUs by AUTO.
         strat = tf.distribute.MultiWorkerMirroredStrategy()
-        task = tf_config.get("task", {}) or {}
-        ttype, tidx = task.get("type", "worker"), int(task.get("index", 0))
-        has_chief = bool(tf_config.get("cluster", {}).get("chief"))
-        is_chief = ttype == "chief" or (ttype == "worker" and tidx == 0 and not has_chief)
-        worker_index = tidx + (1 if has_chief and ttype == "worker" else 0)
+        is_chief, worker_index = _role(tf_config)
     elif kind == "mirrored":
         strat = tf.distribute.MirroredStrategy()
         is_chief, worker_index, n_workers = True, 0, 1
