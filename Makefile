@@ -20,7 +20,9 @@ export PYTHONWARNINGS ?= ignore::FutureWarning
 .PHONY: help setup setup-ref fixtures run test test-fast lint compile deploy-pipeline schedule bench docker-build lock clean
 
 help: ## show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@# bold target names on a terminal only: a pipe or a log file gets no escape codes
+	@if [ -t 1 ]; then bold=$$'\033[1m'; plain=$$'\033[0m'; else bold=; plain=; fi; \
+	  awk -v b="$$bold" -v p="$$plain" 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %s%-16s%s %s\n", b, $$1, p, $$2}' $(MAKEFILE_LIST)
 	@echo "  variables: CONFIG=$(CONFIG) (preset or YAML), ARGS='--set key=value ...', KFP_HOST, KFP_TOKEN, CRON"
 
 setup: $(STAMP) ## create .venv with Python 3.10 and the locked dependencies (re-runs only when the lock changes)

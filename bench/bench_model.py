@@ -83,6 +83,84 @@ def agreement(a, b) -> dict:
             "all_equal": prefix == n and len(a) == len(b)}
 
 
+# Logit differences above this mean the two sides computed something different at a position
+# (fp32 reordering alone stays near 1e-6 on these models).
+DIVERGENCE_TOL = 1e-3
+# A routing margin below this is a near-tie that fp32 rounding noise (~1e-7 in the scores) can flip.
+NEAR_TIE = 1e-5
+
+
+def first_divergence(a, b, tol: float = DIVERGENCE_TOL) -> dict:
+    """Where two (positions, vocab) logit arrays part: the first position whose max abs
+    difference exceeds `tol`, how many positions do, and the largest difference before it."""
+    d = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max(axis=-1)
+    over = np.flatnonzero(d > tol)
+    first = int(over[0]) if over.size else None
+    return {"tol": tol, "positions": int(d.size), "positions_over_tol": int(over.size),
+            "first_position": first,
+            "max_before_first": float(d[:first].max()) if first else (float(d.max()) if first is None else 0.0),
+            "max_at_first": float(d[first]) if first is not None else None}
+
+
+def routing_margin(scores, bias, top_k: int, n_group: int = 1, topk_group: int = 1,
+                   topk_method: str = "noaux_tc"):
+    """Per token (rows of `scores`, the router's (N, E) affinities): how far the routing
+    decision is from flipping, i.e. the gap between the last chosen and the first rejected
+    selection score, for the experts and (group-limited routing) for the groups, whichever is
+    smaller. Mirrors model/layers/moe.py:route."""
+    choice = np.asarray(scores, np.float64) + (0.0 if bias is None else np.asarray(bias, np.float64))
+    n, e = choice.shape
+    group_margin = np.full(n, np.inf)
+    if topk_method != "greedy" and n_group > 1:
+        grouped = choice.reshape(n, n_group, e // n_group)
+        top = np.sort(grouped, axis=-1)
+        gscore = top[..., -2:].sum(-1) if topk_method == "noaux_tc" else top[..., -1]
+        ordered = np.sort(gscore, axis=-1)[:, ::-1]
+        group_margin = ordered[:, topk_group - 1] - ordered[:, topk_group]
+        kept = np.argsort(-gscore, axis=-1, kind="stable")[:, :topk_group]
+        mask = np.zeros((n, n_group), bool)
+        np.put_along_axis(mask, kept, True, axis=-1)
+        choice = np.where(np.repeat(mask, e // n_group, axis=-1), choice, -np.inf)
+    ordered = np.sort(choice, axis=-1)[:, ::-1]
+    expert_margin = ordered[:, top_k - 1] - ordered[:, top_k]     # -inf past the kept groups
+    expert_margin = np.where(np.isfinite(expert_margin), expert_margin, np.inf)
+    return np.minimum(expert_margin, group_margin)
+
+
+def explain_divergence(div: dict, routing: dict | None) -> str:
+    """One line on why logits differ although greedy tokens may agree."""
+    if div["first_position"] is None:
+        return f"all {div['positions']} positions agree within {div['tol']:.0e}"
+    p = div["first_position"]
+    line = (f"agree to {div['max_before_first']:.1e} up to position {p}, differ there by "
+            f"{div['max_at_first']:.1e} ({div['positions_over_tol']} of {div['positions']} positions "
+            f"over {div['tol']:.0e})")
+    if routing is None:
+        return line
+    if routing["margin"] < NEAR_TIE:
+        return (line + f"; at position {p} seekline's routing in layer {routing['layer']} is a "
+                f"near-tie (margin {routing['margin']:.1e}): fp32 rounding picks a different "
+                "expert on one side, and attention carries the change to later positions")
+    return (line + f"; no routing near-tie at position {p} (smallest margin {routing['margin']:.1e}, "
+            f"layer {routing['layer']}): not a routing flip")
+
+
+def routing_at(m, ids, position: int) -> dict | None:
+    """The smallest routing margin over seekline's MoE layers at `position` (None: no MoE)."""
+    from model.layers.moe import MoE
+    out = m.forward(ids, return_router=True)
+    layers = [i for i, blk in enumerate(m.blocks) if isinstance(blk.mlp, MoE)]
+    best = None
+    for layer, r in zip(layers, out["router"], strict=False):
+        moe = m.blocks[layer].mlp
+        bias = None if moe.e_score_correction_bias is None else moe.e_score_correction_bias.numpy()
+        margin = routing_margin(r.scores.numpy()[position:position + 1], bias, moe.num_experts_per_tok,
+                                moe.n_group, moe.topk_group, moe.topk_method)[0]
+        if best is None or margin < best["margin"]:
+            best = {"layer": layer, "margin": float(margin)}
+    return best
+
+
 def median_time(fn, reps: int):
     """One untimed warm-up call, then the median (and all) of `reps` wall-clock timings."""
     fn()
@@ -412,6 +490,13 @@ def bench_speed(preset, prompt_len, new_tokens, reps, threads, interop, omp_wait
         "seekline_vs_transformers_timed": float(np.abs(logits - ref_logits["logits"]).max()),
         "transformers_timed_vs_eager": float(np.abs(ref_logits["logits"] - ref_logits["logits_eager"]).max()),
         "positions": prompt_len}
+    # Greedy tokens can agree while one prompt position differs a lot: say where, and whether
+    # a near-tied MoE routing choice explains it.
+    res["logits_divergence"] = {}
+    for name, key in (("vs transformers eager", "logits_eager"), ("vs transformers timed", "logits")):
+        div = first_divergence(logits, ref_logits[key])
+        routing = routing_at(m, ids, div["first_position"]) if div["first_position"] is not None else None
+        res["logits_divergence"][name] = {**div, "routing": routing, "explanation": explain_divergence(div, routing)}
     res["tokens"] = {"seekline": list(map(int, tokens)), "transformers": info["tokens"]}
 
     def rates(side, key, count):
@@ -481,6 +566,9 @@ def print_table(results):
               f"{ref['attn_implementation']} {e['seekline_vs_transformers_timed']:.1e} "
               f"(transformers {ref['attn_implementation']} vs its own eager: "
               f"{e['transformers_timed_vs_eager']:.1e})")
+        for name, d in s.get("logits_divergence", {}).items():
+            if d["first_position"] is not None:
+                print(f"  logits {name}: {d['explanation']}")
     pr = s["seekline_profile"]
     per_tok = 1e3 * s["seekline"]["decode"]["median_s"] / (s["new_tokens"] - 1)
     print(f"seekline decode profile (ms/token): inside generate {per_tok:.1f}; step alone "

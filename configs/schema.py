@@ -10,6 +10,7 @@ Errors name the key and where its value came from (the YAML file or the ``--set`
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from common.errors import ConfigError
 from common.fileio import atomic_write_text
+from configs.overrides import (
+    annotation_at,
+    booleans_for_numbers,
+    describe_yaml_error,
+    typed_override,
+    yaml_load,
+)
 
 DEFAULT_PRESET = "tiny"
 
@@ -357,7 +365,16 @@ def _preset_source(preset: str) -> tuple[str, str]:
         path = Path(preset)
         if not path.is_file():
             raise ConfigError(f"config file not found: {preset}")
-        return str(path), path.read_text(encoding="utf-8")
+        try:
+            return str(path), path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            line = e.object[: e.start].count(b"\n") + 1
+            raise ConfigError(
+                f"{path}:{line}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                "save the config as UTF-8"
+            ) from None
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
     res = resources.files("configs").joinpath(f"{preset}.yaml")
     if not res.is_file():
         raise ConfigError(
@@ -367,19 +384,25 @@ def _preset_source(preset: str) -> tuple[str, str]:
     return f"configs/{preset}.yaml", res.read_text(encoding="utf-8")
 
 
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """'a.b.c=value' → (['a','b','c'], YAML-parsed value)."""
+def parse_override(item: str, model: type[BaseModel] | None = None) -> tuple[list[str], Any]:
+    """'a.b.c=value' → (['a','b','c'], YAML-parsed value).
+
+    With ``model`` (the config class) the value is typed by the field it lands in
+    (configs/overrides.py): plain text for string fields, a scalar wrapped for list fields.
+    """
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like key.path=value")
     key, raw = item.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {item!r}: empty key")
+    path = key.split(".")
+    ann = annotation_at(model, path) if model is not None else None
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = typed_override(ann, raw, lambda: yaml_load(raw) if raw.strip() else "")
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
-    return key.split("."), value
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({describe_yaml_error(e)})") from None
+    return path, value
 
 
 def _set_path(tree: dict[str, Any], path: list[str], value: Any, item: str) -> None:
@@ -392,24 +415,50 @@ def _set_path(tree: dict[str, Any], path: list[str], value: Any, item: str) -> N
     node[path[-1]] = value
 
 
-def load_config(preset: str = DEFAULT_PRESET, overrides: list[str] | tuple[str, ...] = ()) -> SeeklineConfig:
-    """Resolve a preset name (configs/NAME.yaml) or YAML path plus overrides into a config."""
+def load_config(
+    preset: str = DEFAULT_PRESET,
+    overrides: list[str] | tuple[str, ...] = (),
+    settings: Sequence[tuple[str, Any, str]] = (),
+) -> SeeklineConfig:
+    """Resolve a preset name (configs/NAME.yaml) or YAML path plus overrides into a config.
+
+    ``settings``: already-typed values from dedicated CLI options, as (dotted key, value,
+    origin shown in errors, e.g. '--corpus'); applied before the ``--set`` overrides.
+    """
     source, text = _preset_source(preset)
     try:
-        tree = yaml.safe_load(text) or {}
+        tree = yaml_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+        raise ConfigError(f"{source}: not valid YAML: {describe_yaml_error(e)}") from None
+    if tree is None:
+        # An empty file is a mistake (a wrong path, a truncated copy), not "all defaults".
+        raise ConfigError(f"{source}: the config file is empty (use a preset, or write the sections to change)")
     if not isinstance(tree, dict):
         raise ConfigError(f"{source}: top level must be a mapping of sections")
-    override_paths: dict[tuple[str, ...], str] = {}
+    origins: dict[tuple[str, ...], str] = {}
+    for key, value, origin in settings:
+        _set_path(tree, key.split("."), value, origin)
+        origins[tuple(key.split("."))] = origin
     for item in overrides:
-        path, value = parse_override(item)
+        path, value = parse_override(item, SeeklineConfig)
         _set_path(tree, path, value, item)
-        override_paths[tuple(path)] = item
+        origins[tuple(path)] = f"--set {item}"
+    bools = booleans_for_numbers(tree, SeeklineConfig)
+    if bools:
+        raise ConfigError("; ".join(
+            f"{_origin_of(p, source, origins)}: {'.'.join(p)}: expected a number, got a boolean" for p in bools
+        ))
     try:
         return SeeklineConfig.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, source, override_paths)) from None
+        raise ConfigError(_format_validation_error(e, source, origins)) from None
+
+
+def _origin_of(loc: tuple[str, ...], source: str, origins: dict[tuple[str, ...], str]) -> str:
+    for opath, origin in origins.items():
+        if loc[: len(opath)] == opath or opath[: len(loc)] == loc:
+            return origin
+    return source
 
 
 def _format_validation_error(
@@ -419,11 +468,7 @@ def _format_validation_error(
     for err in e.errors():
         loc = tuple(str(p) for p in err["loc"])
         key = ".".join(loc) or "<root>"
-        origin = source
-        for opath, item in override_paths.items():
-            if loc[: len(opath)] == opath or opath[: len(loc)] == loc:
-                origin = f"--set {item}"
-                break
+        origin = _origin_of(loc, source, override_paths)
         if err["type"] == "extra_forbidden":
             msg = f"unknown key {key!r}"
         else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 import warnings
@@ -19,11 +20,18 @@ EXIT_USER_ERROR = 2
 
 
 def _quiet_libraries() -> None:
-    # TF/absl/Google client libraries are chatty at import; keep the terminal for our output.
+    # TF/absl/Google client libraries are chatty at import (google-api-core warns about the
+    # Python version with a FutureWarning); keep the terminal for our output. Before any library
+    # import, and through the environment too: Beam's worker processes import the same
+    # libraries and inherit the environment, not this process's filters.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"google\..*")
+    current = os.environ.get("PYTHONWARNINGS", "")
+    wanted = [w for w in ("ignore::FutureWarning", "ignore::DeprecationWarning") if w not in current]
+    if wanted:
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [current, *wanted]))
 
 
 def _console():
@@ -36,7 +44,19 @@ def _console():
 def _load(args: argparse.Namespace):
     from configs.schema import load_config
 
-    return load_config(args.config, args.overrides)
+    settings = []
+    if getattr(args, "corpus", None):
+        settings.append(("ingest.corpus", list(args.corpus), "--corpus"))
+        settings.append(("ingest.include", list(args.include or CORPUS_INCLUDE), "--include"))
+    elif getattr(args, "include", None):
+        settings.append(("ingest.include", list(args.include), "--include"))
+    return load_config(args.config, args.overrides, settings)
+
+
+# `run --corpus DIR` without --include: every format ingest reads as documents (JSONL, gzipped
+# JSONL, NDJSON, Parquet) and plain text. Not source code: a checkout has build files, vendored
+# code and data next to it; `--include '*.py'` picks code on purpose.
+CORPUS_INCLUDE = ("*.jsonl", "*.jsonl.gz", "*.ndjson", "*.ndjson.gz", "*.parquet", "*.txt")
 
 
 # ---------------------------------------------------------------------------------------
@@ -91,11 +111,22 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from pipelines.local import local_paths
-    from pipelines.runs import list_runs
+    from pipelines.runs import list_runs, pipeline_names
 
+    if args.limit < 1:
+        raise UserError(f"runs -n/--limit must be at least 1 (got {args.limit}); it is how many recent runs to show")
     config = _load(args)
     paths = local_paths(config)
-    runs = list_runs(paths.metadata, config.pipeline.name)[-args.limit :]
+    runs = list_runs(paths.metadata, config.pipeline.name, runs_dir=paths.runs_dir)[-args.limit :]
+    if not runs:
+        names = pipeline_names(paths.metadata)
+        if names:
+            raise UserError(
+                f"no runs of pipeline {config.pipeline.name!r} in {paths.metadata} (`runs` shows the "
+                f"pipeline.name of -c {args.config}); pipelines with runs there: {', '.join(names)}"
+            )
+        _console().print(f"no runs yet in {paths.metadata}")
+        return 0
     table = Table(title=f"{config.pipeline.name} runs ({paths.metadata})")
     for col in ("run", "state", "duration", "component", "execution", "took"):
         table.add_column(col, no_wrap=True)
@@ -129,20 +160,60 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def _warn_portability(config) -> None:
     from pipelines.kubeflow import portability_warnings
 
-    for w in portability_warnings(config):
+    for w in [*placeholder_warnings(config), *portability_warnings(config)]:
         _console().print(f"[yellow]warning:[/] {w}")
 
 
-def _package(args: argparse.Namespace, config):
+# What the shipped presets put where a user's value belongs (cluster.yaml: gs://YOUR-BUCKET).
+_PLACEHOLDER = re.compile(r"YOUR[-_]|(^|[./])example\.(com|org|net)($|[/:])|<[^>]*>")
+
+
+def placeholder_warnings(config) -> list[str]:
+    """Cluster locations still holding a preset's placeholder: the compiled pipeline would fail
+    on the cluster, at its first write."""
+    places = {
+        "kubeflow.pipeline_root": config.kubeflow.pipeline_root,
+        "validate.frozen_dir": config.validate_.frozen_dir,
+        "kubeflow.default_image": config.kubeflow.default_image,
+        **{f"ingest.corpus[{i}]": c for i, c in enumerate(config.ingest.corpus)},
+    }
+    return [
+        f"{key} is a placeholder ({value}); set it, e.g. --set {key.split('[')[0]}=..."
+        for key, value in places.items()
+        if value and _PLACEHOLDER.search(value)
+    ]
+
+
+# Top-level keys of a KFP PipelineSpec (what `seekline compile` writes, what the KFP UI takes).
+_SPEC_KEYS = ("pipelineInfo", "root", "components", "schemaVersion")
+
+
+def check_package(path: str):
+    """The path of a compiled pipeline package, or a one-line error naming what is wrong with it."""
     from pathlib import Path
 
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"pipeline package not found: {p}")
+    try:
+        first = next(iter(yaml.safe_load_all(p.read_text(encoding="utf-8"))), None)
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        raise UserError(f"{p}: not a pipeline package (not YAML text: {type(e).__name__}); "
+                        "pass the file `seekline compile` writes") from None
+    missing = [k for k in _SPEC_KEYS if not isinstance(first, dict) or k not in first]
+    if missing:
+        raise UserError(f"{p}: not a KFP PipelineSpec (missing {', '.join(missing)}); "
+                        "pass the file `seekline compile` writes")
+    return p
+
+
+def _package(args: argparse.Namespace, config):
     from pipelines.kubeflow import compile_pipeline
 
     if args.package:
-        p = Path(args.package)
-        if not p.is_file():
-            raise UserError(f"pipeline package not found: {p}")
-        return p
+        return check_package(args.package)
     with _console().status("compiling the pipeline for Kubeflow"):
         return compile_pipeline(config)
 
@@ -151,6 +222,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from pipelines.kubeflow import check_reachable, deploy, summary
 
     config = _load(args)
+    if args.package:
+        check_package(args.package)  # a wrong file fails before any network call
     check_reachable(args.host, args.token)  # before the (slow) compile: fail fast on a bad host
     package = _package(args, config)
     _warn_portability(config)
@@ -172,6 +245,8 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         validate_cron(cron)
     except ValueError as e:
         raise UserError(str(e)) from None
+    if args.package:
+        check_package(args.package)
     check_reachable(args.host, args.token)
     package = _package(args, config)
     with _console().status(f"creating a recurring run on {args.host}"):
@@ -185,8 +260,15 @@ def cmd_model_params(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     import model
+    from model.errors import ConfigError as ModelConfigError
 
-    counts = model.count_params(args.model_config)
+    try:
+        counts = model.count_params(args.model_config)
+    except (ModelConfigError, OSError, UnicodeDecodeError) as e:
+        # Errors of the values themselves do not always say which file held them.
+        source = _model_config_source(args.model_config)
+        msg = str(e) if not isinstance(e, UnicodeDecodeError) else f"not UTF-8 text (byte {e.start})"
+        raise UserError(msg if source in msg else f"{source}: {msg}") from None
     table = Table(title=f"parameters of {args.model_config}")
     table.add_column("")
     table.add_column("parameters", justify="right")
@@ -195,6 +277,13 @@ def cmd_model_params(args: argparse.Namespace) -> int:
         table.add_row(label, f"{counts[key]:,}", f"{counts[key] / 1e9:.2f} B")
     _console().print(table)
     return 0
+
+
+def _model_config_source(spec: str) -> str:
+    """The file a `model params` argument reads (a checkpoint dir's config.json), or the preset."""
+    if os.path.isdir(spec):
+        return os.path.join(spec, "config.json")
+    return spec if os.path.exists(spec) else f"model preset {spec!r}"
 
 
 def cmd_model_import(args: argparse.Namespace) -> int:
@@ -250,7 +339,19 @@ def build_parser() -> argparse.ArgumentParser:
         _config_args(p)
         return p
 
-    add("run", cmd_run, "run the pipeline locally (TFX LocalDagRunner + SQLite ML Metadata)")
+    p = add("run", cmd_run, "run the pipeline locally (TFX LocalDagRunner + SQLite ML Metadata)")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = RUN_EXAMPLES
+    p.add_argument(
+        "--corpus", action="append", metavar="DIR",
+        help="read this directory (or file, glob, gs:// URI) instead of the preset's ingest.corpus "
+        "(repeatable); sets ingest.corpus",
+    )
+    p.add_argument(
+        "--include", action="append", metavar="GLOB",
+        help="file name pattern to read from --corpus directories (repeatable; quote it); sets "
+        f"ingest.include. Default with --corpus: {' '.join(CORPUS_INCLUDE)}",
+    )
 
     p = add("compile", cmd_compile, "compile the pipeline to a Kubeflow PipelineSpec YAML")
     p.add_argument("-o", "--output", help="output file (default: kubeflow.output_file)")
@@ -291,9 +392,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+RUN_EXAMPLES = """\
+examples:
+  seekline run                                      # the tiny preset: a slice of the stdlib
+  seekline run --corpus ~/data/docs                 # your JSONL / Parquet / .txt files
+  seekline run --corpus ~/data/web --include '*.jsonl.gz' --set ingest.text_field=content
+  seekline run --corpus ~/src/project --include '*.py' --include '*.md'
+  seekline run --config small --set ingest.max_files=null --set pipeline.output_dir=/data/out
+
+The preset's other settings still apply (tiny: at most 200 files, ingest.max_files). --set takes
+plain values where the config expects text or a list: --set ingest.include=*.jsonl,
+--set ingest.corpus=/data/x (one-element list), --set resources.default.cpu=2.
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_libraries()  # first: library imports warn at import time
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
     try:
         return args.fn(args)
     except KeyboardInterrupt:

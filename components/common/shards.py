@@ -18,6 +18,13 @@ from collections.abc import Iterable
 import tensorflow as tf
 
 SHARD_PREFIX = "data_tfrecord"
+STAGING_PREFIX = ".staging-"
+
+
+def is_staging(name: str) -> bool:
+    """A staging folder's name (a run killed mid-write leaves one; the next local run removes
+    it once it can prove its execution is over: pipelines/local.py)."""
+    return name.startswith(STAGING_PREFIX)
 
 
 def shard_name(index: int, num_shards: int) -> str:
@@ -51,7 +58,7 @@ def publish_splits(staging: str, output_uri: str, splits: Iterable[str], num_sha
 
 
 def new_staging(output_uri: str) -> str:
-    path = os.path.join(output_uri, f".staging-{uuid.uuid4().hex[:12]}")
+    path = os.path.join(output_uri, f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
     tf.io.gfile.makedirs(path)
     return path
 

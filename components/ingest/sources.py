@@ -21,6 +21,7 @@ import logging
 import os
 import sysconfig
 import zlib
+from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -94,6 +95,7 @@ def list_corpus_files(cfg: IngestConfig) -> list[SourceFile]:
     nothing, or naming the file when one cannot be stat'ed (a dangling link).
     """
     files: list[SourceFile] = []
+    missed: Tally[str] = Tally()  # extensions of the walked files the patterns left out
     for entry in cfg.corpus:
         root = resolve_root(entry)
         if _is_glob(root):
@@ -119,13 +121,62 @@ def list_corpus_files(cfg: IngestConfig) -> list[SourceFile]:
                 rel = os.path.relpath(uri, root).replace(os.sep, "/")
                 if _matches(rel, cfg.include, cfg.exclude):
                     files.append(SourceFile(uri, rel, entry, *_stat(uri)))
+                else:
+                    missed[extension(name)] += 1
     if not files:
-        raise InputDataError(f"corpus {', '.join(cfg.corpus)} has no files matching include={cfg.include}")
+        raise InputDataError(_nothing_selected(cfg, missed))
     # A hash order is a fair sample of a directory tree (sorted order would take one package).
     files.sort(key=lambda f: hashlib.sha256(f"{f.source}/{f.relpath}".encode()).hexdigest())
     if cfg.max_files is not None:
         files = files[: cfg.max_files]
     return files
+
+
+def extension(name: str) -> str:
+    """'.jsonl', '.jsonl.gz', '(none)': what a user would put after '*' in an include pattern."""
+    parts = name.lower().lstrip(".").split(".")
+    if len(parts) == 1:
+        return "(none)"
+    if parts[-1] in ("gz", "bz2", "xz", "zst") and len(parts) > 2:
+        return f".{parts[-2]}.{parts[-1]}"
+    return f".{parts[-1]}"
+
+
+def _nothing_selected(cfg: IngestConfig, missed: Tally[str]) -> str:
+    where = f"corpus {', '.join(cfg.corpus)}"
+    tried = f"include={cfg.include}" + (f", exclude={cfg.exclude}" if cfg.exclude else "")
+    if not missed:
+        return f"{where} has no files ({tried})"
+    seen = ", ".join(f"{n} {ext}" for ext, n in missed.most_common(8))
+    more = f" and {len(missed) - 8} more extensions" if len(missed) > 8 else ""
+    return (
+        f"{where}: none of its {sum(missed.values())} files match {tried}; it has {seen}{more} "
+        "(pick patterns with --include or ingest.include, e.g. --include '*.jsonl')"
+    )
+
+
+def sniff_binary(files: Iterable[SourceFile], cfg: IngestConfig, limit: int = 32) -> tuple[list[SourceFile], int]:
+    """(binary files, files sniffed) among the first ``limit`` files read as text.
+
+    A preflight check: the run would skip binary files one by one (counted as skipped_binary in
+    the ingest report), and a corpus of nothing else would end in an empty split that does not
+    say why. Reads at most 8 KiB of each sniffed file.
+    """
+    binary, sniffed = [], 0
+    for f in files:
+        if sniffed >= limit:
+            break
+        if file_format(f, cfg) != "text" or f.size == 0 or f.size > cfg.max_file_bytes:
+            continue
+        sniffed += 1
+        try:
+            with _open(f.uri) as fh:
+                head = fh.read(_BINARY_SNIFF_BYTES)
+        except (tf.errors.OpError, OSError, EOFError, zlib.error) as e:
+            raise InputDataError(f"cannot read corpus file {f.uri}: {_reason(e)}") from None
+        if b"\0" in head:
+            binary.append(f)
+    return binary, sniffed
 
 
 def corpus_fingerprint(files: Iterable[SourceFile]) -> str:
@@ -208,19 +259,27 @@ def _read_text(f: SourceFile, cfg: IngestConfig, count: Counter) -> Iterator[Raw
         return
     if b"\0" in data[:_BINARY_SNIFF_BYTES]:  # what git and grep call binary
         count("skipped_binary")
+        logging.info("%s: binary (a NUL byte in the first 8 KiB), skipped", f.uri)
         return
     yield RawRecord(data, f.relpath, f.source, f.uri)
 
 
-def decode_utf8(data: bytes, policy: str, where: str, count: Counter) -> str | None:
-    """UTF-8 text by the ``on_invalid_utf8`` policy: None = skipped (counted)."""
+def decode_utf8(data: bytes, policy: str, where: str, count: Counter, line: int | None = None) -> str | None:
+    """UTF-8 text by the ``on_invalid_utf8`` policy: None = skipped (counted).
+
+    ``where`` names the file; ``line``: the line ``data`` is (JSONL), else the error counts
+    the line within ``data`` (a whole text file).
+    """
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         if policy == "fail":
-            raise InputDataError(
-                f"{where}: invalid UTF-8 at byte {e.start} (ingest.on_invalid_utf8=fail)"
-            ) from None
+            if line is None:
+                nl = data.count(b"\n", 0, e.start) + 1
+                at = f"{where}: invalid UTF-8 at byte {e.start} (line {nl})"
+            else:
+                at = f"{where}:{line}: invalid UTF-8 at byte {e.start} of the line"
+            raise InputDataError(f"{at}: 0x{data[e.start]:02x} (ingest.on_invalid_utf8=fail)") from None
         if policy == "replace":
             count("invalid_utf8_replaced")
             return data.decode("utf-8", errors="replace")
@@ -234,7 +293,7 @@ def _read_jsonl(f: SourceFile, cfg: IngestConfig, count: Counter) -> Iterator[Ra
             if not line.strip():
                 continue
             where = f"{f.uri}:{lineno}"
-            text_line = decode_utf8(line, cfg.on_invalid_utf8, where, count)
+            text_line = decode_utf8(line, cfg.on_invalid_utf8, f.uri, count, line=lineno)
             if text_line is None:
                 continue
             try:
