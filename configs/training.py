@@ -104,7 +104,9 @@ class ContextExtensionConfig(_Strict):
     # Long-document rows: documents are packed into rows of factor × pretraining seq_len;
     # only documents at least this many tokens long are used (0 = all documents).
     min_doc_tokens: int = Field(0, ge=0)
-    # Share of synthetic passkey rows mixed into the extension data (0 = none).
+    # Share of synthetic passkey rows mixed into the extension data (0 = none, 1 = only them).
     passkey_train_fraction: float = Field(0.0, ge=0, le=1)
+    # Train passkey rows on the answer tokens only (a retrieval drill) instead of every token.
+    passkey_answer_only_loss: bool = False
     trainer: TrainerConfig = TrainerConfig(steps=200, warmup_steps=20, lr=1e-4)
     passkey: PasskeyConfig = PasskeyConfig()

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from tfx import v1 as tfx
 
+from components.context_extension.component import ExtendContext
 from components.ingest.component import Ingest
 from components.pack.component import PackSequences
+from components.pretrain.component import Pretrain
 from components.tokenizer.component import TrainTokenizer
 from components.validate.component import InferSchema, ValidateExamples
 from components.validate.validate import check_threshold_features
@@ -69,7 +71,22 @@ def create_pipeline(
         frozen_dir=frozen_dir,
         config_json=config.validate_.model_dump_json(),
     ).with_id("validate")
-    components = [ingest, tokenizer, pack, statistics, schema, validate]
+    # Training starts only on validated rows: pretrain waits for validate (a task dependency;
+    # it reads the packed rows themselves from pack).
+    pretrain = Pretrain(
+        examples=pack.outputs["packed"],
+        tokenizer=tokenizer.outputs["tokenizer"],
+        config_json=config.pretrain.model_dump_json(),
+    ).with_id("pretrain")
+    pretrain.add_upstream_node(validate)
+    components = [ingest, tokenizer, pack, statistics, schema, validate, pretrain]
+    if config.context_extension.enabled:
+        components.append(ExtendContext(
+            pretrained=pretrain.outputs["model"],
+            examples=ingest.outputs["examples"],
+            tokenizer=tokenizer.outputs["tokenizer"],
+            config_json=config.context_extension.model_dump_json(),
+        ).with_id("context_extension"))
 
     if with_platform_resources:
         for c in components:

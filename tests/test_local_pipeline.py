@@ -20,7 +20,17 @@ from pipelines.cli import main
 from pipelines.runs import list_runs
 
 pytestmark = pytest.mark.slow
-COMPONENTS = ["ingest", "tokenizer", "pack", "statistics", "schema", "validate"]
+COMPONENTS = ["ingest", "tokenizer", "pack", "statistics", "schema", "validate", "pretrain", "context_extension"]
+# Training here only proves the DAG wiring (the learning checks are tests/test_learning_checks.py):
+# a few steps of each phase, with a smaller model.
+TRAIN_FAST = (
+    "pretrain.trainer.steps=4", "pretrain.trainer.micro_batch_size=2", "pretrain.trainer.warmup_steps=1",
+    "pretrain.trainer.eval_batches=1", "pretrain.trainer.checkpoint_every=2",
+    "context_extension.trainer.steps=2", "context_extension.trainer.micro_batch_size=1",
+    "context_extension.trainer.warmup_steps=1", "context_extension.trainer.eval_batches=1",
+    "context_extension.factor=2", "context_extension.passkey.samples=2",
+    "context_extension.passkey.multiples=[1, 2]",
+)
 PACKED_FEATURES = {"input_ids", "segment_ids", "positions", "num_tokens", "num_segments", "segment_lengths", "sources"}
 
 
@@ -42,6 +52,7 @@ def overrides(root, *extra):
         f"ingest.corpus=['{root / 'corpus'}']",
         "ingest.eval_percent=20",
         "ingest.max_files=null",
+        *TRAIN_FAST,
         *extra,
     ):
         args += ["--set", kv]
@@ -79,6 +90,18 @@ def test_first_run_executes_every_component(workdir, capsys):
     assert next(out.glob("pipeline/pack/packed/*/data_report.png")).stat().st_size > 0
     tok_meta = json.loads(next(out.glob("pipeline/tokenizer/tokenizer/*/tokenizer_meta.json")).read_text())
     assert tok_meta["eos_id"] == 2 and tok_meta["roundtrip_checked_documents"] == report["ingest"]["documents"]["train"]
+    # the training phases: a Model artifact each (checkpoints, HF export, report, curves)
+    pt = next(out.glob("pipeline/pretrain/model/*"))
+    pt_report = json.loads((pt / "report.json").read_text())
+    assert pt_report["steps"] == 4 and pt_report["eval_loss"] > 0 and pt_report["eval_unigram_entropy"] > 0
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (pt / "final").iterdir()}
+    assert (pt / "loss_curve.png").stat().st_size > 0 and (pt / "checkpoints" / "checkpoint").exists()
+    ce = next(out.glob("pipeline/context_extension/model/*"))
+    ce_report = json.loads((ce / "report.json").read_text())
+    assert ce_report["extended_context"] == 2 * ce_report["original_context"]
+    assert set(ce_report["before"]) == set(ce_report["after"]) == {"1x", "2x"}
+    assert json.loads((ce / "final" / "config.json").read_text())["rope_scaling"]["factor"] == 2.0
+    assert (ce / "passkey.png").stat().st_size > 0
 
 
 def test_second_run_is_served_from_cache(workdir, capsys):

@@ -22,6 +22,9 @@ import tensorflow as tf
 from common.errors import InputDataError
 
 ROW_FEATURES = ("input_ids", "segment_ids", "positions")
+# Optional per-token loss weights (0/1): rows without it train on every token. SFT rows (assistant
+# tokens only) and synthetic task rows (answer only) carry it.
+LOSS_MASK = "loss_mask"
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ def check_rows(data: PackedData, seq_len: int, vocab_size: int, max_rows: int = 
 
 def _parse(seq_len: int):
     spec = {k: tf.io.FixedLenFeature([seq_len], tf.int64) for k in ROW_FEATURES}
+    spec[LOSS_MASK] = tf.io.FixedLenFeature([seq_len], tf.int64, default_value=[1] * seq_len)
 
     def parse(serialized):                                                  # (N,) strings
         ex = tf.io.parse_example(serialized, spec)

@@ -29,7 +29,7 @@ from model.balance import layer_loads, update_routing_bias
 from training.checkpoint import CheckpointStore
 from training.data import PackedData, eval_stream, train_stream
 from training.metrics import MetricsLog, expert_load_stats, plot_loss_curve
-from training.optimizer import build_optimizer
+from training.optimizer import build_optimizer, lr_at
 from training.strategy import Runtime
 
 
@@ -69,10 +69,10 @@ def _zeros_like_vars(variables):
 
 class Trainer:
     def __init__(self, cfg: TrainerConfig, runtime: Runtime, build_model: Callable[[], Any], task: Task,
-                 output_dir: str, *, total_steps: int | None = None, title: str = "training"):
+                 output_dir: str, *, title: str = "training"):
         self.cfg, self.rt, self.task = cfg, runtime, task
         self.output_dir = output_dir
-        self.total_steps = total_steps or cfg.steps
+        self.total_steps = cfg.steps
         self.title = title
         if cfg.deterministic:
             tf.config.experimental.enable_op_determinism()
@@ -90,6 +90,7 @@ class Trainer:
                                      nonfinite=self.nonfinite, rng=self.rng)
         self.moe = self.model.moe_layers() if hasattr(self.model, "moe_layers") else []
         self._train_fn = None
+        self._eval_fn = None
 
     # ------------------------------------------------------------------ compiled step
     def _replica_step(self, batch):
@@ -164,8 +165,12 @@ class Trainer:
                     update_routing_bias(self.model, loads, gamma)
                     return tf.constant(0)
                 tf.cond(finite, bias, lambda: tf.constant(0))
+            skipped = tf.cast(tf.logical_not(finite), tf.int64)
             self.step.assign_add(1)
-            self.nonfinite.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
+            self.nonfinite.assign_add(skipped)
+            # A skipped step still spends its place in the schedule: the learning rate stays a
+            # function of the step, not of how many updates happened to be finite.
+            self.optimizer.iterations.assign_add(tf.cast(skipped, self.optimizer.iterations.dtype))
             return metrics, gnorm, finite, loads, tokens
         # autograph off: the step has no Python control flow on tensors (tf.cond is explicit), and
         # converting the whole model source costs more tracing time than the rest together.
@@ -189,12 +194,13 @@ class Trainer:
     # ------------------------------------------------------------------ eval
     def evaluate(self, data: PackedData) -> dict[str, float]:
         task, cfg = self.task, self.cfg
-
-        @tf.function(autograph=False)
-        def one(batch):
-            out = task.compute(self.model, batch, False)
-            w = tf.cast(task.weight(batch), tf.float32)
-            return tf.cast(out.loss, tf.float32) * w, w
+        if self._eval_fn is None:   # traced once per trainer, not per evaluation
+            def one(batch):
+                out = task.compute(self.model, batch, False)
+                w = tf.cast(task.weight(batch), tf.float32)
+                return tf.cast(out.loss, tf.float32) * w, w
+            self._eval_fn = tf.function(one, autograph=False)
+        one = self._eval_fn
         total, count = 0.0, 0.0
         for batch in eval_stream(data.eval_files, data.seq_len, cfg.micro_batch_size, cfg.eval_batches):
             s, w = one(batch)
@@ -238,7 +244,8 @@ class Trainer:
                 if step % cfg.log_every == 0 or step == end or step == start + 1:
                     dt = max(time.perf_counter() - t0, 1e-9)
                     vals = {k: float(v) for k, v in metrics.items()}
-                    vals.update(lr=float(self.optimizer.learning_rate), grad_norm=float(gnorm),
+                    # the rate this step's update used (updates are counted per step, skipped or not)
+                    vals.update(lr=lr_at(cfg, step - 1), grad_norm=float(gnorm),
                                 tokens_per_s=tok_acc / dt, nonfinite_steps=float(self.nonfinite.numpy()))
                     if self.moe:
                         vals.update(expert_load_stats([x.numpy() for x in loads]))

@@ -50,18 +50,19 @@ class MetricsLog:
         self.writer = tf.summary.create_file_writer(os.path.join(output_dir, "tensorboard"))
 
     def _rewrite(self) -> None:
+        # Whole-file rewrite + rename through tf.io.gfile: object stores (gs://, s3://) have no
+        # append, and a reader never sees a torn file. The file is one line per logged step.
         tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in self.rows)
-        os.replace(tmp, self.path)
+        with tf.io.gfile.GFile(tmp, "w") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in self.rows))
+        tf.io.gfile.rename(tmp, self.path, overwrite=True)
 
     def log(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
         row = {"step": int(step), **{k: float(v) for k, v in values.items()}}
         self.rows.append(row)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        self._rewrite()
         with self.writer.as_default(step=step):
             for k, v in values.items():
                 tf.summary.scalar(k, float(v))

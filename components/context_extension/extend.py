@@ -52,12 +52,14 @@ def _docs(examples_uri: str, split: str) -> list[str]:
     return [text for _, text, _ in iter_split(examples_uri, split)]
 
 
-def _write_rows(path: str, rows) -> int:
+def write_rows(path: str, rows) -> int:
+    """Rows (input_ids, segment_ids, positions[, loss_mask]) as a gzipped TFRecord shard."""
     n = 0
     with tf.io.TFRecordWriter(path, options="GZIP") as w:
-        for ids, seg, pos in rows:
-            feats = {k: tf.train.Feature(int64_list=tf.train.Int64List(value=v.tolist()))
-                     for k, v in (("input_ids", ids), ("segment_ids", seg), ("positions", pos))}
+        for row in rows:
+            names = ("input_ids", "segment_ids", "positions", "loss_mask")[:len(row)]
+            feats = {k: tf.train.Feature(int64_list=tf.train.Int64List(value=np.asarray(v, np.int64).tolist()))
+                     for k, v in zip(names, row, strict=True)}
             w.write(tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString())
             n += 1
     return n
@@ -85,17 +87,23 @@ def build_long_rows(examples_uri: str, tokenizer_dir: str, out_dir: str, seq_len
         rows = [(r.input_ids, r.segment_ids, r.positions)
                 for r in pack(docs, seq_len, pad_id=info["pad_id"], eos_id=info["eos_id"], bos_id=info["bos_id"])]
         n_pk = 0
-        if split == "train" and cfg.passkey_train_fraction > 0:
+        f = cfg.passkey_train_fraction
+        if split == "train" and f > 0:
             # Passkey rows from train-split filler with their own seed: never the eval samples.
             builder = PasskeyBuilder(tok, texts[:200], info["bos_id"])
-            n_pk = int(round(len(rows) * cfg.passkey_train_fraction / (1 - cfg.passkey_train_fraction + 1e-9)))
+            n_pk = len(rows) if f >= 1 else int(round(len(rows) * f / (1 - f)))
+            if f >= 1:
+                rows = []
             for s in builder.samples(seq_len, n_pk, cfg.passkey.digits, seed + 17):
-                rows.append((s.ids.astype(np.int64), np.ones(seq_len, np.int64), np.arange(seq_len, dtype=np.int64)))
-            order = rng.permutation(len(rows))
-            rows = [rows[i] for i in order]
+                mask = np.ones(seq_len, np.int64)
+                if cfg.passkey_answer_only_loss:
+                    mask[:s.answer_start - 1] = 0   # the target of position i is token i+1
+                rows.append((s.ids, np.ones(seq_len, np.int64), np.arange(seq_len), mask))
+            rows = [r if len(r) == 4 else (*r, np.ones(seq_len, np.int64)) for r in rows]
+            rows = [rows[i] for i in rng.permutation(len(rows))]
         d = os.path.join(staging, f"Split-{split}")
         tf.io.gfile.makedirs(d)
-        stats[f"rows_{split}"] = _write_rows(os.path.join(d, "data-00000-of-00001.gz"), rows)
+        stats[f"rows_{split}"] = write_rows(os.path.join(d, "data-00000-of-00001.gz"), rows)
         stats[f"passkey_rows_{split}"] = n_pk
     atomic_write_text(os.path.join(staging, "stats.json"), json.dumps(stats))
     atomic_write_text(os.path.join(staging, "config.json"), json.dumps({"seq_len": seq_len}))
