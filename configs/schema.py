@@ -28,10 +28,14 @@ from configs.overrides import (
     yaml_load,
 )
 
+# Training sections live in their own module; re-exported here with the rest of the tree.
+from configs.training import ContextExtensionConfig, PretrainConfig, TrainerConfig  # noqa: F401
+
 DEFAULT_PRESET = "tiny"
 
 # Component ids in the DAG; resources, node selectors and tolerations are keyed by these.
-COMPONENT_IDS = ("ingest", "tokenizer", "pack", "statistics", "schema", "validate")
+COMPONENT_IDS = ("ingest", "tokenizer", "pack", "statistics", "schema", "validate", "pretrain",
+                 "context_extension")
 
 _CPU_RE = re.compile(r"^\d+(\.\d+)?m?$")
 _MEM_RE = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
@@ -338,6 +342,8 @@ class SeeklineConfig(_Strict):
     tokenizer: TokenizerConfig = TokenizerConfig()
     pack: PackConfig = PackConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    pretrain: PretrainConfig = PretrainConfig()
+    context_extension: ContextExtensionConfig = ContextExtensionConfig()
     resources: ResourcesConfig = ResourcesConfig()
     kubeflow: KubeflowConfig = KubeflowConfig()
 

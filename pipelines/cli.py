@@ -369,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("runs", cmd_runs, "list local pipeline runs and component executions from ML Metadata")
     p.add_argument("-n", "--limit", type=int, default=10, help="show the last N runs (default 10)")
 
+    from pipelines.train_cli import add_train_parser
+    add_train_parser(sub, _config_args)
+
     m = sub.add_parser("model", help="model checkpoints: import HF safetensors, count parameters")
     msub = m.add_subparsers(dest="model_command", metavar="MODEL_COMMAND", required=True)
     p = msub.add_parser(
