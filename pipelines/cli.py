@@ -82,7 +82,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         console=console,
         transient=False,
     ) as progress:
-        task = progress.add_task("importing TFX", total=len(COMPONENT_IDS))
+        # optional stages that are switched off are not part of the DAG
+        total = len(COMPONENT_IDS) - (0 if config.context_extension.enabled else 1)
+        task = progress.add_task("importing TFX", total=total)
         started: dict[str, float] = {}
 
         def on_event(component: str, event: str) -> None:
