@@ -63,4 +63,5 @@ def positions_from_segments(segment_ids):
 
 def softmax_fp32(scores, bias, dtype):
     """scores (B, H, T, S) any float -> probs (B, H, T, S) in `dtype`, softmax taken in fp32."""
-    return tf.cast(tf.nn.softmax(tf.cast(scores, tf.float32) + bias, axis=-1), dtype)
+    # bias is cast too: under a mixed_bfloat16 policy Keras autocasts every float layer input.
+    return tf.cast(tf.nn.softmax(tf.cast(scores, tf.float32) + tf.cast(bias, tf.float32), axis=-1), dtype)
