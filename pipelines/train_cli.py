@@ -25,7 +25,8 @@ def add_train_parser(sub, config_args) -> None:
                    help="pretrain: packed rows (a pack artifact folder); context_extension: text examples "
                    "(an ingest artifact folder). Default: the newest one of this config's local pipeline")
     p.add_argument("--tokenizer", metavar="DIR",
-                   help="tokenizer artifact; default: the one --data was packed with (ML Metadata)")
+                   help="tokenizer artifact; default: the one in --init's final/ (context_extension), else "
+                   "the one --data was packed with (ML Metadata)")
     p.add_argument("--init", metavar="DIR",
                    help="context_extension: the pretrained model (a pretrain output folder or its final/); "
                    "default: the newest pretrain artifact of this config's local pipeline")
@@ -94,7 +95,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     # The strategy must exist before any other TF op (MultiWorkerMirroredStrategy).
     from training.strategy import make_runtime
     runtime = make_runtime(section.trainer.strategy, section.trainer.precision)
-    data, tokenizer = resolve_inputs(config, args.phase, args.data, args.tokenizer)
+    init = resolve_init(config, args.init) if args.phase == "context_extension" else None
+    tokenizer = args.tokenizer
+    if tokenizer is None and init and os.path.exists(os.path.join(init, "tokenizer_meta.json")):
+        tokenizer = init  # an exported model carries the tokenizer it was trained with
+    data, tokenizer = resolve_inputs(config, args.phase, args.data, tokenizer)
     from components.pretrain.pretrain import check_output_dir
     check_output_dir(args.output)
     if runtime.is_chief:
@@ -106,7 +111,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         report = run_pretrain(section, data, tokenizer, args.output, **common)
     else:
         from components.context_extension.extend import run_context_extension
-        init = resolve_init(config, args.init)
         report = run_context_extension(section, init, data, tokenizer, args.output, **common)
     _print_report(report, args.output)
     return 0
