@@ -9,7 +9,10 @@
      plain    — the same continued training at 4·L0 without YaRN (ablation: is it YaRN or the
                 fine-tuning that helps?).
    The check: passkey accuracy at 4·L0 after YaRN extension is higher than without extension.
-   The plain-RoPE ablation is recorded beside it, not asserted.
+   The plain-RoPE ablation and YaRN without any training are recorded beside it, not asserted.
+   Measured (3 seeds, 64 samples each; docs/training.md): before 0.18 ± 0.03, YaRN-extended
+   0.34 ± 0.08, plain-RoPE-extended 0.34 ± 0.03 — the continued training at 4·L0 is what helps
+   at this scale; YaRN itself shows no edge over plain RoPE here.
 
 The data is the real pipeline's (the tiny preset's data phases on its stdlib slice); numbers go
 to OUTPUT/learning_checks.json and are printed (pytest -s shows them).
@@ -32,7 +35,7 @@ SEEDS = (0, 1, 2)
 PRETRAIN_STEPS = 80
 L0 = 64                # passkey base context
 BASE_STEPS = 300       # passkey drill at L0
-EXT_STEPS = 40         # continued training at 4·L0
+EXT_STEPS = 150        # continued training at 4·L0 (40 steps at lr 3e-3 made it worse: measured)
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +83,11 @@ def test_pretraining_beats_the_unigram_baseline(pipeline):
     assert max(losses) < h - 0.25, (losses, h)
 
 
-def _passkey_cfg(seed: int, *, steps: int, micro_batch: int):
+def _passkey_cfg(seed: int, *, steps: int, micro_batch: int, lr: float):
     from configs.training import ContextExtensionConfig, PasskeyConfig, TrainerConfig
     return ContextExtensionConfig(
         factor=4.0, passkey_train_fraction=1.0, passkey_answer_only_loss=True,
-        trainer=TrainerConfig(steps=steps, micro_batch_size=micro_batch, lr=3e-3,
+        trainer=TrainerConfig(steps=steps, micro_batch_size=micro_batch, lr=lr,
                               warmup_steps=min(20, steps // 4), checkpoint_every=max(steps, 1),
                               log_every=50, eval_batches=1, seed=seed, mtp_weight=0.0),
         passkey=PasskeyConfig(samples=64, digits=3, multiples=[1.0, 4.0], seed=1000 + seed))
@@ -98,7 +101,7 @@ def _base_model(pipeline, seed: int) -> str:
     from training.data import open_packed
 
     out = pipeline["root"] / f"base{seed}"
-    cfg = _passkey_cfg(seed, steps=BASE_STEPS, micro_batch=32)
+    cfg = _passkey_cfg(seed, steps=BASE_STEPS, micro_batch=32, lr=3e-3)
     build_long_rows(pipeline["examples"], pipeline["tokenizer"], str(out / "data"), L0, cfg, seed)
     tok = tokenizer_info(pipeline["tokenizer"])
     mcfg = model_config_for(PretrainConfig(), tok["vocab_size"], L0, tok["bos_id"], tok["eos_id"])
@@ -108,22 +111,34 @@ def _base_model(pipeline, seed: int) -> str:
 
 
 def test_yarn_extension_retrieves_at_4x_better_than_no_extension(pipeline):
-    from components.context_extension.extend import run_context_extension
+    import model as model_core
+    from components.context_extension.extend import extended_config, passkey_table, run_context_extension
+    from components.context_extension.passkey import PasskeyBuilder
+    from components.tokenizer.tokenizer import iter_split
+    from components.tokenizer.tokenizer import load as load_tokenizer
 
-    rows = {"base_1x": [], "before_4x": [], "yarn_4x": [], "plain_4x": [], "yarn_1x": []}
+    rows = {k: [] for k in ("base_1x", "before_4x", "yarn_zero_shot_4x", "yarn_4x", "plain_4x", "yarn_1x",
+                            "plain_1x")}
+    builder = PasskeyBuilder(load_tokenizer(pipeline["tokenizer"]),
+                             [t for _, t, _ in iter_split(pipeline["examples"], "eval")], 1)
     for seed in SEEDS:
         base = _base_model(pipeline, seed)
-        cfg = _passkey_cfg(seed, steps=EXT_STEPS, micro_batch=8)
+        cfg = _passkey_cfg(seed, steps=EXT_STEPS, micro_batch=16, lr=1e-3)
         yarn = run_context_extension(cfg, base, pipeline["examples"], pipeline["tokenizer"],
                                      str(pipeline["root"] / f"yarn{seed}"), progress=False)
         plain = run_context_extension(cfg, base, pipeline["examples"], pipeline["tokenizer"],
                                       str(pipeline["root"] / f"plain{seed}"), progress=False, yarn=False)
         assert yarn["before"] == plain["before"]  # same base, same samples on both sides
+        # YaRN with no training at all (the same samples as the other arms)
+        ext_cfg, _, _ = extended_config(model_core.ModelConfig.from_json_file(os.path.join(base, "config.json")), cfg)
+        zero = passkey_table(model_core.load_hf_checkpoint(base, config=ext_cfg), builder, L0, 4 * L0, cfg)
+        rows["yarn_zero_shot_4x"].append(zero["4x"]["accuracy"])
         rows["base_1x"].append(yarn["before"]["1x"]["accuracy"])
         rows["before_4x"].append(yarn["before"]["4x"]["accuracy"])
         rows["yarn_4x"].append(yarn["after"]["4x"]["accuracy"])
         rows["yarn_1x"].append(yarn["after"]["1x"]["accuracy"])
         rows["plain_4x"].append(plain["after"]["4x"]["accuracy"])
+        rows["plain_1x"].append(plain["after"]["1x"]["accuracy"])
     pipeline["results"]["passkey"] = {
         "L0": L0, "extended": 4 * L0, "base_steps": BASE_STEPS, "extension_steps": EXT_STEPS,
         "samples_per_length": 64, "digits": 3, **{k: _spread(v) for k, v in rows.items()}}
