@@ -262,7 +262,8 @@ class Trainer:
                 if step % every == 0 or step == end:
                     self.store.save(step)
             final_eval = self.evaluate(data)
-            if final_eval and rt.is_chief:
+            done_before = any(r.get("step") == end and "eval_loss" in r for r in log.rows)
+            if final_eval and rt.is_chief and not done_before:   # a re-run of a finished run logs nothing new
                 log.log(int(self.step.numpy()), final_eval)
         finally:
             bar.close()

@@ -28,6 +28,7 @@ def ExtendContext(  # noqa: N802
     model.set_int_custom_property("context", int(report["extended_context"]))
     for when in ("before", "after"):
         for mult, row in report.get(when, {}).items():
-            model.set_float_custom_property(f"passkey_{when}_{mult}", float(row["accuracy"]))
+            if "accuracy" in row:
+                model.set_float_custom_property(f"passkey_{when}_{mult}", float(row["accuracy"]))
     if report.get("eval_loss") is not None:
         model.set_float_custom_property("eval_loss", float(report["eval_loss"]))

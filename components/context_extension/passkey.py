@@ -45,6 +45,12 @@ class PasskeyBuilder:
     def _enc(self, text: str) -> np.ndarray:
         return np.asarray(self.tok.encode(text, add_special_tokens=False).ids, np.int32)
 
+    def min_length(self, digits: int) -> int:
+        """Shortest context that fits a sample (BOS, needle, question, answer, some filler)."""
+        key = "9" * digits
+        return (1 + self._enc(NEEDLE.format(key=key)).size + self.question.size
+                + self._enc(" " + key).size + 16)
+
     def sample(self, length: int, digits: int, rng: np.random.Generator) -> PasskeySample:
         key = str(rng.integers(1, 10)) + "".join(str(d) for d in rng.integers(0, 10, digits - 1))
         needle = self._enc(NEEDLE.format(key=key))
