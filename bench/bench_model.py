@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +35,8 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+
+from refproc import RefProcess  # noqa: E402  (bench/ is the script's own folder)
 
 REF_PYTHON = os.path.join(REPO, ".venv-ref", "bin", "python")
 REF_SCRIPT = os.path.join(REPO, "bench", "ref_transformers.py")
@@ -270,44 +271,14 @@ def generate_once(m, prompt, gcfg) -> dict:
             "stamps": len(stamps), "tokens": res.sequences[0]}
 
 
-class Reference:
+class Reference(RefProcess):
     """bench/ref_transformers.py running in .venv-ref, answering one command at a time."""
 
     def __init__(self, ckpt, inputs, arrays, new_tokens, threads, interop, omp_wait_policy):
         self.cmd = [REF_PYTHON, REF_SCRIPT, "--ckpt", ckpt, "--inputs", inputs, "--arrays", arrays,
                     "--new-tokens", str(new_tokens), "--threads", str(threads),
                     "--interop-threads", str(interop)]
-        self.err = tempfile.TemporaryFile(mode="w+")
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-        if omp_wait_policy:
-            env["OMP_WAIT_POLICY"] = omp_wait_policy
-        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.err, text=True, env=env)
-        self._read()
-
-    def __call__(self, op: str) -> dict:
-        self.proc.stdin.write(op + "\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def _read(self) -> dict:
-        for line in self.proc.stdout:
-            if line.startswith("@@ "):
-                out = json.loads(line[3:])
-                if "error" in out:
-                    sys.exit(f"bench: transformers helper: {out['error']}")
-                return out
-        self.err.seek(0)
-        sys.exit(f"bench: transformers helper exited ({' '.join(self.cmd)}):\n{self.err.read()[-3000:]}")
-
-    def close(self):
-        try:
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.close()
-        except (BrokenPipeError, ValueError):
-            pass
-        self.proc.wait(timeout=60)
-        self.err.close()
+        super().__init__(self.cmd, threads, omp_wait_policy)
 
 
 def summarize(samples, key):
