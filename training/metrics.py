@@ -81,8 +81,14 @@ def plot_loss_curve(rows: list[dict], path: str, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     tr = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    lm = [(r["step"], r["lm_loss"]) for r in rows if "lm_loss" in r]
     ev = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
-    if tr:
+    if lm:
+        # the held-out number is next-token CE: plot the train CE beside it, the objective
+        # (CE + λ·MTP + α·balance) apart so the two are not read as a gap
+        ax.plot(*zip(*lm, strict=True), label="train next-token loss", lw=1.4)
+        ax.plot(*zip(*tr, strict=True), label="train objective (+ MTP, balance)", lw=0.9, ls="--", alpha=0.7)
+    elif tr:
         ax.plot(*zip(*tr, strict=True), label="train loss", lw=1.2)
     if ev:
         ax.plot(*zip(*ev, strict=True), "o-", label="held-out loss", lw=1.2)
