@@ -24,7 +24,7 @@ def _masked_ce(logits, labels, mask):
     return tf.reduce_sum(ce * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
 
 
-def _shift(token_ids, loss_mask, k, segment_ids=None):
+def shift_targets(token_ids, loss_mask, k, segment_ids=None):
     """Targets k positions ahead: labels[:, i] = t[i+k]; positions without a target are masked.
 
     With segment_ids (B, T), the target must also be in the same, non-padding document:
@@ -53,7 +53,7 @@ def causal_lm_loss(logits, token_ids, loss_mask=None, segment_ids=None):
     Mean over all valid targets of the batch (token-weighted), so on a packed row it equals
     Σ_docs CE-sum_doc / Σ_docs (len_doc − 1) — what the documents give when run separately.
     """
-    labels, valid = _shift(token_ids, loss_mask, 1, segment_ids)
+    labels, valid = shift_targets(token_ids, loss_mask, 1, segment_ids)
     return _masked_ce(logits, labels, valid)
 
 
@@ -68,7 +68,7 @@ def mtp_loss(mtp_logits: Sequence, token_ids, loss_mask=None, weight: float = 0.
         return tf.constant(0.0)
     total = 0.0
     for k, logits in enumerate(mtp_logits, start=1):
-        labels, valid = _shift(token_ids, loss_mask, k + 1, segment_ids)
+        labels, valid = shift_targets(token_ids, loss_mask, k + 1, segment_ids)
         total += _masked_ce(logits, labels, valid)
     return weight * total / len(mtp_logits)
 

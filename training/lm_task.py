@@ -10,20 +10,8 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from model.losses import causal_lm_loss, mtp_loss, total_sequence_aux_loss
+from model.losses import causal_lm_loss, mtp_loss, shift_targets, total_sequence_aux_loss
 from training.loop import StepOutput
-
-
-def next_token_targets(segment_ids, loss_mask=None):
-    """(B, T) -> float count of valid next-token targets: position i predicts i+1 in the same,
-    non-padding document (the targets `causal_lm_loss` averages over)."""
-    seg = tf.cast(segment_ids, tf.int32)
-    valid = tf.equal(seg[:, :-1], seg[:, 1:]) & tf.not_equal(seg[:, :-1], 0)          # (B, T-1)
-    valid = tf.cast(valid, tf.float32)
-    if loss_mask is not None:
-        m = tf.cast(loss_mask, tf.float32)
-        valid = valid * m[:, :-1] * m[:, 1:]
-    return tf.reduce_sum(valid)
 
 
 @dataclass(frozen=True)
@@ -32,7 +20,9 @@ class CausalLMTask:
     aux_loss_alpha: float = 1e-4
 
     def weight(self, batch):
-        return next_token_targets(batch["segment_ids"], batch.get("loss_mask"))
+        """Count of the targets causal_lm_loss averages over (the same validity mask)."""
+        _, valid = shift_targets(batch["input_ids"], batch.get("loss_mask"), 1, batch["segment_ids"])
+        return tf.reduce_sum(valid)
 
     def compute(self, model, batch, training: bool) -> StepOutput:
         ids, seg = batch["input_ids"], batch["segment_ids"]                 # (B, T)
