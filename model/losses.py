@@ -27,6 +27,9 @@ def _masked_ce(logits, labels, mask):
 def shift_targets(token_ids, loss_mask, k, segment_ids=None):
     """Targets k positions ahead: labels[:, i] = t[i+k]; positions without a target are masked.
 
+    loss_mask (B, T) marks the tokens that are loss *targets* (TRL's labels != -100): valid[:, i]
+    requires loss_mask[i+k] == 1. SFT marks the assistant tokens, so the first assistant token
+    is trained from the (unmarked) header before it.
     With segment_ids (B, T), the target must also be in the same, non-padding document:
     valid[:, i] requires segment_ids[i] == segment_ids[i+k] != 0.
     """
@@ -36,8 +39,7 @@ def shift_targets(token_ids, loss_mask, k, segment_ids=None):
     valid = tf.cast(tf.range(t) < t - k, tf.float32)[None, :] * tf.ones([b, 1])
     if loss_mask is not None:
         m = tf.cast(loss_mask, tf.float32)
-        # both the input position and the target position must be real tokens
-        valid = valid * m * tf.concat([m[:, k:], tf.zeros([b, k])], axis=1)
+        valid = valid * tf.concat([m[:, k:], tf.zeros([b, k])], axis=1)    # the target is marked
     if segment_ids is not None:
         seg = tf.cast(segment_ids, tf.int32)                                # (B, T)
         # -1 past the end never equals a real id; the range term above masks those anyway

@@ -34,7 +34,7 @@ def test_mtp_loss_respects_mask():
     rng = np.random.default_rng(2)
     ids = rng.integers(0, 5, size=(1, 6))
     l1 = rng.normal(size=(1, 6, 5)).astype(np.float32)
-    mask = np.array([[0, 1, 1, 1, 1, 1]])
+    mask = np.array([[1, 1, 0, 1, 1, 1]])     # marks targets: t2 is not one, so i=0 drops
     want = np.mean([_ce(l1[0, i], ids[0, i + 2]) for i in range(1, 4)])
     got = mtp_loss([tf.constant(l1)], tf.constant(ids), tf.constant(mask), weight=1.0).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5)
@@ -69,10 +69,19 @@ def test_losses_skip_targets_across_documents_and_padding():
     np.testing.assert_allclose(got, want, rtol=1e-5)
     got = mtp_loss([tf.constant(logits)], tf.constant(ids), weight=1.0, segment_ids=tf.constant(seg)).numpy()
     np.testing.assert_allclose(got, _ce(logits[0, 0], ids[0, 2]), rtol=1e-5)
-    # segment_ids and loss_mask combine: masking token 1 also drops 0->1 and 1->2
-    mask = np.array([[1, 0, 1, 1, 1, 1]])
+    # segment_ids and loss_mask combine; the mask marks targets: unmarking token 1 drops only
+    # 0->1 (1->2 still trains), unmarking token 4 drops 3->4
+    mask = np.array([[1, 0, 1, 1, 0, 1]])
     got = causal_lm_loss(tf.constant(logits), tf.constant(ids), tf.constant(mask), tf.constant(seg)).numpy()
-    np.testing.assert_allclose(got, _ce(logits[0, 3], ids[0, 4]), rtol=1e-5)
+    np.testing.assert_allclose(got, _ce(logits[0, 1], ids[0, 2]), rtol=1e-5)
+    # MTP depth 1: 0->2 needs token 2 marked
+    got = mtp_loss([tf.constant(logits)], tf.constant(ids), tf.constant(mask), weight=1.0,
+                   segment_ids=tf.constant(seg)).numpy()
+    np.testing.assert_allclose(got, _ce(logits[0, 0], ids[0, 2]), rtol=1e-5)
+    mask2 = np.array([[1, 1, 0, 1, 1, 1]])
+    got = mtp_loss([tf.constant(logits)], tf.constant(ids), tf.constant(mask2), weight=1.0,
+                   segment_ids=tf.constant(seg)).numpy()
+    assert got == 0.0
 
 
 def test_sequence_aux_loss_per_document():

@@ -97,7 +97,7 @@ def build_long_rows(examples_uri: str, tokenizer_dir: str, out_dir: str, seq_len
             for s in builder.samples(seq_len, n_pk, cfg.passkey.digits, seed + 17):
                 mask = np.ones(seq_len, np.int64)
                 if cfg.passkey_answer_only_loss:
-                    mask[:s.answer_start - 1] = 0   # the target of position i is token i+1
+                    mask[:s.answer_start] = 0   # loss_mask marks targets: the answer tokens
                 rows.append((s.ids, np.ones(seq_len, np.int64), np.arange(seq_len), mask))
             rows = [r if len(r) == 4 else (*r, np.ones(seq_len, np.int64)) for r in rows]
             rows = [rows[i] for i in rng.permutation(len(rows))]
