@@ -1,0 +1,1 @@
+"""SFT phase: chat/instruction data → assistant-only-loss packed rows → full or LoRA fine-tuning."""
