@@ -1,0 +1,107 @@
+"""Instruction examples from Python source: the exact example, what is skipped, dedup, the cap."""
+
+import os
+import sysconfig
+
+from components.sft.formats import read_sft_files, write_jsonl
+from components.sft.instructions import function_instructions
+
+SRC = '''"""A module."""
+import math
+
+
+@staticmethod
+def hypot(a: float, b: float = 1.0) -> float:
+    """Return the length of the hypotenuse
+    of a right triangle with legs a and b."""
+    # Pythagoras
+    return math.sqrt(a * a + b * b)
+
+
+def _private(x):
+    """A private helper that is documented."""
+    return x
+
+
+def undocumented(x):
+    return x + 1
+
+
+def stub(x):
+    """This one is not implemented yet."""
+    raise NotImplementedError("later")
+
+
+def test_something():
+    """A test function, not an API."""
+    assert True
+
+
+class K:
+    def method(self):
+        """Methods need their class."""
+        return 1
+
+
+async def fetch(url, *, retries=3):
+    """Fetch a URL, retrying on failure."""
+    for _ in range(retries):
+        return await get(url)
+'''
+
+HYPOT_USER = ("Write a Python function `hypot(a: float, b: float=1.0) -> float` that matches this description:"
+              "\n\nReturn the length of the hypotenuse\nof a right triangle with legs a and b.")
+HYPOT_CODE = ("```python\n@staticmethod\ndef hypot(a: float, b: float = 1.0) -> float:\n    # Pythagoras\n"
+              "    return math.sqrt(a * a + b * b)\n```")
+
+
+def test_the_example_and_what_is_skipped():
+    counts = {}
+    convs = function_instructions([("m.py", SRC), ("bad.py", "print 'py2'\n")], counts=counts)
+    by_source = {c.source: c for c in convs}
+    assert set(by_source) == {"m.py:6", "m.py:38"}
+    hyp = by_source["m.py:6"].messages
+    assert [m.role for m in hyp] == ["user", "assistant"]
+    assert hyp[0].content == HYPOT_USER
+    assert hyp[1].content == HYPOT_CODE
+    assert by_source["m.py:38"].messages[0].content.startswith(
+        "Write an async Python function `fetch(url, *, retries=3)`")
+    assert counts["unparsable_sources"] == 1
+    assert counts["functions"] == 6  # module level only: the method is never looked at
+    assert (counts["skipped_no_docstring"], counts["skipped_private_or_test"], counts["skipped_trivial"]) == (1, 2, 1)
+    assert counts["kept"] == 2
+
+
+def test_dedup_cap_and_order_independence():
+    copies = [(f"copy{i}.py", SRC) for i in range(3)]
+    counts = {}
+    convs = function_instructions(copies, counts=counts)
+    assert counts["duplicates"] == 4 and len(convs) == 2
+    assert {c.source for c in convs} == {"copy0.py:6", "copy0.py:38"}
+    assert function_instructions(copies[::-1]) == convs
+    one = function_instructions(copies, max_examples=1)
+    assert len(one) == 1 and one[0] in convs
+
+
+def test_too_long_functions_are_skipped():
+    body = "\n".join(f"    x{i} = {i}" for i in range(70))
+    src = f'def big():\n    """A very long function indeed."""\n{body}\n    return x0\n'
+    counts = {}
+    assert function_instructions([("big.py", src)], counts=counts) == []
+    assert counts["skipped_too_long"] == 1
+    assert len(function_instructions([("big.py", src)], max_lines=100)) == 1
+
+
+def test_stdlib_examples_round_trip_through_jsonl(tmp_path):
+    stdlib = sysconfig.get_paths()["stdlib"]
+    names = ["textwrap.py", "shlex.py", "fnmatch.py", "colorsys.py", "bisect.py"]
+    sources = [(n, open(os.path.join(stdlib, n), encoding="utf-8").read()) for n in names]
+    convs = function_instructions(sources, max_examples=50)
+    assert len(convs) >= 10
+    for c in convs:
+        code = c.messages[1].content
+        assert code.startswith("```python\n") and code.endswith("\n```")
+        compile(code[10:-4], c.source, "exec")  # the answer is valid Python on its own
+    path = str(tmp_path / "inst.jsonl")
+    write_jsonl(path, convs)
+    assert [c.messages for c in read_sft_files([path]).conversations] == [c.messages for c in convs]
