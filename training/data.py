@@ -25,6 +25,11 @@ ROW_FEATURES = ("input_ids", "segment_ids", "positions")
 # Optional per-token loss weights (0/1): rows without it train on every token. SFT rows (assistant
 # tokens only) and synthetic task rows (answer only) carry it.
 LOSS_MASK = "loss_mask"
+# Optional offline-teacher features (training/teacher_logits.py): per token the teacher's top-k
+# ids and their log-probs, stored flat (T·K) and parsed to (T, K). A folder carries them when its
+# config.json declares "teacher_topk": k.
+TEACHER_IDS = "teacher_topk_ids"
+TEACHER_LOGPROBS = "teacher_topk_logprobs"
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class PackedData:
     seq_len: int
     train_files: tuple[str, ...]
     eval_files: tuple[str, ...]
+    teacher_topk: int = 0          # k of the teacher_topk_* features the rows carry; 0 = none
 
     def num_rows(self, split: str = "train") -> int:
         files = self.train_files if split == "train" else self.eval_files
@@ -65,7 +71,30 @@ def open_packed(root: str) -> PackedData:
     train, ev = _split_files(root, "train"), _split_files(root, "eval")
     if seq_len is None:
         seq_len = _peek_seq_len(train[0])
-    return PackedData(root, seq_len, train, ev)
+    return PackedData(root, seq_len, train, ev, declared_teacher_topk(root))
+
+
+def declared_teacher_topk(root: str) -> int:
+    """The k of the teacher top-k features a packed folder's config.json declares; 0 when the
+    folder has no config or the config declares none."""
+    cfg_path = os.path.join(root, "config.json")
+    if not tf.io.gfile.exists(cfg_path):
+        return 0
+    try:
+        k = json.loads(tf.io.gfile.GFile(cfg_path).read()).get("teacher_topk", 0)
+    except (ValueError, AttributeError) as e:
+        raise InputDataError(f"{cfg_path}: unreadable pack config ({e})") from None
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise InputDataError(f"{cfg_path}: teacher_topk must be a non-negative integer, got {k!r}")
+    return k
+
+
+def _files_topk(files, teacher_topk: int | None) -> int:
+    """teacher_topk as given, or (None) as the config.json of the folder holding the shards
+    (root/Split-x/shard) declares: the engine passes only the shard list."""
+    if teacher_topk is not None:
+        return teacher_topk
+    return declared_teacher_topk(os.path.dirname(os.path.dirname(files[0])))
 
 
 def _peek_seq_len(path: str) -> int:
@@ -96,13 +125,21 @@ def check_rows(data: PackedData, seq_len: int, vocab_size: int, max_rows: int = 
                                  f"model's vocab_size {vocab_size} (data from another tokenizer?)")
 
 
-def _parse(seq_len: int):
+def _parse(seq_len: int, topk: int = 0):
     spec = {k: tf.io.FixedLenFeature([seq_len], tf.int64) for k in ROW_FEATURES}
     spec[LOSS_MASK] = tf.io.FixedLenFeature([seq_len], tf.int64, default_value=[1] * seq_len)
+    if topk:
+        spec[TEACHER_IDS] = tf.io.FixedLenFeature([seq_len * topk], tf.int64)
+        spec[TEACHER_LOGPROBS] = tf.io.FixedLenFeature([seq_len * topk], tf.float32)
 
     def parse(serialized):                                                  # (N,) strings
         ex = tf.io.parse_example(serialized, spec)
-        return {k: tf.cast(v, tf.int32) for k, v in ex.items()}             # (N, T) each
+        out = {}
+        for k, v in ex.items():
+            if k in (TEACHER_IDS, TEACHER_LOGPROBS):
+                v = tf.reshape(v, [-1, seq_len, topk])                      # (N, T, K)
+            out[k] = v if v.dtype == tf.float32 else tf.cast(v, tf.int32)   # (N, T) / (N, T, K)
+        return out
     return parse
 
 
@@ -115,14 +152,18 @@ def _options() -> tf.data.Options:
 
 def train_stream(files, seq_len: int, *, micro_batch: int, accum: int, num_replicas: int,
                  seed: int, shuffle_buffer: int, num_rows: int, start_step: int = 0,
-                 replica_range: tuple[int, int] | None = None) -> tf.data.Dataset:
+                 replica_range: tuple[int, int] | None = None,
+                 teacher_topk: int | None = None) -> tf.data.Dataset:
     """Elements {feature: (accum, micro_batch, T)} — one optimizer step of one replica.
 
     Global step batch: accum × (micro_batch · num_replicas) rows. `replica_range` (first, end)
     keeps those replicas' slices, emitted one element per replica in order (what
     distribute_datasets_from_function hands to the local replicas round-robin); None = all
     replicas (num_replicas must then be 1).
+    Offline-teacher rows add teacher_topk_ids (int32) / teacher_topk_logprobs (float32) as
+    (accum, micro_batch, T, K); teacher_topk None = as the folder's config.json declares.
     """
+    topk = _files_topk(files, teacher_topk)
     rows_per_step = accum * micro_batch * num_replicas
     if num_rows < 1:
         raise InputDataError(f"{files[0]}: the train split has no rows")
@@ -145,21 +186,26 @@ def train_stream(files, seq_len: int, *, micro_batch: int, accum: int, num_repli
         return ds.batch(window).enumerate().map(shuffle_window).unbatch()
 
     ds = tf.data.Dataset.range(first_epoch, 1 << 62).flat_map(epoch).skip(offset)
-    ds = ds.batch(rows_per_step, drop_remainder=True).map(_parse(seq_len))
+    ds = ds.batch(rows_per_step, drop_remainder=True).map(_parse(seq_len, topk))
     first, end = replica_range if replica_range is not None else (0, num_replicas)
 
     def local(batch):
         out = {}
-        for k, v in batch.items():                                          # (R_step, T)
-            v = tf.reshape(v, [accum, num_replicas, micro_batch, seq_len])[:, first:end]
-            out[k] = tf.transpose(v, [1, 0, 2, 3])                          # (R_local, accum, M, T)
+        for k, v in batch.items():                                          # (R_step, T[, K])
+            rest = v.shape[1:]                                              # (T,) or (T, K)
+            v = tf.reshape(v, [accum, num_replicas, micro_batch, *rest])[:, first:end]
+            perm = [1, 0, 2, *range(3, 3 + len(rest))]
+            out[k] = tf.transpose(v, perm)                                  # (R_local, accum, M, T[, K])
         return out
     ds = ds.map(local).unbatch()
     return ds.with_options(_options()).prefetch(2)
 
 
-def eval_stream(files, seq_len: int, batch_size: int, max_batches: int) -> tf.data.Dataset:
-    """Held-out rows in file order: {feature: (B, T)}, at most max_batches batches."""
+def eval_stream(files, seq_len: int, batch_size: int, max_batches: int,
+                teacher_topk: int | None = None) -> tf.data.Dataset:
+    """Held-out rows in file order: {feature: (B, T)} (teacher features (B, T, K), see
+    train_stream), at most max_batches batches."""
+    topk = _files_topk(files, teacher_topk)
     ds = tf.data.TFRecordDataset(list(files), compression_type="GZIP")
-    ds = ds.batch(batch_size).map(_parse(seq_len)).take(max_batches)
+    ds = ds.batch(batch_size).map(_parse(seq_len, topk)).take(max_batches)
     return ds.with_options(_options()).prefetch(2)

@@ -1,5 +1,6 @@
 """The packed-row train stream: deterministic, resumable at any step, per-epoch reshuffled,
 sliced per replica; input checks that fail before any compute."""
+import json
 import os
 import shutil
 
@@ -183,3 +184,76 @@ def test_empty_train_split_is_an_input_error(packed):
     with pytest.raises(InputDataError):
         train_stream(packed.train_files, SEQ, micro_batch=1, accum=1, num_replicas=1, seed=0,
                      shuffle_buffer=4, num_rows=0)
+
+
+# ------------------------------------------------------------------ offline-teacher features
+K = 3
+
+
+def _teacher_value(ids):
+    """Deterministic per-row teacher features derived from the row's ids (so a test can find them
+    again from input_ids alone): ids (T,) -> top-k ids (T, K) and log-probs (T, K)."""
+    ids = np.asarray(ids, np.int64)
+    top = (ids[:, None] + np.arange(K)[None, :]) % VOCAB                      # (T, K)
+    lp = -(0.5 + 0.01 * top.astype(np.float32))                               # exact in float32
+    return top, lp.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def with_teacher(packed, tmp_path_factory):
+    """The packed fixture's rows + teacher_topk_* features; config.json declares teacher_topk."""
+    root = str(tmp_path_factory.mktemp("teacher"))
+    shutil.copytree(packed.root, root, dirs_exist_ok=True)
+    for split in ("train", "eval"):
+        d = os.path.join(root, f"Split-{split}")
+        for name in os.listdir(d):
+            path = os.path.join(d, name)
+            rows = [tf.train.Example.FromString(r.numpy())
+                    for r in tf.data.TFRecordDataset([path], compression_type="GZIP")]
+            with tf.io.TFRecordWriter(path, options="GZIP") as w:
+                for ex in rows:
+                    top, lp = _teacher_value(ex.features.feature["input_ids"].int64_list.value)
+                    ex.features.feature["teacher_topk_ids"].int64_list.value.extend(top.reshape(-1).tolist())
+                    ex.features.feature["teacher_topk_logprobs"].float_list.value.extend(lp.reshape(-1).tolist())
+                    w.write(ex.SerializeToString())
+    with open(os.path.join(root, "config.json"), "w") as f:
+        json.dump({"seq_len": SEQ, "teacher_topk": K}, f)
+    return open_packed(root)
+
+
+def _check_teacher_batch(el):
+    ids = el["input_ids"].numpy()
+    top, lp = el["teacher_topk_ids"].numpy(), el["teacher_topk_logprobs"].numpy()
+    assert top.shape == ids.shape + (K,) and top.dtype == np.int32 and lp.dtype == np.float32
+    for row_ids, row_top, row_lp in zip(ids.reshape(-1, SEQ), top.reshape(-1, SEQ, K),
+                                        lp.reshape(-1, SEQ, K), strict=True):
+        want_top, want_lp = _teacher_value(row_ids)
+        np.testing.assert_array_equal(row_top, want_top)      # the features travel with their row
+        np.testing.assert_array_equal(row_lp, want_lp)
+
+
+def test_teacher_features_are_declared_parsed_and_keep_order_and_slices(packed, with_teacher):
+    assert with_teacher.teacher_topk == K and packed.teacher_topk == 0
+    # Same order as the plain rows (the features do not change the stream).
+    assert _steps(with_teacher, 4) == _steps(packed, 4)
+    args = dict(micro_batch=2, accum=2, num_replicas=2, seed=7, shuffle_buffer=100, num_rows=ROWS)
+    for first in (0, 1):
+        for el in train_stream(with_teacher.train_files, SEQ, replica_range=(first, first + 1), **args).take(3):
+            assert el["input_ids"].shape == (2, 2, SEQ)
+            _check_teacher_batch(el)
+    assert _steps(with_teacher, 3, micro_batch=2, num_replicas=2, replica_range=(1, 2)) == \
+        _steps(packed, 3, micro_batch=2, num_replicas=2, replica_range=(1, 2))
+    for b in eval_stream(with_teacher.eval_files, SEQ, batch_size=2, max_batches=2):
+        _check_teacher_batch(b)
+    # Not declared (or explicitly off): the features are not parsed.
+    plain = next(iter(eval_stream(with_teacher.eval_files, SEQ, 2, 1, teacher_topk=0)))
+    assert "teacher_topk_ids" not in plain
+
+
+def test_teacher_topk_in_config_must_be_a_count(packed, tmp_path):
+    root = tmp_path / "badk"
+    shutil.copytree(packed.root, root)
+    (root / "config.json").write_text(json.dumps({"seq_len": SEQ, "teacher_topk": "4"}))
+    with pytest.raises(InputDataError) as e:
+        open_packed(str(root))
+    _one_line_error(e, str(root / "config.json"), "teacher_topk")
