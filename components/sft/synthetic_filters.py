@@ -252,10 +252,13 @@ class Deduper:
     def add_example(self, source: str, full_text: str) -> None:
         self._idx[source][1].add(full_text)
 
-    def check(self, instruction: str, full_text: str | None = None) -> str | None:
+    def check(self, instruction: str | None = None, full_text: str | None = None) -> str | None:
+        """Match the instruction against the instruction indexes and/or the whole example text
+        against the example indexes; 'dup_<source>_<exact|near>' for the first source that has
+        one, else None."""
         for source in SOURCES:
             instr_idx, full_idx = self._idx[source]
-            how = instr_idx.find(instruction)
+            how = instr_idx.find(instruction) if instruction is not None else None
             if how is None and full_text is not None:
                 how = full_idx.find(full_text)
             if how is not None:

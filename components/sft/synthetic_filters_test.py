@@ -3,9 +3,17 @@
 import pytest
 
 from components.common.errors import ConfigError
-from components.sft.synthetic_filters import (Deduper, NearDupIndex, check_answer, check_instruction,
-                                              copy_fraction, python_blocks_parse, repeated_ngram_fraction,
-                                              split_think, text_fraction)
+from components.sft.synthetic_filters import (
+    Deduper,
+    NearDupIndex,
+    check_answer,
+    check_instruction,
+    copy_fraction,
+    python_blocks_parse,
+    repeated_ngram_fraction,
+    split_think,
+    text_fraction,
+)
 from components.sft.synthetic_spec import SyntheticSpec
 
 SPEC = SyntheticSpec(min_chars=5, max_chars=200, min_instruction_chars=10, max_instruction_chars=120,
@@ -133,6 +141,8 @@ def test_deduper_eval_wins_and_whole_example_check():
     # a new instruction, but the whole example nearly copies a real one
     assert d.check("Give a prime number.") is None
     assert d.check("Give a prime number.", "Give a prime number.\n" + BASE) == "dup_real_near"
+    assert d.check(full_text="Give a prime number.\n" + BASE) == "dup_real_near"
+    assert d.check(full_text=q) is None                       # instructions are a separate index
     d.add_instruction("synthetic", "Sort a list of numbers in Python without using sorted().")
     assert d.check("sort a list of numbers in python, without using sorted") == "dup_synthetic_exact"
 
