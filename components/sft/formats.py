@@ -62,8 +62,8 @@ class SFTReadResult:
     malformed: list[str] = field(default_factory=list)  # "FILE:LINE: reason", in file order
 
 
-class _BadRecord(ValueError):
-    """One line's problem; the reader prefixes FILE:LINE."""
+class BadRecordError(ValueError):
+    """One line's problem (parse_record); the reader prefixes FILE:LINE."""
 
 
 def _text(value: Any, where: str) -> str:
@@ -74,53 +74,53 @@ def _text(value: Any, where: str) -> str:
         parts = []
         for i, p in enumerate(value):
             if not (isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)):
-                raise _BadRecord(f"{where}[{i}]: only text content parts are supported")
+                raise BadRecordError(f"{where}[{i}]: only text content parts are supported")
             parts.append(p["text"])
         return "".join(parts)
     if value is None:
-        raise _BadRecord(f"{where} is missing")
-    raise _BadRecord(f"{where} must be a string, not {type(value).__name__}")
+        raise BadRecordError(f"{where} is missing")
+    raise BadRecordError(f"{where} must be a string, not {type(value).__name__}")
 
 
 def _tool_call(tc: Any, where: str) -> ToolCall:
     if not isinstance(tc, dict):
-        raise _BadRecord(f"{where} must be an object")
+        raise BadRecordError(f"{where} must be an object")
     fn = tc.get("function", tc)  # OpenAI nests it under "function"; accept the flat form too
     if tc.get("type", "function") != "function" or not isinstance(fn, dict):
-        raise _BadRecord(f"{where}: only function tool calls are supported")
+        raise BadRecordError(f"{where}: only function tool calls are supported")
     name = fn.get("name")
     if not isinstance(name, str) or not name:
-        raise _BadRecord(f"{where}.function.name must be a non-empty string")
+        raise BadRecordError(f"{where}.function.name must be a non-empty string")
     args = fn.get("arguments", {})
     if isinstance(args, str):
         try:
             args = json.loads(args) if args.strip() else {}
         except json.JSONDecodeError as e:
-            raise _BadRecord(f"{where}.function.arguments is not valid JSON ({e.msg} at char {e.pos})") from None
+            raise BadRecordError(f"{where}.function.arguments is not valid JSON ({e.msg} at char {e.pos})") from None
     if not isinstance(args, dict):
-        raise _BadRecord(f"{where}.function.arguments must be a JSON object, not {type(args).__name__}")
+        raise BadRecordError(f"{where}.function.arguments must be a JSON object, not {type(args).__name__}")
     return ToolCall(name, args)
 
 
 def _message(m: Any, i: int) -> Message:
     where = f"messages[{i}]"
     if not isinstance(m, dict):
-        raise _BadRecord(f"{where} must be an object")
+        raise BadRecordError(f"{where} must be an object")
     role = m.get("role")
     if role not in ROLES:
-        raise _BadRecord(f"{where}.role {role!r} is not one of {', '.join(ROLES)}")
+        raise BadRecordError(f"{where}.role {role!r} is not one of {', '.join(ROLES)}")
     raw_calls = m.get("tool_calls") or []
     if not isinstance(raw_calls, list):
-        raise _BadRecord(f"{where}.tool_calls must be a list")
+        raise BadRecordError(f"{where}.tool_calls must be a list")
     if raw_calls and role != "assistant":
-        raise _BadRecord(f"{where}: only assistant messages may have tool_calls")
+        raise BadRecordError(f"{where}: only assistant messages may have tool_calls")
     calls = tuple(_tool_call(tc, f"{where}.tool_calls[{j}]") for j, tc in enumerate(raw_calls))
     content = m.get("content")
     # An assistant turn that only calls tools has no text (OpenAI sends null or omits it).
     content = "" if (calls and content in (None, "")) else _text(content, f"{where}.content")
     name = m.get("name")
     if name is not None and not isinstance(name, str):
-        raise _BadRecord(f"{where}.name must be a string")
+        raise BadRecordError(f"{where}.name must be a string")
     return Message(role, content, calls, name)
 
 
@@ -132,7 +132,7 @@ def _detect(obj: dict) -> str:
     if "prompt" in obj and "completion" in obj:
         return "completion"
     keys = ", ".join(sorted(obj)[:8]) or "none"
-    raise _BadRecord(f"unknown format (keys: {keys}); expected messages, instruction/output or prompt/completion")
+    raise BadRecordError(f"unknown format (keys: {keys}); expected messages, instruction/output or prompt/completion")
 
 
 def _string_field(obj: dict, key: str, optional: bool = False) -> str:
@@ -140,14 +140,15 @@ def _string_field(obj: dict, key: str, optional: bool = False) -> str:
     if v is None and optional:
         return ""
     if not isinstance(v, str):
-        raise _BadRecord(f"{key} must be a string" + ("" if key in obj else " (missing)"))
+        raise BadRecordError(f"{key} must be a string" + ("" if key in obj else " (missing)"))
     return v
 
 
 def parse_record(obj: Any, source: str) -> tuple[Conversation, str]:
-    """A decoded JSON line → (Conversation, format name); raises ValueError with the reason."""
+    """A decoded JSON line → (Conversation, format name); raises BadRecordError (a ValueError) with
+    the reason."""
     if not isinstance(obj, dict):
-        raise _BadRecord(f"a line must be a JSON object, not {type(obj).__name__}")
+        raise BadRecordError(f"a line must be a JSON object, not {type(obj).__name__}")
     fmt = _detect(obj)
     if fmt == "instruction":
         inst, inp = _string_field(obj, "instruction"), _string_field(obj, "input", optional=True)
@@ -158,14 +159,14 @@ def parse_record(obj: Any, source: str) -> tuple[Conversation, str]:
     else:
         raw = obj["messages"]
         if not isinstance(raw, list) or not raw:
-            raise _BadRecord("messages must be a non-empty list")
+            raise BadRecordError("messages must be a non-empty list")
         msgs = tuple(_message(m, i) for i, m in enumerate(raw))
     last = max((i for i, m in enumerate(msgs) if m.role == "assistant"), default=None)
     if last is None:
-        raise _BadRecord("no assistant turn (nothing to train on)")
+        raise BadRecordError("no assistant turn (nothing to train on)")
     msgs = msgs[: last + 1]
     if all(not m.content and not m.tool_calls for m in msgs if m.role == "assistant"):
-        raise _BadRecord("every assistant turn is empty")
+        raise BadRecordError("every assistant turn is empty")
     return Conversation(msgs, source), fmt
 
 
@@ -204,7 +205,7 @@ def read_sft_file(path: str) -> tuple[list[Conversation], dict[str, int], list[s
             except json.JSONDecodeError as e:
                 bad.append(f"{where}: bad JSON ({e.msg} at char {e.pos})")
                 continue
-            except _BadRecord as e:
+            except BadRecordError as e:
                 bad.append(f"{where}: {e}")
                 continue
             convs.append(conv)
