@@ -35,7 +35,14 @@ from components.common.errors import InputDataError
 from components.common.fileio import atomic_write_bytes
 from components.sft import prompts
 from components.sft.formats import Conversation, Message, to_record
-from components.sft.synthetic_filters import THINK_CLOSE, THINK_OPEN, Deduper, check_answer, check_instruction
+from components.sft.synthetic_filters import (
+    THINK_CLOSE,
+    THINK_OPEN,
+    Deduper,
+    check_answer,
+    check_instruction,
+    clean_instruction,
+)
 from components.sft.synthetic_spec import SyntheticSpec
 from model.generation import GenerationConfig, generate
 
@@ -138,7 +145,7 @@ def generate_synthetic(teacher_model, template, real_train: Sequence[Conversatio
     template: a chat template (components/sft/chat_template.py) with encode_prompt(messages) and
     stop_ids; tokenizer: an HF ``tokenizers.Tokenizer`` for decoding (default: template.tokenizer).
     Conversations are [user instruction, assistant answer] with source "synthetic:instruction" or
-    "synthetic:reasoning" (answer '<think>\\n…</think>\\n\\nfinal').
+    "synthetic:reasoning" (answer '<think>thought</think>final answer', as the teacher wrote it).
     """
     tok = tokenizer if tokenizer is not None else template.tokenizer
     controls = control_tokens(tok)
@@ -188,12 +195,13 @@ def generate_synthetic(teacher_model, template, real_train: Sequence[Conversatio
         instructions = []
         for text, finish in (teacher.complete(batch, spec.max_instruction_tokens) if batch else []):
             stats["instructions_generated"] += 1
-            text = text.strip()
+            text = clean_instruction(text)
             reason = check_instruction(text, finish, spec, controls) or dedup.check(text)
             if reason is not None:
                 dropped_instr[reason] += 1
                 continue
-            dedup.add_instruction("synthetic", text)   # an instruction is answered at most once
+            # Indexed at once: a repeat later in this batch or in a later round is a duplicate.
+            dedup.add_instruction("synthetic", text)
             instructions.append(text)
 
         # 2. answers, by kind
@@ -218,9 +226,6 @@ def generate_synthetic(teacher_model, template, real_train: Sequence[Conversatio
             full = instr + "\n" + answer
             # The instruction itself was checked (and indexed) in step 1: compare the whole example.
             reason = reason or dedup.check(full_text=full)
-            # A kind can fill up mid-batch only through other rounds; keep the check anyway.
-            if reason is None and len(kept[kind]) >= quota[kind]:
-                reason = "over_quota"
             if reason is not None:
                 dropped_ex[reason] += 1
                 continue
@@ -228,8 +233,7 @@ def generate_synthetic(teacher_model, template, real_train: Sequence[Conversatio
             source = SOURCE_REASONING if kind == "reasoning" else SOURCE_INSTRUCTION
             kept[kind].append(Conversation((Message("user", instr), Message("assistant", answer)), source))
 
-    # Interleave in generation order is lost across kinds; a fixed order (plain, then reasoning)
-    # keeps the output deterministic, and mix() shuffles anyway.
+    # Plain examples, then reasoning ones, each in generation order (mix() shuffles anyway).
     out = kept["instruction"] + kept["reasoning"]
     report = {
         "requested": spec.num_examples,

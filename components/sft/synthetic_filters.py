@@ -129,6 +129,15 @@ def split_think(text: str) -> tuple[str, str] | None:
     return m.group(1).strip(), m.group(2).strip()
 
 
+_NUMBERING = re.compile(r"\A\s*(?:\d+\s*[.):]|[-*])\s+")
+
+
+def clean_instruction(text: str) -> str:
+    """A generated instruction, stripped, without a leading list marker ("6. ", "3) ", "- "):
+    the prompt shows the seeds as a numbered list and a teacher often continues it."""
+    return _NUMBERING.sub("", text.strip(), count=1).strip()
+
+
 def _common(text: str, finish_reason: str, lo: int, hi: int, spec: SyntheticSpec,
             control_tokens: Iterable[str]) -> str | None:
     t = text.strip()

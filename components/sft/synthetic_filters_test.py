@@ -8,6 +8,7 @@ from components.sft.synthetic_filters import (
     NearDupIndex,
     check_answer,
     check_instruction,
+    clean_instruction,
     copy_fraction,
     python_blocks_parse,
     repeated_ngram_fraction,
@@ -56,6 +57,14 @@ def test_python_blocks():
     assert python_blocks_parse("```\nnot python (\n```")
     assert not python_blocks_parse("```text\nok (\n```\nthen\n```py\nx = (\n```")
     assert python_blocks_parse("```python\ns = '\\d'\n```")              # SyntaxWarning only
+
+
+def test_clean_instruction():
+    assert clean_instruction("  6. Sort a list of words by length.\n") == "Sort a list of words by length."
+    assert clean_instruction("3) Add two numbers.") == "Add two numbers."
+    assert clean_instruction("- Explain recursion.") == "Explain recursion."
+    assert clean_instruction("2.5 is a float; explain why.") == "2.5 is a float; explain why."
+    assert clean_instruction("10 ways to sort") == "10 ways to sort"
 
 
 def test_split_think():

@@ -21,7 +21,7 @@ from components.sft.synthetic import (
     mix,
     write_jsonl,
 )
-from components.sft.synthetic_filters import check_answer, check_instruction
+from components.sft.synthetic_filters import check_answer, check_instruction, clean_instruction
 from components.tokenizer import tokenizer as tkz
 from configs.schema import TokenizerConfig
 from model.config import ModelConfig
@@ -205,7 +205,7 @@ def test_identical_prompts_are_deduplicated_and_eval_copies_dropped(teacher, tem
     real = REAL[:1]
     first, saved = _greedy_without_specials(teacher, template, SEEDS[0])
     try:
-        text = template.tokenizer.decode(first, skip_special_tokens=False).strip()
+        text = clean_instruction(template.tokenizer.decode(first, skip_special_tokens=False))
         assert check_instruction(text, "length", GREEDY) is None      # a usable instruction
         _, rep = generate_synthetic(teacher, template, real, spec=GREEDY)
         assert rep["instructions_generated"] == 2
