@@ -13,7 +13,7 @@ from common.errors import ConfigError, InputDataError
 from components.sft.chat_template import get_template
 from components.sft.dataset import build_sft_dataset, conversation_key, split_conversations
 from components.sft.formats import Conversation, Message
-from components.sft.instructions import function_instructions
+from components.sft.instructions import instructions_from_documents
 from components.sft.testdata import chatml_tokenizer_dir, seekline_tokenizer_dir
 from training.data import ROW_FEATURES, open_packed, train_stream
 
@@ -29,7 +29,7 @@ def convs():
     stdlib = sysconfig.get_paths()["stdlib"]
     names = ("textwrap.py", "shlex.py", "fnmatch.py", "colorsys.py", "glob.py", "heapq.py", "base64.py")
     srcs = [(n, open(os.path.join(stdlib, n), encoding="utf-8").read()) for n in names]
-    c = function_instructions(srcs, max_examples=40)
+    c = instructions_from_documents(srcs, max_examples=40)
     assert len(c) >= 20
     c.append(Conversation((Message("system", "Be short."), Message("user", "2+2?"), Message("assistant", "4"),
                            Message("user", "3+3?"), Message("assistant", "6")), "multi:1"))

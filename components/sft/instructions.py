@@ -18,8 +18,8 @@ Kept: module-level functions (methods need their class) with a docstring of at l
 ``min_doc_chars``, a public name (no leading underscore, no ``test``), a real body (not just
 ``pass`` / ``...`` / ``raise NotImplementedError``), at most ``max_lines`` lines and
 ``max_chars`` characters. Identical function sources are kept once. When more than
-``max_examples`` qualify, the ones with the smallest content hash are kept, so the selection is
-deterministic and independent of the input order. Functions may use names from their module
+``max_examples`` qualify, the ones with the smallest hash of (seed, content) are kept, so the
+selection is deterministic and independent of the input order. Functions may use names from their module
 (imports, globals) that the example does not show.
 
 A pure function over (source_name, text) pairs: the SFT phase calls it on the ingest artifact's
@@ -97,16 +97,17 @@ def _candidates(source_name: str, text: str, min_doc_chars: int, max_lines: int,
         yield code, conv
 
 
-def function_instructions(sources: Iterable[tuple[str, str]], *, max_examples: int = 2000,
-                          min_doc_chars: int = 16, max_lines: int = 60, max_chars: int = 3000,
-                          counts: dict[str, int] | None = None) -> list[Conversation]:
+def instructions_from_documents(documents: Iterable[tuple[str, str]], *, max_examples: int = 2000, seed: int = 0,
+                                min_doc_chars: int = 16, max_lines: int = 60, max_chars: int = 3000,
+                                counts: dict[str, int] | None = None) -> list[Conversation]:
     """Instruction conversations from (source_name, python text) pairs; see the module docstring.
+    ``seed`` picks which functions survive the cap (a hash of seed and content orders them).
     ``counts``, when given, receives what was seen and why functions were skipped."""
     c = {k: 0 for k in ("sources", "unparsable_sources", "functions", "skipped_no_docstring",
                         "skipped_private_or_test", "skipped_trivial", "skipped_layout", "skipped_too_long",
                         "duplicates", "candidates", "kept")}
     by_hash: dict[str, Conversation] = {}
-    for name, text in sources:
+    for name, text in documents:
         c["sources"] += 1
         for code, conv in _candidates(name, text, min_doc_chars, max_lines, max_chars, c):
             h = hashlib.sha256(code.encode("utf-8")).hexdigest()
@@ -118,7 +119,8 @@ def function_instructions(sources: Iterable[tuple[str, str]], *, max_examples: i
                 continue
             by_hash[h] = conv
     c["candidates"] = len(by_hash)
-    out = [by_hash[h] for h in sorted(by_hash)[:max_examples]]
+    rank = sorted(by_hash, key=lambda h: hashlib.sha256(f"{seed}:{h}".encode()).hexdigest())
+    out = [by_hash[h] for h in rank[:max_examples]]
     c["kept"] = len(out)
     if counts is not None:
         counts.update(c)

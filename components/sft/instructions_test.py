@@ -4,7 +4,7 @@ import os
 import sysconfig
 
 from components.sft.formats import read_sft_files, write_jsonl
-from components.sft.instructions import function_instructions
+from components.sft.instructions import instructions_from_documents
 
 SRC = '''"""A module."""
 import math
@@ -57,7 +57,7 @@ HYPOT_CODE = ("```python\n@staticmethod\ndef hypot(a: float, b: float = 1.0) -> 
 
 def test_the_example_and_what_is_skipped():
     counts = {}
-    convs = function_instructions([("m.py", SRC), ("bad.py", "print 'py2'\n")], counts=counts)
+    convs = instructions_from_documents([("m.py", SRC), ("bad.py", "print 'py2'\n")], counts=counts)
     by_source = {c.source: c for c in convs}
     assert set(by_source) == {"m.py:6", "m.py:38"}
     hyp = by_source["m.py:6"].messages
@@ -75,28 +75,30 @@ def test_the_example_and_what_is_skipped():
 def test_dedup_cap_and_order_independence():
     copies = [(f"copy{i}.py", SRC) for i in range(3)]
     counts = {}
-    convs = function_instructions(copies, counts=counts)
+    convs = instructions_from_documents(copies, counts=counts)
     assert counts["duplicates"] == 4 and len(convs) == 2
     assert {c.source for c in convs} == {"copy0.py:6", "copy0.py:38"}
-    assert function_instructions(copies[::-1]) == convs
-    one = function_instructions(copies, max_examples=1)
+    assert instructions_from_documents(copies[::-1]) == convs
+    one = instructions_from_documents(copies, max_examples=1)
     assert len(one) == 1 and one[0] in convs
+    picks = {instructions_from_documents(copies, max_examples=1, seed=s)[0].source for s in range(8)}
+    assert picks == {c.source for c in convs}  # the seed changes which function the cap keeps
 
 
 def test_too_long_functions_are_skipped():
     body = "\n".join(f"    x{i} = {i}" for i in range(70))
     src = f'def big():\n    """A very long function indeed."""\n{body}\n    return x0\n'
     counts = {}
-    assert function_instructions([("big.py", src)], counts=counts) == []
+    assert instructions_from_documents([("big.py", src)], counts=counts) == []
     assert counts["skipped_too_long"] == 1
-    assert len(function_instructions([("big.py", src)], max_lines=100)) == 1
+    assert len(instructions_from_documents([("big.py", src)], max_lines=100)) == 1
 
 
 def test_stdlib_examples_round_trip_through_jsonl(tmp_path):
     stdlib = sysconfig.get_paths()["stdlib"]
     names = ["textwrap.py", "shlex.py", "fnmatch.py", "colorsys.py", "bisect.py"]
     sources = [(n, open(os.path.join(stdlib, n), encoding="utf-8").read()) for n in names]
-    convs = function_instructions(sources, max_examples=50)
+    convs = instructions_from_documents(sources, max_examples=50)
     assert len(convs) >= 10
     for c in convs:
         code = c.messages[1].content
