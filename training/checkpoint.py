@@ -28,18 +28,21 @@ MODEL_CONFIG = "model_config.json"
 
 
 def _with_all_weights(trackables: dict) -> dict:
-    """Add every weight of each Keras layer/model as an explicit, position-keyed dict.
+    """Add every variable of each Keras layer/model as an explicit, position-keyed dict.
 
     Keras 3 keeps sublayers held in Python lists (the decoder's blocks) in its own tracking
     structures, which TF checkpoints do not traverse: block weights were saved only because the
     optimizer also references the trainable ones, and non-trainable state (the MoE routing
     biases) was not saved at all, so a resumed run restarted balancing from zero biases.
+    `variables` is `weights` plus the state of Keras SeedGenerators (LoRA dropout streams,
+    model/layers/linear.py), so a resumed run draws the same dropout masks; for a model without
+    seed generators the two lists, and so the checkpoint keys, are identical.
     """
     out = dict(trackables)
     for name, obj in trackables.items():
         if isinstance(obj, keras.layers.Layer):
             out[f"{name}_weights"] = {f"{i:04d}:{v.path}".replace("/", "."): v
-                                      for i, v in enumerate(obj.weights)}
+                                      for i, v in enumerate(obj.variables)}
     return out
 
 
