@@ -26,7 +26,11 @@ Files (PEFT layout, so `PeftModel.from_pretrained(transformers_model, dir)` load
 adapter_model.safetensors with `base_model.model.<module>.lora_A.weight` (r, in) and
 `….lora_B.weight` (out, r) in float32, and adapter_config.json (peft_type LORA, r, lora_alpha,
 lora_dropout, target_modules, bias "none", task_type CAUSAL_LM, use_rslora, …). Our kernels are
-(in, out), so A and B are stored transposed, as the HF importer does for kernels.
+(in, out), so A and B are stored transposed, as the HF importer does for kernels. One PEFT caveat
+(PEFT 0.21, transformers 5): for MoE models such as DeepSeek-V3, PEFT rewrites gate_proj /
+up_proj / down_proj targets onto the fused routed experts (its migration of transformers-4
+adapters), so the dense-layer and shared-expert MLP adapters are not loaded there; attention
+adapters load as written. For such adapters hand over the merged export instead.
 
 Merging. `merge_lora` sets W ← W + s·A·B (float64, rounded once to float32) and removes the
 adapters; the model is then a plain DecoderLM whose `save_hf_checkpoint` export any HF tool
