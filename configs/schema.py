@@ -29,13 +29,15 @@ from configs.overrides import (
 )
 
 # Training sections live in their own module; re-exported here with the rest of the tree.
-from configs.training import ContextExtensionConfig, PretrainConfig, TrainerConfig  # noqa: F401
+from configs.training import (  # noqa: F401
+    ContextExtensionConfig, DistillConfig, PretrainConfig, SFTConfig, TrainerConfig,
+)
 
 DEFAULT_PRESET = "tiny"
 
 # Component ids in the DAG; resources, node selectors and tolerations are keyed by these.
 COMPONENT_IDS = ("ingest", "tokenizer", "pack", "statistics", "schema", "validate", "pretrain",
-                 "context_extension")
+                 "context_extension", "sft", "distill")
 
 _CPU_RE = re.compile(r"^\d+(\.\d+)?m?$")
 _MEM_RE = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
@@ -344,6 +346,8 @@ class SeeklineConfig(_Strict):
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     pretrain: PretrainConfig = PretrainConfig()
     context_extension: ContextExtensionConfig = ContextExtensionConfig()
+    sft: SFTConfig = SFTConfig()
+    distill: DistillConfig = DistillConfig()
     resources: ResourcesConfig = ResourcesConfig()
     kubeflow: KubeflowConfig = KubeflowConfig()
 

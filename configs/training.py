@@ -110,3 +110,87 @@ class ContextExtensionConfig(_Strict):
     passkey_answer_only_loss: bool = False
     trainer: TrainerConfig = TrainerConfig(steps=200, warmup_steps=20, lr=1e-4)
     passkey: PasskeyConfig = PasskeyConfig()
+
+
+class LoraConfig(_Strict):
+    """Low-rank adapters (model/lora.py): base weights frozen, only A·B trains."""
+
+    enabled: bool = False
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    # HF module names (model.layers.{i}.self_attn.<name>, .mlp.<name>): attention projections of
+    # both MLA and GQA models by default; add gate_proj/up_proj/down_proj for the MLP.
+    target_modules: list[str] = ["q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj",
+                                 "o_proj", "k_proj", "v_proj"]
+    # Also adapt the routed experts' projections (many small adapters; off by default).
+    include_experts: bool = False
+
+
+class SyntheticConfig(_Strict):
+    """Cold-start synthetic examples from a teacher (components/sft/synthetic.py)."""
+
+    # synthetic_data_ratio: the synthetic share of the final SFT train set (0 = none).
+    ratio: float = Field(0.0, ge=0, le=1)
+    # The teacher: an HF-layout model folder; None = the model being fine-tuned (its init).
+    teacher: str | None = None
+    num_examples: int = Field(64, ge=1)
+    reasoning_fraction: float = Field(0.25, ge=0, le=1)
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.8, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    batch_size: int = Field(16, ge=1)
+    seed: int = Field(0, ge=0, lt=2**31 - 1)
+
+
+class SFTConfig(_Strict):
+    """Supervised fine-tuning on chat / instruction data with the loss on assistant tokens only."""
+
+    enabled: bool = True
+    # Conversation / instruction / prompt-completion JSONL (.jsonl or .jsonl.gz) files or globs.
+    data_files: list[str] = []
+    # Share of data_files examples held out for evaluation (by content hash: stable).
+    eval_fraction: float = Field(0.1, gt=0, lt=1)
+    # Instruction examples made from the corpus (functions with docstrings in the ingest
+    # examples; its eval split stays held out). At most this many per split; 0 = off.
+    corpus_instructions: int = Field(2000, ge=0)
+    # Chat template: auto = ChatML when the tokenizer has <|im_start|> (imported Qwen), else
+    # seekline's own (role special tokens of the seekline tokenizer).
+    template: Literal["auto", "seekline", "chatml"] = "auto"
+    # Row length; None = the model's context.
+    seq_len: int | None = Field(None, ge=8)
+    # Best-fit-decreasing packing of short examples (segment-aware attention) or one per row.
+    packing: bool = True
+    # Examples longer than a row: truncate (keeping the start) or drop.
+    truncate: bool = True
+    # Fine-tune this HF-layout checkpoint (e.g. an imported Qwen2.5) instead of the pipeline's
+    # context-extended (or pretrained) model.
+    init: str | None = None
+    lora: LoraConfig = LoraConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
+    trainer: TrainerConfig = TrainerConfig(steps=200, warmup_steps=20, lr=1e-4, mtp_weight=0.0)
+
+
+class DistillConfig(_Strict):
+    """Logit distillation of a teacher into a smaller student (training/distill_*.py)."""
+
+    enabled: bool = True
+    # The teacher: an HF-layout model folder; None = the SFT phase's model.
+    teacher: str | None = None
+    # The student: a preset name or config.json path, with HF-key overrides; vocab, special ids
+    # and context come from the teacher (their vocabularies must match).
+    student_model: str = "tiny"
+    student_overrides: dict[str, Any] = {"rope_scaling": None}
+    # Start the student from these HF-layout weights instead of a fresh init.
+    student_init: str | None = None
+    # kd: α·T²·KL(teacher_T ‖ student_T) + (1−α)·CE; forward_kl / reverse_kl / jsd (GKD, β):
+    # the same mixing with CE by α; ce: hard labels only (the ablation baseline).
+    loss: Literal["kd", "forward_kl", "reverse_kl", "jsd", "ce"] = "kd"
+    alpha: float = Field(0.5, ge=0, le=1)
+    temperature: float = Field(2.0, gt=0)
+    beta: float = Field(0.5, ge=0, le=1)
+    # online: the teacher runs in the train step; offline: its top-k log-probs are computed once
+    # over the data (teacher_topk per token, the rest as one tail bucket) and stored.
+    teacher_logits: Literal["online", "offline"] = "online"
+    teacher_topk: int = Field(32, ge=1)
+    trainer: TrainerConfig = TrainerConfig(steps=200, warmup_steps=20, lr=1e-3)

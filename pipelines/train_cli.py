@@ -10,7 +10,9 @@ import os
 
 from common.errors import UserError
 
-PHASES = ("pretrain", "context_extension")
+PHASES = ("pretrain", "context_extension", "sft", "distill")
+# The phase whose newest model a phase starts from (--init default).
+INIT_FROM = {"context_extension": ("pretrain",), "sft": ("context_extension", "pretrain"), "distill": ("sft",)}
 
 
 def add_train_parser(sub, config_args) -> None:
@@ -22,14 +24,18 @@ def add_train_parser(sub, config_args) -> None:
     p.add_argument("phase", choices=PHASES, metavar="PHASE", help=f"one of: {', '.join(PHASES)}")
     config_args(p)
     p.add_argument("--data", metavar="DIR",
-                   help="pretrain: packed rows (a pack artifact folder); context_extension: text examples "
-                   "(an ingest artifact folder). Default: the newest one of this config's local pipeline")
+                   help="pretrain: packed rows (a pack artifact folder); context_extension, sft: text examples "
+                   "(an ingest artifact folder; sft also reads sft.data_files); distill: packed rows with "
+                   "loss masks (default: the teacher's SFT rows, TEACHER/data). Default: the newest one of "
+                   "this config's local pipeline")
     p.add_argument("--tokenizer", metavar="DIR",
                    help="tokenizer artifact; default: the one in --init's final/ (context_extension), else "
                    "the one --data was packed with (ML Metadata)")
     p.add_argument("--init", metavar="DIR",
-                   help="context_extension: the pretrained model (a pretrain output folder or its final/); "
-                   "default: the newest pretrain artifact of this config's local pipeline")
+                   help="the model the phase starts from (an output folder or its final/): "
+                   "context_extension: the pretrained model; sft: the base model (default: the newest "
+                   "context_extension, else pretrain artifact); distill: the teacher (default: the newest "
+                   "sft artifact)")
     p.add_argument("--output", required=True, metavar="DIR", help="where checkpoints, reports and final/ go")
     p.add_argument("--max-steps", type=int, metavar="N", help="stop after step N (resume later for the rest)")
     p.add_argument("--checkpoint-every", type=int, metavar="K", help="checkpoint every K steps")
@@ -44,6 +50,9 @@ examples:
   seekline train pretrain --data outputs/tiny/pipeline/pack/packed/3 --output runs/pt \\
       --set pretrain.trainer.lr=1e-3
   seekline train context_extension --init runs/pt --output runs/ce
+  seekline train sft --init runs/ce --output runs/sft --set sft.data_files=chats.jsonl
+  seekline train sft --init qwen2.5-0.5b/ --output runs/lora --set sft.lora.enabled=true
+  seekline train distill --init runs/sft --output runs/student
   TF_CONFIG='{"cluster": {"worker": ["h1:2222", "h2:2222"]}, "task": {"type": "worker", "index": 0}}' \\
       seekline train pretrain --output /shared/pt                # one per worker (a TFJob does this)
 """
@@ -73,15 +82,35 @@ def resolve_inputs(config, phase: str, data: str | None, tokenizer: str | None) 
     return data, tokenizer
 
 
-def resolve_init(config, init: str | None) -> str:
+def resolve_init(config, phase: str, init: str | None) -> str:
+    """--init as an HF-layout folder (OUTPUT/final when given a phase's output folder); default:
+    the newest model of the phase this one starts from."""
     from pipelines.artifacts import latest_execution_artifacts
     from pipelines.local import local_paths
 
     if init is None:
-        arts = latest_execution_artifacts(local_paths(config).metadata, config.pipeline.name, "pretrain")
-        init = arts["outputs"]["model"]
+        sources = INIT_FROM[phase]
+        for i, source in enumerate(sources):
+            try:
+                arts = latest_execution_artifacts(local_paths(config).metadata, config.pipeline.name, source)
+            except UserError:
+                if i == len(sources) - 1:
+                    raise
+                continue
+            init = arts["outputs"]["model"]
+            break
     final = os.path.join(init, "final")
     return final if os.path.isdir(final) else init
+
+
+def _teacher_rows(teacher_final: str) -> str:
+    """The SFT rows a teacher was fine-tuned on: TEACHER/data next to its final/."""
+    from components.sft.sft import DATA_DIR
+
+    rows = os.path.join(os.path.dirname(os.path.normpath(teacher_final)), DATA_DIR)
+    if not os.path.isdir(rows):
+        raise UserError(f"{teacher_final}: the teacher has no SFT rows beside it ({rows}); pass --data")
+    return rows
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -95,11 +124,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     # The strategy must exist before any other TF op (MultiWorkerMirroredStrategy).
     from training.strategy import make_runtime
     runtime = make_runtime(section.trainer.strategy, section.trainer.precision)
-    init = resolve_init(config, args.init) if args.phase == "context_extension" else None
+    init = None
+    if args.phase in INIT_FROM and not (args.phase == "sft" and config.sft.init and args.init is None):
+        init = resolve_init(config, args.phase, args.init)
     tokenizer = args.tokenizer
     if tokenizer is None and init and os.path.exists(os.path.join(init, "tokenizer_meta.json")):
         tokenizer = init  # an exported model carries the tokenizer it was trained with
-    data, tokenizer = resolve_inputs(config, args.phase, args.data, tokenizer)
+    if args.phase == "distill":
+        data = args.data or _teacher_rows(init)
+    elif args.phase == "sft" and args.data is None and not config.sft.corpus_instructions:
+        data = None         # sft.data_files only
+    else:
+        data, tokenizer = resolve_inputs(config, args.phase, args.data, tokenizer)
     from components.pretrain.pretrain import check_output_dir
     check_output_dir(args.output)
     if runtime.is_chief:
@@ -109,9 +145,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.phase == "pretrain":
         from components.pretrain.pretrain import run_pretrain
         report = run_pretrain(section, data, tokenizer, args.output, **common)
-    else:
+    elif args.phase == "context_extension":
         from components.context_extension.extend import run_context_extension
         report = run_context_extension(section, init, data, tokenizer, args.output, **common)
+    elif args.phase == "sft":
+        from components.sft.sft import run_sft
+        report = run_sft(section, init, data, tokenizer, args.output, **common)
+    else:
+        from components.distill.distill import run_distill
+        report = run_distill(section, init, data, tokenizer, args.output, **common)
     _print_report(report, args.output)
     return 0
 
@@ -120,7 +162,8 @@ def _print_report(report: dict, output: str) -> None:
     from rich.console import Console
 
     c = Console(highlight=False)
-    keys = ("steps", "target_steps", "eval_loss", "eval_perplexity", "eval_unigram_entropy", "tokens_per_s")
+    keys = ("steps", "target_steps", "eval_loss", "eval_perplexity", "eval_unigram_entropy",
+            "eval_kl_to_teacher", "tokens_per_s")
     c.print("  ".join(f"{k}={report[k]:.4g}" if isinstance(report.get(k), float) else f"{k}={report.get(k)}"
                       for k in keys if k in report))
     if "final" in report:

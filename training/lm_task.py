@@ -14,10 +14,16 @@ from model.losses import causal_lm_loss, mtp_loss, shift_targets, total_sequence
 from training.loop import StepOutput
 
 
+NO_TARGETS_MESSAGE = "a training batch has no loss targets (its loss_mask / assistant mask is all zero)"
+
+
 @dataclass(frozen=True)
 class CausalLMTask:
     mtp_weight: float = 0.3
     aux_loss_alpha: float = 1e-4
+    # SFT: a training micro-batch whose loss mask selects no target is an error, not a silent
+    # zero loss (an all-zero assistant mask is the classic chat-template bug).
+    require_targets: bool = False
 
     def weight(self, batch):
         """Count of the targets causal_lm_loss averages over (the same validity mask)."""
@@ -32,6 +38,10 @@ class CausalLMTask:
         out = model.forward(ids, position_ids=batch.get("positions"), segment_ids=seg,
                             training=training, return_router=True, with_mtp=use_mtp)
         lm = causal_lm_loss(out["logits"], ids, loss_mask, segment_ids=seg)
+        if training and self.require_targets:
+            with tf.control_dependencies([tf.debugging.assert_greater(
+                    self.weight(batch), 0.0, message=NO_TARGETS_MESSAGE)]):
+                lm = tf.identity(lm)
         if not training:
             # Held-out numbers are the plain next-token loss (perplexity = exp of it).
             return StepOutput(lm, {"loss": lm})

@@ -13,6 +13,7 @@ the whole global batch, whatever the split into replicas and micro-steps (1 work
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -24,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from common.errors import UserError
+from common.fileio import atomic_write_text
 from configs.training import TrainerConfig
 from model.balance import layer_loads, update_routing_bias
 from training.checkpoint import CheckpointStore
@@ -193,23 +195,42 @@ class Trainer:
 
     # ------------------------------------------------------------------ eval
     def evaluate(self, data: PackedData) -> dict[str, float]:
+        """Held-out numbers: the task's loss (eval_loss, eval_perplexity) and every other metric its
+        eval pass reports (eval_<name>), each a target-weighted mean over the eval batches."""
         task, cfg = self.task, self.cfg
         if self._eval_fn is None:   # traced once per trainer, not per evaluation
             def one(batch):
                 out = task.compute(self.model, batch, False)
                 w = tf.cast(task.weight(batch), tf.float32)
-                return tf.cast(out.loss, tf.float32) * w, w
+                extra = {k: tf.cast(v, tf.float32) * w for k, v in out.metrics.items() if k != "loss"}
+                return tf.cast(out.loss, tf.float32) * w, w, extra
             self._eval_fn = tf.function(one, autograph=False)
         one = self._eval_fn
-        total, count = 0.0, 0.0
+        total, count, sums = 0.0, 0.0, {}
         for batch in eval_stream(data.eval_files, data.seq_len, cfg.micro_batch_size, cfg.eval_batches):
-            s, w = one(batch)
+            s, w, extra = one(batch)
             total += float(s)
             count += float(w)
+            for k, v in extra.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
         if count == 0:
             return {}
         loss = total / count
-        return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "eval_targets": count}
+        return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "eval_targets": count,
+                **{f"eval_{k}": v / count for k, v in sums.items()}}
+
+    def baseline_eval(self, data: PackedData) -> dict[str, float]:
+        """Held-out numbers of the starting weights, measured once before training and kept in
+        OUTPUT/eval_before.json (a resumed run reads them back instead of the trained weights')."""
+        path = os.path.join(self.output_dir, "eval_before.json")
+        if tf.io.gfile.exists(path):
+            return json.loads(tf.io.gfile.GFile(path).read())
+        if self.store.latest is not None:
+            return {}       # checkpoints but no baseline: the run was started without one
+        before = self.evaluate(data)
+        if self.rt.is_chief:
+            atomic_write_text(path, json.dumps(before))
+        return before
 
     # ------------------------------------------------------------------ the loop
     def fit(self, data: PackedData, *, max_steps: int | None = None, checkpoint_every: int | None = None,

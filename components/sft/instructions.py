@@ -1,7 +1,7 @@
 """Instruction data from Python source: documented functions → "write this function" conversations.
 
 `make run` needs SFT data with no network. The corpus it pretrains on is Python source, so this
-turns every suitable module-level function into an example:
+turns every suitable module-level function and public method into an example:
 
   user       Write a Python function `name(args) -> ret` that matches this description:
 
@@ -14,7 +14,11 @@ The docstring is removed from the answer: it is already the prompt, and leaving 
 the first (often longest) stretch of every target a verbatim copy of the prompt, so the loss
 would mostly reward copying instead of writing the code.
 
-Kept: module-level functions (methods need their class) with a docstring of at least
+Methods (of public module-level classes) are asked for as "the method `sig` of the Python class
+`C`" and answered with the method's source dedented to column 0 — the stdlib documents far more
+methods than free functions, so leaving them out would leave few examples.
+
+Kept: module-level functions and methods with a docstring of at least
 ``min_doc_chars``, a public name (no leading underscore, no ``test``), a real body (not just
 ``pass`` / ``...`` / ``raise NotImplementedError``), at most ``max_lines`` lines and
 ``max_chars`` characters. Identical function sources are kept once. When more than
@@ -30,11 +34,13 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import textwrap
 from collections.abc import Iterable
 
 from components.sft.formats import Conversation, Message
 
 INSTRUCTION = "Write {kind} `{sig}` that matches this description:\n\n{doc}"
+METHOD_INSTRUCTION = "Write the method `{sig}` of the Python class `{cls}` that matches this description:\n\n{doc}"
 
 
 def _trivial(body: list[ast.stmt]) -> bool:
@@ -66,9 +72,13 @@ def _candidates(source_name: str, text: str, min_doc_chars: int, max_lines: int,
         counts["unparsable_sources"] += 1
         return
     lines = text.split("\n")
+    nodes = []
     for node in tree.body:
-        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            continue
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            nodes.append((None, node))
+        elif isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+            nodes += [(node.name, m) for m in node.body if isinstance(m, ast.FunctionDef | ast.AsyncFunctionDef)]
+    for cls, node in nodes:
         counts["functions"] += 1
         doc = ast.get_docstring(node)  # cleaned (inspect.cleandoc)
         if not doc or len(doc) < min_doc_chars:
@@ -86,12 +96,15 @@ def _candidates(source_name: str, text: str, min_doc_chars: int, max_lines: int,
             counts["skipped_layout"] += 1  # the docstring shares a line with other code
             continue
         kept = lines[first - 1:doc_node.lineno - 1] + lines[doc_node.end_lineno:node.end_lineno]
-        code = "\n".join(kept).rstrip()
+        code = textwrap.dedent("\n".join(kept)).rstrip()
         if node.end_lineno - first + 1 > max_lines or len(code) > max_chars:
             counts["skipped_too_long"] += 1
             continue
-        kind = "an async Python function" if isinstance(node, ast.AsyncFunctionDef) else "a Python function"
-        user = INSTRUCTION.format(kind=kind, sig=_signature(node), doc=doc)
+        if cls is not None:
+            user = METHOD_INSTRUCTION.format(sig=_signature(node), cls=cls, doc=doc)
+        else:
+            kind = "an async Python function" if isinstance(node, ast.AsyncFunctionDef) else "a Python function"
+            user = INSTRUCTION.format(kind=kind, sig=_signature(node), doc=doc)
         conv = Conversation((Message("user", user), Message("assistant", f"```python\n{code}\n```")),
                             f"{source_name}:{node.lineno}")
         yield code, conv

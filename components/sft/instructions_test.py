@@ -39,7 +39,7 @@ def test_something():
 
 class K:
     def method(self):
-        """Methods need their class."""
+        """Methods name their class."""
         return 1
 
 
@@ -59,7 +59,7 @@ def test_the_example_and_what_is_skipped():
     counts = {}
     convs = instructions_from_documents([("m.py", SRC), ("bad.py", "print 'py2'\n")], counts=counts)
     by_source = {c.source: c for c in convs}
-    assert set(by_source) == {"m.py:6", "m.py:38"}
+    assert set(by_source) == {"m.py:6", "m.py:33", "m.py:38"}
     hyp = by_source["m.py:6"].messages
     assert [m.role for m in hyp] == ["user", "assistant"]
     assert hyp[0].content == HYPOT_USER
@@ -67,17 +67,22 @@ def test_the_example_and_what_is_skipped():
     assert by_source["m.py:38"].messages[0].content.startswith(
         "Write an async Python function `fetch(url, *, retries=3)`")
     assert counts["unparsable_sources"] == 1
-    assert counts["functions"] == 6  # module level only: the method is never looked at
+    # the method is asked for with its class and answered dedented to column 0
+    meth = by_source["m.py:33"].messages
+    assert meth[0].content == ("Write the method `method(self)` of the Python class `K` that matches this "
+                               "description:\n\nMethods name their class.")
+    assert meth[1].content == "```python\ndef method(self):\n    return 1\n```"
+    assert counts["functions"] == 7
     assert (counts["skipped_no_docstring"], counts["skipped_private_or_test"], counts["skipped_trivial"]) == (1, 2, 1)
-    assert counts["kept"] == 2
+    assert counts["kept"] == 3
 
 
 def test_dedup_cap_and_order_independence():
     copies = [(f"copy{i}.py", SRC) for i in range(3)]
     counts = {}
     convs = instructions_from_documents(copies, counts=counts)
-    assert counts["duplicates"] == 4 and len(convs) == 2
-    assert {c.source for c in convs} == {"copy0.py:6", "copy0.py:38"}
+    assert counts["duplicates"] == 6 and len(convs) == 3
+    assert {c.source for c in convs} == {"copy0.py:6", "copy0.py:33", "copy0.py:38"}
     assert instructions_from_documents(copies[::-1]) == convs
     one = instructions_from_documents(copies, max_examples=1)
     assert len(one) == 1 and one[0] in convs
