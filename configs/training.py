@@ -119,10 +119,10 @@ class LoraConfig(_Strict):
     rank: int = Field(8, ge=1)
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
-    # HF module names (model.layers.{i}.self_attn.<name>, .mlp.<name>): attention projections of
-    # both MLA and GQA models by default; add gate_proj/up_proj/down_proj for the MLP.
-    target_modules: list[str] = ["q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj",
-                                 "o_proj", "k_proj", "v_proj"]
+    # Last component of the HF module names (q_proj, q_a_proj, q_b_proj, kv_a_proj_with_mqa,
+    # kv_b_proj, o_proj, k_proj, v_proj, gate_proj, up_proj, down_proj), or the groups
+    # "attention" / "mlp" (whatever projections this architecture has) or "all-linear".
+    target_modules: list[str] = ["attention"]
     # Also adapt the routed experts' projections (many small adapters; off by default).
     include_experts: bool = False
 

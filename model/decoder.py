@@ -142,7 +142,7 @@ class DecoderLM(keras.Model):
         x = self.embed_tokens(token_ids)
         routers: list = []
         for blk in self.blocks:
-            x, r = blk(x, cos, sin, bias, return_router=True)
+            x, r = blk(x, cos, sin, bias, return_router=True, training=training)
             if r is not None:
                 routers.append(r)
         hidden = self.norm(x)
@@ -156,7 +156,8 @@ class DecoderLM(keras.Model):
                 # position attends to them (they are the document's last k, causal), so they
                 # cannot leak into a kept prediction.
                 shifted = tf.concat([token_ids[:, k:], tf.zeros([b, k], token_ids.dtype)], axis=1)
-                h, normed, r = mod(h, self.embed_tokens(shifted), cos, sin, bias, return_router=True)
+                h, normed, r = mod(h, self.embed_tokens(shifted), cos, sin, bias, return_router=True,
+                                   training=training)
                 if r is not None:
                     routers.append(r)
                 mtp_logits.append(self.head(normed))

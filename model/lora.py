@@ -63,6 +63,10 @@ ALL_LINEAR = "all-linear"
 # Module names LoRA may target (last component of the HF module name).
 ADAPTABLE = ("q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj",
              "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj")
+# Target groups: every attention projection / every MLP projection the model has.
+GROUPS = {"attention": ("q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj",
+                        "k_proj", "v_proj"),
+          "mlp": ("gate_proj", "up_proj", "down_proj")}
 _KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<which>[AB])\.weight$")
 
 
@@ -141,12 +145,16 @@ def _resolve(model, spec: LoraSpec) -> list[str]:
     present = sorted({n.rsplit(".", 1)[-1] for n in modules}, key=ADAPTABLE.index)
     if ALL_LINEAR in spec.target_modules:
         return list(modules)
-    unknown = [t for t in spec.target_modules if t not in present]
+    # Group names expand to what this architecture has (MLA: q_a/q_b/kv_a/kv_b/o; GQA: q/k/v/o),
+    # so one config serves both families.
+    targets = set()
+    for t in spec.target_modules:
+        targets |= {n for n in GROUPS[t] if n in present} if t in GROUPS else {t}
+    unknown = [t for t in spec.target_modules if t not in GROUPS and t not in present]
     if unknown:
         raise ConfigError(f"LoraSpec.target_modules: {unknown} match no module of this "
                           f"{model.cfg.model_type} model; its adaptable modules are {present} "
-                          f"(or '{ALL_LINEAR}')")
-    targets = set(spec.target_modules)
+                          f"(or '{ALL_LINEAR}', {', '.join(repr(g) for g in GROUPS)})")
     return [n for n in modules if n.rsplit(".", 1)[-1] in targets]
 
 

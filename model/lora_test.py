@@ -85,6 +85,18 @@ def test_all_linear_and_freeze_rest_false():
     assert now == (trainable_before - base) | adapters    # embeddings/norms still train, kernels not
 
 
+@pytest.mark.parametrize("fixture,group,want", [
+    ("dsv3_qlora", "attention", {"q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"}),
+    ("qwen2_gqa_tied", "attention", {"q_proj", "k_proj", "v_proj", "o_proj"}),
+    ("qwen2_gqa_tied", "mlp", {"gate_proj", "up_proj", "down_proj"}),
+])
+def test_target_groups_expand_to_what_the_architecture_has(fixture, group, want):
+    model = load_hf_checkpoint(fixture_dir(fixture))
+    names = apply_lora(model, LoraSpec(rank=2, target_modules=(group,)))
+    assert {n.rsplit(".", 1)[-1] for n in names} == want
+    assert all(".mlp.experts." not in n for n in names)
+
+
 def test_unknown_target_lists_the_modules_that_exist():
     model = load_hf_checkpoint(fixture_dir("dsv3_qlora"))
     with pytest.raises(ConfigError) as e:

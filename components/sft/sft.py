@@ -161,6 +161,9 @@ def run_sft(cfg: SFTConfig, init_dir: str | None, examples_dir: str | None, toke
         return m
 
     tc = cfg.trainer
+    if cfg.lora.enabled:
+        # The base stays exactly as it was, routing included: no aux-loss-free bias updates.
+        tc = tc.model_copy(update={"bias_update_gamma": 0.0})
     task = CausalLMTask(mtp_weight=tc.mtp_weight, aux_loss_alpha=tc.aux_loss_alpha, require_targets=True)
     trainer = Trainer(tc, rt, build, task, output_dir, title="sft" + (" (LoRA)" if cfg.lora.enabled else ""))
     before = trainer.baseline_eval(data)
@@ -186,7 +189,7 @@ def run_sft(cfg: SFTConfig, init_dir: str | None, examples_dir: str | None, toke
     if cfg.lora.enabled:
         from model.lora import merge_lora, save_adapters
         report["adapter"] = save_adapters(result.model, os.path.join(output_dir, ADAPTER_DIR),
-                                          base_model=init_dir)
+                                          base_model_name_or_path=init_dir)
         merge_lora(result.model)
     report["final"] = export_final(result.model, output_dir, tokenizer_dir, {
         "seekline_phase.json": json.dumps({"phase": "sft", "steps": result.steps, "chat_template": template,

@@ -100,7 +100,7 @@ class MultiHeadLatentAttention(keras.layers.Layer):
         return tf.transpose(o, [0, 2, 1, 3])                                    # (B, T, H, dv)
 
     def _absorbed(self, q_nope, q_pe, c_norm, k_pe, bias):
-        w = tf.reshape(tf.cast(self.kv_b_proj.kernel, q_nope.dtype),
+        w = tf.reshape(tf.cast(self.kv_b_proj.effective_kernel(), q_nope.dtype),
                        [self.kv_lora_rank, self.num_heads, self.qk_nope_head_dim + self.v_head_dim])
         w_uk, w_uv = w[..., :self.qk_nope_head_dim], w[..., self.qk_nope_head_dim:]  # (C,H,dn),(C,H,dv)
         q_lat = tf.einsum("bthd,chd->bthc", q_nope, w_uk)                          # (B, T, H, C)
