@@ -198,6 +198,11 @@ def test_online_teacher_kl_falls_and_teacher_is_frozen(online):
     for k, v in online["before"].items():
         assert np.array_equal(v, online["after"][k]), k
     assert res.nonfinite_steps == 0 and np.isfinite(res.final_eval["eval_loss"])
+    # The engine's held-out pass (micro 4 × 2 eval batches) reports the task's eval metrics too:
+    # the same numbers evaluate_distill gives, and eval_loss is the student's CE.
+    fe, end = res.final_eval, online["end"]
+    assert fe["eval_kl_to_teacher"] == pytest.approx(end["eval_kl_to_teacher"], rel=1e-5)
+    assert fe["eval_loss"] == pytest.approx(fe["eval_ce"], rel=1e-6)
     assert {"ce", "distill_loss", "mtp_loss", "aux_loss"} <= set(res.history[0])
 
 
