@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """SFT and distillation benchmark: seekline's training step against transformers (PyTorch).
 
-    .venv/bin/python bench/bench_sft.py              # or: make bench   (~4-6 min on 2 cores)
+    .venv/bin/python bench/bench_sft.py              # or: make bench   (~3-5 min on 2 cores)
     .venv/bin/python bench/bench_sft.py --quick      # tiny model, seconds; what the test runs
 
 The data is a deterministic set of chat-like examples (no tokenizer needed): lengths drawn from a
@@ -151,21 +151,11 @@ class TaskStep(bt.SeeklineStep):
     """bench_train's SeeklineStep (compile / step / traces: one Trainer.fit step with its host
     reads) around a Trainer built here, with the phase's own task."""
 
-    def __init__(self, name, trainer):  # noqa: D107 (SeeklineStep.__init__ builds a pretraining task)
+    def __init__(self, name, trainer):     # not SeeklineStep's: that one builds a pretraining task
         self.name, self.trainer, self.fn, self.losses = name, trainer, None, []
 
     def epoch(self, batches) -> list[dict]:
         return [self.step(b) for b in batches]
-
-
-def distill_task(teacher, alpha: float, temperature: float):
-    """The online-teacher KD task, or None when training/distill_task.py is not there yet."""
-    try:
-        from training.distill_task import DistillSpec, DistillTask
-    except ImportError:
-        return None
-    return DistillTask(DistillSpec(loss="kd", alpha=alpha, temperature=temperature, beta=0.5,
-                                   mtp_weight=0.0, aux_loss_alpha=0.0), teacher=teacher)
 
 
 # ---------------------------------------------------------------------- transformers side
@@ -190,6 +180,7 @@ class Reference(RefProcess):
 def run_bench(args) -> dict:
     import model
     from configs.training import TrainerConfig
+    from training.distill_task import DistillSpec, DistillTask
     from training.lm_task import CausalLMTask
     from training.loop import Trainer
     from training.strategy import make_runtime
@@ -233,13 +224,10 @@ def run_bench(args) -> dict:
         if not args.skip_distill:
             with rt.strategy.scope():
                 teacher = model.build_model(teacher_cfg, seed=1)
-            task = distill_task(teacher, args.alpha, args.temperature)
-            if task is None:
-                res["distill_skipped"] = "training/distill_task.py is not there yet"
-            else:
-                sides["distill"] = TaskStep("distill", Trainer(tcfg, rt, lambda: model.build_model(cfg, seed=0),
-                                                               task, os.path.join(tmp, "distill"),
-                                                               title="bench distill"))
+            task = DistillTask(DistillSpec(loss="kd", alpha=args.alpha, temperature=args.temperature,
+                                           mtp_weight=0.0, aux_loss_alpha=0.0), teacher=teacher)
+            sides["distill"] = TaskStep("distill", Trainer(tcfg, rt, lambda: model.build_model(cfg, seed=0), task,
+                                                           os.path.join(tmp, "distill"), title="bench distill"))
         ref = None
         if not args.skip_reference:
             rows_path = os.path.join(tmp, "rows.npz")
@@ -331,8 +319,6 @@ def print_report(results):
     for lay, c in r["layouts"].items():
         print(f"  {lay}: {c['rows']} rows ({c['row_slots']} with filler), {c['tokens']} real tokens, "
               f"{c['targets']} assistant targets, padding {100 * c['padding_share']:.0f}%")
-    if "distill_skipped" in r:
-        print(f"  distill: skipped ({r['distill_skipped']})")
     print(f"{'workload':<38}{'side':<14}{'pass s':>8}{'spread':>8}{'rows/s':>8}{'tokens/s':>10}"
           f"{'targets/s':>11}{'ratio':>8}{'best-of':>9}{'CPU ratio':>11}")
     for w, s in r["seekline"].items():
