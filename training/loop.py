@@ -190,7 +190,8 @@ class Trainer:
             return train_stream(data.train_files, data.seq_len, micro_batch=cfg.micro_batch_size,
                                 accum=cfg.grad_accum_steps, num_replicas=replicas, seed=cfg.seed,
                                 shuffle_buffer=cfg.shuffle_buffer, num_rows=num_rows,
-                                start_step=start_step, replica_range=(first, first + per_pipeline))
+                                start_step=start_step, replica_range=(first, first + per_pipeline),
+                                teacher_topk=data.teacher_topk)
         return iter(rt.strategy.distribute_datasets_from_function(fn))
 
     # ------------------------------------------------------------------ eval
@@ -207,7 +208,8 @@ class Trainer:
             self._eval_fn = tf.function(one, autograph=False)
         one = self._eval_fn
         total, count, sums = 0.0, 0.0, {}
-        for batch in eval_stream(data.eval_files, data.seq_len, cfg.micro_batch_size, cfg.eval_batches):
+        for batch in eval_stream(data.eval_files, data.seq_len, cfg.micro_batch_size, cfg.eval_batches,
+                                 teacher_topk=data.teacher_topk):
             s, w, extra = one(batch)
             total += float(s)
             count += float(w)

@@ -1,0 +1,118 @@
+"""The distillation phase: a smaller student learns the teacher's next-token distributions.
+
+Steps (run_distill):
+  1. teacher = an HF-layout model (the SFT phase's export by default); student = a smaller preset
+     sized to the teacher's vocabulary (the two must share the tokenizer: checked);
+  2. data = the SFT phase's rows (assistant-token targets), or any packed folder; with
+     teacher_logits=offline the teacher's top-k log-probs are computed once over every row and
+     stored beside them (OUTPUT/teacher_data/);
+  3. the student's held-out numbers before training (CE, KL to the teacher), training through the
+     shared engine with the distillation task (training/distill_task.py), the same numbers after;
+  4. HF export of the student to OUTPUT/final/, report.json and the loss curve.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import tensorflow as tf
+
+from common.errors import ConfigError, InputDataError
+from common.fileio import atomic_write_text
+from components.pretrain.pretrain import check_output_dir, export_final
+from configs.training import DistillConfig
+from model.decoder import num_weights
+from training.data import check_rows, open_packed
+from training.loop import Trainer, tokens_per_second
+from training.strategy import Runtime, make_runtime
+
+TEACHER_DATA_DIR = "teacher_data"
+
+
+def student_config(cfg: DistillConfig, teacher_cfg, seq_len: int):
+    """The student preset + overrides, with the teacher's vocabulary, special ids and at least seq_len context."""
+    from model.config import ModelConfig
+
+    base = ModelConfig.load(cfg.student_model).to_hf_dict()
+    over = dict(cfg.student_overrides)
+    if "vocab_size" in over and over["vocab_size"] != teacher_cfg.vocab_size:
+        raise ConfigError(f"distill.student_overrides.vocab_size={over['vocab_size']} differs from the "
+                          f"teacher's {teacher_cfg.vocab_size}: distillation needs one vocabulary")
+    base.update(over)
+    t = teacher_cfg.to_hf_dict()
+    base.update(vocab_size=teacher_cfg.vocab_size, bos_token_id=t["bos_token_id"], eos_token_id=t["eos_token_id"])
+    base["max_position_embeddings"] = max(int(over.get("max_position_embeddings", 0)), seq_len)
+    return ModelConfig.from_hf_dict(base, source="distill.student_model")
+
+
+def distill_spec(cfg: DistillConfig):
+    from training.distill_task import DistillSpec
+    return DistillSpec(loss=cfg.loss, alpha=cfg.alpha, temperature=cfg.temperature, beta=cfg.beta,
+                       mtp_weight=cfg.trainer.mtp_weight, aux_loss_alpha=cfg.trainer.aux_loss_alpha)
+
+
+def run_distill(cfg: DistillConfig, teacher_dir: str | None, data_dir: str, tokenizer_dir: str | None,
+                output_dir: str, *, runtime: Runtime | None = None, max_steps: int | None = None,
+                checkpoint_every: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Distil the teacher (HF layout) into a new student trained on data_dir's rows."""
+    import model as model_core
+    from training.distill_task import DistillTask
+    from training.teacher_logits import check_teacher_data, check_vocab, precompute_teacher_topk
+
+    check_output_dir(output_dir)
+    teacher_dir = cfg.teacher or teacher_dir
+    if not teacher_dir or not os.path.exists(os.path.join(teacher_dir, "config.json")):
+        raise InputDataError(f"{teacher_dir}: not an HF-layout teacher model folder (no config.json)")
+    if tokenizer_dir is None:
+        tokenizer_dir = teacher_dir
+    rt = runtime or make_runtime(cfg.trainer.strategy, cfg.trainer.precision)
+    teacher_cfg = model_core.ModelConfig.from_json_file(os.path.join(teacher_dir, "config.json"))
+    data = open_packed(data_dir)
+    check_rows(data, data.seq_len, teacher_cfg.vocab_size)
+    s_cfg = student_config(cfg, teacher_cfg, data.seq_len)
+    tok = os.path.join(tokenizer_dir, "tokenizer.json")
+    teacher_tok = os.path.join(teacher_dir, "tokenizer.json")
+    check_vocab(teacher_cfg, s_cfg, teacher_tok if os.path.exists(teacher_tok) else None,
+                tok if os.path.exists(tok) else None)
+
+    teacher = None
+    if cfg.teacher_logits == "offline":
+        tdir = os.path.join(output_dir, TEACHER_DATA_DIR)
+        if rt.is_chief and not tf.io.gfile.exists(os.path.join(tdir, "config.json")):
+            t = model_core.load_hf_checkpoint(teacher_dir)
+            precompute_teacher_topk(t, data, tdir, k=cfg.teacher_topk, temperature=cfg.temperature,
+                                    batch_size=cfg.trainer.micro_batch_size)
+            del t
+        check_teacher_data(tdir, data_dir, vocab_size=teacher_cfg.vocab_size, k=cfg.teacher_topk,
+                           temperature=cfg.temperature)
+        data = open_packed(tdir)
+    else:
+        # Online; with loss=ce the teacher still runs for the reported KL-to-teacher numbers.
+        with rt.strategy.scope():
+            teacher = model_core.load_hf_checkpoint(teacher_dir)
+
+    def build():
+        if cfg.student_init:
+            return model_core.load_hf_checkpoint(cfg.student_init, config=s_cfg)
+        return model_core.build_model(s_cfg, seed=cfg.trainer.seed)
+
+    task = DistillTask(distill_spec(cfg), teacher=teacher)
+    trainer = Trainer(cfg.trainer, rt, build, task, output_dir, title=f"distill ({cfg.loss})")
+    before = trainer.baseline_eval(data)
+    result = trainer.fit(data, max_steps=max_steps, checkpoint_every=checkpoint_every, progress=progress)
+    report: dict[str, Any] = {
+        "phase": "distill", "loss": cfg.loss, "teacher_logits": cfg.teacher_logits, "teacher": teacher_dir,
+        "steps": result.steps, "target_steps": cfg.trainer.steps, "resumed_from_step": result.resumed_from,
+        "nonfinite_steps": result.nonfinite_steps, "tokens_per_s": tokens_per_second(result.history),
+        "data": data.root, "seq_len": data.seq_len,
+        "student_parameters": int(num_weights(result.model)),
+        "before": before, **result.final_eval}
+    if not rt.is_chief:
+        return report
+    report["final"] = export_final(result.model, output_dir, tokenizer_dir, {
+        "seekline_phase.json": json.dumps({"phase": "distill", "steps": result.steps, "loss": cfg.loss})})
+    atomic_write_text(os.path.join(output_dir, "config.json"), cfg.model_dump_json(indent=1))
+    atomic_write_text(os.path.join(output_dir, "report.json"), json.dumps(report, indent=1, sort_keys=True))
+    return report
+
