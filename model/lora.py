@@ -7,9 +7,15 @@ kv_b_proj | o_proj | k_proj | v_proj} and model.layers.{i}.mlp.{gate_proj | up_p
 in `LoraSpec.target_modules` is the last name component, as PEFT matches them; "all-linear"
 means every adaptable module. Not adaptable: the router gate (the router reads its kernel
 directly, in fp32), the output head, and the MTP modules (model.layers.{L+k}.*: transformers does
-not load them, so a PEFT adapter for them would attach to nothing). Routed experts are stacked
-(E, …) tensors inside MoE, not Linear layers: `include_experts=True` is refused until MoE has a
-hook for per-expert adapters.
+not load them, so a PEFT adapter for them would attach to nothing).
+
+Routed experts (`include_experts=True`): model.layers.{i}.mlp.experts.{j}.{gate_proj | up_proj |
+down_proj} are adapted too when those names, the "mlp" group or all-linear are targeted. They are
+not Linear layers but slices of MoE's stacked (E, …) weights, so their adapters are stacked too:
+MoE (model/layers/moe.py) holds A (E, in, r), B (E, r, out) per adapted projection and folds
+W + s·A·B into the stack before its per-expert matmuls; here each expert appears as an
+`ExpertProjection` view with its own HF name. A layer's experts are adapted all together (a
+projection's adapter is one stack), and adapter dropout does not apply to them (see moe.py).
 
 Scaling. y = x·W (+ b) + s·dropout(x)·A·B with s = alpha / r (rsLoRA: alpha / √r); A starts as
 PEFT's kaiming-uniform, B at zero, so apply_lora leaves the model's outputs unchanged. Dropout
@@ -26,11 +32,13 @@ Files (PEFT layout, so `PeftModel.from_pretrained(transformers_model, dir)` load
 adapter_model.safetensors with `base_model.model.<module>.lora_A.weight` (r, in) and
 `….lora_B.weight` (out, r) in float32, and adapter_config.json (peft_type LORA, r, lora_alpha,
 lora_dropout, target_modules, bias "none", task_type CAUSAL_LM, use_rslora, …). Our kernels are
-(in, out), so A and B are stored transposed, as the HF importer does for kernels. One PEFT caveat
-(PEFT 0.21, transformers 5): for MoE models such as DeepSeek-V3, PEFT rewrites gate_proj /
-up_proj / down_proj targets onto the fused routed experts (its migration of transformers-4
-adapters), so the dense-layer and shared-expert MLP adapters are not loaded there; attention
-adapters load as written. For such adapters hand over the merged export instead.
+(in, out), so A and B are stored transposed, as the HF importer does for kernels. Routed
+experts are written per expert (…mlp.experts.{j}.gate_proj.lora_A.weight, slices of the
+stacks), the transformers-4 per-expert module layout. One PEFT caveat (PEFT 0.21,
+transformers 5): for MoE models such as DeepSeek-V3, PEFT rewrites gate_proj / up_proj /
+down_proj targets onto the fused routed experts (its migration of transformers-4 adapters), so
+neither the dense-layer / shared-expert MLP adapters nor the per-expert ones are loaded there;
+attention adapters load as written. For such adapters hand over the merged export instead.
 
 Merging. `merge_lora` sets W ← W + s·A·B (float64, rounded once to float32) and removes the
 adapters; the model is then a plain DecoderLM whose `save_hf_checkpoint` export any HF tool
@@ -99,10 +107,12 @@ class LoraSpec:
         if not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
             raise ConfigError(f"LoraSpec.target_modules: expected non-empty module names, got "
                               f"{list(self.target_modules)!r}")
-        if self.include_experts:
-            raise ConfigError("LoraSpec.include_experts: LoRA on routed experts is not supported: "
-                              "they are stacked (E, ...) tensors inside MoE (model/layers/moe.py), "
-                              "not Linear layers; adapt the shared experts and attention instead")
+        if not isinstance(self.include_experts, bool):
+            raise ConfigError(f"LoraSpec.include_experts: expected true or false, got {self.include_experts!r}")
+        if self.include_experts and not set(self.target_modules) & {ALL_LINEAR, "mlp", *GROUPS["mlp"]}:
+            raise ConfigError(f"LoraSpec.include_experts: the routed experts have only gate_proj / "
+                              f"up_proj / down_proj, and target_modules {list(self.target_modules)} "
+                              f"names none of them (add 'mlp' or the projections)")
 
     @property
     def scale(self) -> float:
@@ -119,16 +129,41 @@ class _State:
 _STATE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+@dataclass(frozen=True, eq=False)
+class ExpertProjection:
+    """Routed expert `index`'s `proj` ("gate" | "up" | "down") inside MoE `moe`: a view of one
+    slice of the stacked weights and adapters (the adapter variables belong to the MoE)."""
+    moe: object
+    proj: str
+    index: int
+
+    @property
+    def in_features(self) -> int:
+        return self.moe.expert_dims(self.proj)[0]
+
+    @property
+    def out_features(self) -> int:
+        return self.moe.expert_dims(self.proj)[1]
+
+    @property
+    def has_lora(self) -> bool:
+        return self.proj in self.moe.expert_lora_projections
+
+
 # ---------------------------------------------------------------------- module discovery
-def adaptable_modules(model) -> OrderedDict[str, object]:
-    """HF module name -> Linear for every module LoRA may adapt, in checkpoint order."""
+def adaptable_modules(model, include_experts: bool = False) -> OrderedDict[str, object]:
+    """HF module name -> Linear (or ExpertProjection, with include_experts) for every module LoRA
+    may adapt, in checkpoint order."""
     from model.checkpoint.hf import variable_map
     from model.layers.linear import Linear
+    from model.layers.moe import EXPERT_PROJECTIONS, MoE
     owner = {id(layer.kernel): layer for layer in model._flatten_layers() if isinstance(layer, Linear)}
+    stacks = {id(getattr(layer, f"experts_{p}")): (layer, p) for layer in model._flatten_layers()
+              if isinstance(layer, MoE) for p in EXPERT_PROJECTIONS}
     n_main = model.cfg.num_hidden_layers
     out: OrderedDict[str, object] = OrderedDict()
-    for key, (var, kind, _) in variable_map(model).items():
-        if kind != "linear" or not key.endswith(".weight"):
+    for key, (var, kind, expert) in variable_map(model).items():
+        if kind not in ("linear", "expert") or not key.endswith(".weight"):
             continue
         name = key[:-len(".weight")]
         m = re.match(r"model\.layers\.(\d+)\.", name)
@@ -136,12 +171,20 @@ def adaptable_modules(model) -> OrderedDict[str, object]:
             continue
         if name.rsplit(".", 1)[-1] not in ADAPTABLE:    # router gate, eh_proj
             continue
-        out[name] = owner[id(var)]
+        if kind == "linear":
+            out[name] = owner[id(var)]
+        elif include_experts:
+            moe, proj = stacks[id(var)]
+            out[name] = ExpertProjection(moe, proj, int(expert))
     return out
 
 
+def _is_expert(module) -> bool:
+    return isinstance(module, ExpertProjection)
+
+
 def _resolve(model, spec: LoraSpec) -> list[str]:
-    modules = adaptable_modules(model)
+    modules = adaptable_modules(model, include_experts=spec.include_experts)
     present = sorted({n.rsplit(".", 1)[-1] for n in modules}, key=ADAPTABLE.index)
     if ALL_LINEAR in spec.target_modules:
         return list(modules)
@@ -159,8 +202,29 @@ def _resolve(model, spec: LoraSpec) -> list[str]:
 
 
 def lora_modules(model) -> OrderedDict[str, object]:
-    """HF module name -> Linear for the modules that currently carry an adapter."""
-    return OrderedDict((n, m) for n, m in adaptable_modules(model).items() if m.has_lora)
+    """HF module name -> Linear / ExpertProjection for the modules that currently carry an
+    adapter, in checkpoint order."""
+    return OrderedDict((n, m) for n, m in adaptable_modules(model, include_experts=True).items()
+                       if m.has_lora)
+
+
+def _adapted_moes(modules) -> list:
+    """The distinct MoE layers among `modules`' ExpertProjections, in order."""
+    seen: dict[int, object] = {}
+    for m in modules:
+        if _is_expert(m):
+            seen.setdefault(id(m.moe), m.moe)
+    return list(seen.values())
+
+
+def lora_variables(model) -> list:
+    """Every adapter variable: each Linear's lora_A / lora_B and each MoE's stacked expert
+    adapters (A (E, in, r), B (E, r, out) per adapted projection)."""
+    mods = list(lora_modules(model).values())
+    out = [v for m in mods if not _is_expert(m) for v in (m.lora_a, m.lora_b)]
+    for moe in _adapted_moes(mods):
+        out += [v for p in moe.expert_lora_projections for v in moe.expert_lora(p)]
+    return out
 
 
 # ---------------------------------------------------------------------- apply / merge
@@ -177,13 +241,24 @@ def _attach(model, names: list[str], spec: LoraSpec) -> list[str]:
     if model in _STATE or lora_modules(model):
         raise ConfigError("apply_lora: this model already has LoRA adapters "
                           "(merge_lora or a fresh model first)")
-    modules = adaptable_modules(model)
+    modules = adaptable_modules(model, include_experts=True)
     before = [(v, v.trainable) for v in model.weights]
+    experts: dict[int, tuple[object, list[str], int]] = {}    # id(MoE) -> (MoE, projections, first i)
     for i, name in enumerate(names):
+        mod = modules[name]
+        if _is_expert(mod):
+            moe, projs, _ = experts.setdefault(id(mod.moe), (mod.moe, [], i))
+            if mod.proj not in projs:
+                projs.append(mod.proj)
+            continue
         seed = None if spec.seed is None else spec.seed + i
-        modules[name].enable_lora(spec.rank, spec.alpha, spec.dropout, spec.use_rslora, seed=seed)
+        mod.enable_lora(spec.rank, spec.alpha, spec.dropout, spec.use_rslora, seed=seed)
+    for moe, projs, i in experts.values():
+        # one call per MoE: its adapted projections' stacks are attached (and frozen) together
+        moe.enable_expert_lora(spec.rank, spec.alpha, spec.use_rslora, projections=tuple(projs),
+                               seed=None if spec.seed is None else spec.seed + i)
     if spec.freeze_rest:
-        adapters = {id(v) for n in names for v in (modules[n].lora_a, modules[n].lora_b)}
+        adapters = {id(v) for v in lora_variables(model)}
         for v in model.weights:
             if id(v) not in adapters:
                 v.trainable = False
@@ -209,14 +284,18 @@ def lora_spec(model) -> LoraSpec | None:
 
 
 def merge_lora(model) -> list[str]:
-    """Fold every adapter into its kernel (W ← W + s·A·B) and remove the adapters; trainability
-    returns to what it was before apply_lora. Returns the merged module names."""
-    merged = []
-    for name, lin in lora_modules(model).items():
-        lin.merge_lora()
-        merged.append(name)
-    if not merged:
+    """Fold every adapter into its kernel (W ← W + s·A·B; routed experts: into their stacks) and
+    remove the adapters; trainability returns to what it was before apply_lora. Returns the
+    merged module names."""
+    mods = lora_modules(model)
+    if not mods:
         raise ConfigError("merge_lora: the model has no LoRA adapters")
+    for moe in _adapted_moes(mods.values()):
+        moe.merge_expert_lora()
+    for lin in mods.values():
+        if not _is_expert(lin):
+            lin.merge_lora()
+    merged = list(mods)
     st = _STATE.pop(model, None)
     if st is not None:
         for v, t in st.trainable_before:
@@ -228,19 +307,53 @@ def merge_lora(model) -> list[str]:
 def lora_parameter_counts(model) -> dict[str, int]:
     """{'trainable', 'total', 'lora'} parameter counts (total includes the adapters)."""
     size = lambda vs: int(sum(int(np.prod(v.shape)) for v in vs))  # noqa: E731
-    adapters = [v for m in lora_modules(model).values() for v in (m.lora_a, m.lora_b)]
     return {"trainable": size(model.trainable_weights), "total": size(model.weights),
-            "lora": size(adapters)}
+            "lora": size(lora_variables(model))}
 
 
 # ---------------------------------------------------------------------- PEFT files
 def adapter_tensors(model) -> OrderedDict[str, np.ndarray]:
-    """PEFT-named float32 tensors: lora_A (r, in), lora_B (out, r) per adapted module."""
+    """PEFT-named float32 tensors: lora_A (r, in), lora_B (out, r) per adapted module (per
+    routed expert: slice j of the MoE's stacks)."""
     out: OrderedDict[str, np.ndarray] = OrderedDict()
-    for name, lin in lora_modules(model).items():
-        out[f"{PEFT_PREFIX}{name}.lora_A.weight"] = np.ascontiguousarray(lin.lora_a.numpy().T, np.float32)
-        out[f"{PEFT_PREFIX}{name}.lora_B.weight"] = np.ascontiguousarray(lin.lora_b.numpy().T, np.float32)
+    stacks: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
+    for name, mod in lora_modules(model).items():
+        if _is_expert(mod):
+            key = (id(mod.moe), mod.proj)
+            if key not in stacks:
+                stacks[key] = tuple(v.numpy() for v in mod.moe.expert_lora(mod.proj))
+            a, b = (s[mod.index] for s in stacks[key])                 # (in, r), (r, out)
+        else:
+            a, b = mod.lora_a.numpy(), mod.lora_b.numpy()
+        out[f"{PEFT_PREFIX}{name}.lora_A.weight"] = np.ascontiguousarray(a.T, np.float32)
+        out[f"{PEFT_PREFIX}{name}.lora_B.weight"] = np.ascontiguousarray(b.T, np.float32)
     return out
+
+
+def set_adapter_values(model, values: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Assign adapters by HF module name: values[name] = (A (in, r), B (r, out)) in our kernel
+    layout (the transpose of PEFT's). Every routed expert of an adapted MoE projection must be
+    given (its adapter is one stack). The modules must already carry adapters."""
+    mods = lora_modules(model)
+    missing = [n for n in values if n not in mods]
+    if missing:
+        raise ConfigError(f"set_adapter_values: module '{missing[0]}' carries no adapter")
+    stacks: dict[tuple[int, str], tuple[object, str, dict]] = {}
+    for name, (a, b) in values.items():
+        mod = mods[name]
+        if _is_expert(mod):
+            stacks.setdefault((id(mod.moe), mod.proj), (mod.moe, mod.proj, {}))[2][mod.index] = (a, b)
+        else:
+            mod.lora_a.assign(np.asarray(a, np.float32))
+            mod.lora_b.assign(np.asarray(b, np.float32))
+    for moe, proj, per in stacks.values():
+        if sorted(per) != list(range(moe.n_routed_experts)):
+            absent = sorted(set(range(moe.n_routed_experts)) - set(per))
+            raise ConfigError(f"set_adapter_values: {moe.name} {proj}_proj: experts {absent[:4]} missing "
+                              f"(a layer's routed experts are adapted together)")
+        va, vb = moe.expert_lora(proj)
+        va.assign(np.stack([np.asarray(per[j][0], np.float32) for j in range(moe.n_routed_experts)]))
+        vb.assign(np.stack([np.asarray(per[j][1], np.float32) for j in range(moe.n_routed_experts)]))
 
 
 def peft_config(spec: LoraSpec, modules: list[str], base_model_name_or_path: str | None = None) -> dict:
@@ -331,7 +444,7 @@ def load_adapters(model, path: str) -> list[str]:
         pairs.setdefault(m.group("module"), {})[m.group("which")] = key
     if not pairs:
         raise CheckpointError(f"{wpath}: no LoRA tensors")
-    modules = adaptable_modules(model)
+    modules = adaptable_modules(model, include_experts=True)
     # Names first, then shapes: a foreign adapter is reported by a module it names, not by the
     # first same-named module whose size differs.
     foreign = [n for n in pairs if n not in modules]
@@ -351,10 +464,22 @@ def load_adapters(model, path: str) -> list[str]:
                                       f"model needs {list(want)} (r={rank}; adapter made for a "
                                       f"different base model?)")
     names = [n for n in modules if n in pairs]             # checkpoint order
+    # A layer's routed experts share one stacked adapter per projection: all or none of them.
+    units: dict[tuple[int, str], list[int]] = {}
+    for n in names:
+        if _is_expert(modules[n]):
+            units.setdefault((id(modules[n].moe), modules[n].proj), []).append(modules[n].index)
+    for n, mod in modules.items():
+        if _is_expert(mod) and (id(mod.moe), mod.proj) in units and n not in pairs:
+            raise CheckpointError(f"{wpath}: missing tensor '{PEFT_PREFIX}{n}.lora_A.weight': the file "
+                                  f"adapts {len(units[(id(mod.moe), mod.proj)])} of this layer's "
+                                  f"{mod.moe.n_routed_experts} routed experts' {mod.proj}_proj, and "
+                                  f"seekline adapts a layer's routed experts all together")
     spec = LoraSpec(rank=rank, alpha=float(cfg["lora_alpha"]),
                     dropout=float(cfg.get("lora_dropout") or 0.0),
                     target_modules=tuple(sorted({n.rsplit(".", 1)[-1] for n in names},
                                                 key=ADAPTABLE.index)),
+                    include_experts=bool(units),
                     use_rslora=bool(cfg.get("use_rslora", False)))
     st = _STATE.get(model)
     if st is None:
@@ -367,9 +492,6 @@ def load_adapters(model, path: str) -> list[str]:
                                   f"{len(names)} modules) does not fit the model's adapters "
                                   f"(r={st.spec.rank}, scale={st.spec.scale:g}, {len(have)} modules"
                                   + (f"; differing: {extra}" if extra else "") + ")")
-    for name in names:
-        lin = modules[name]
-        lin.lora_a.assign(f.get_f32(pairs[name]["A"]).T)
-        lin.lora_b.assign(f.get_f32(pairs[name]["B"]).T)
+    set_adapter_values(model, {n: (f.get_f32(pairs[n]["A"]).T, f.get_f32(pairs[n]["B"]).T) for n in names})
     _forget_compiled(model)
     return names

@@ -16,12 +16,15 @@ from model.checkpoint.hf import load_hf_checkpoint, save_hf_checkpoint
 from model.conftest import fixture_dir
 from model.errors import CheckpointError, ConfigError
 from model.lora import (
+    ExpertProjection,
     LoraSpec,
     adapter_tensors,
     apply_lora,
     load_adapters,
     lora_modules,
     lora_parameter_counts,
+    lora_spec,
+    lora_variables,
     merge_lora,
     save_adapters,
 )
@@ -44,7 +47,9 @@ def _sha(path):
 @pytest.mark.parametrize("kw,field", [
     (dict(rank=0), "rank"), (dict(rank=2.5), "rank"), (dict(alpha=0), "alpha"),
     (dict(dropout=1.0), "dropout"), (dict(target_modules="q_proj"), "target_modules"),
-    (dict(target_modules=()), "target_modules"), (dict(include_experts=True), "include_experts"),
+    (dict(target_modules=()), "target_modules"),
+    (dict(include_experts=True, target_modules=("attention", "q_proj")), "include_experts"),
+    (dict(include_experts="yes"), "include_experts"),
 ])
 def test_bad_spec_is_a_one_line_config_error_naming_the_field(kw, field):
     with pytest.raises(ConfigError) as e:
@@ -232,3 +237,109 @@ def test_merge_without_adapters_is_an_error():
     model = load_hf_checkpoint(fixture_dir("qwen2_gqa_tied"))
     with pytest.raises(ConfigError, match="no LoRA adapters"):
         merge_lora(model)
+
+
+# ---------------------------------------------------------------------- routed experts
+EXPERTS = "dsv3_experts"      # dsv3_qlora + include_experts (model/lora_fixtures.py)
+
+
+def _moes(model):
+    from model.layers.moe import MoE
+    return [layer for layer in model._flatten_layers() if isinstance(layer, MoE)]
+
+
+def test_include_experts_selects_every_routed_expert_counts_by_formula():
+    """dsv3_qlora: layers 1-2 are MoE with 8 routed experts (hidden 32, moe_intermediate 16) and
+    one shared expert; layer 0 is dense (intermediate 64); layer 3 is the MTP module (MoE too)."""
+    model = load_hf_checkpoint(fixture_dir("dsv3_qlora"))
+    total_before = sum(int(np.prod(v.shape)) for v in model.weights)
+    names = apply_lora(model, LoraSpec(rank=3, alpha=6.0, target_modules=("down_proj",),
+                                       include_experts=True))
+    experts = lambda i: [f"model.layers.{i}.mlp.experts.{j}.down_proj" for j in range(8)]  # noqa: E731
+    assert names == ["model.layers.0.mlp.down_proj",
+                     *experts(1), "model.layers.1.mlp.shared_experts.down_proj",
+                     *experts(2), "model.layers.2.mlp.shared_experts.down_proj"]
+    r = 3
+    want = r * (64 + 32) + 2 * (8 * r * (16 + 32) + r * (16 + 32))   # r·(in + out) per module
+    assert lora_parameter_counts(model) == {"trainable": want, "total": total_before + want, "lora": want}
+    assert {id(v) for v in model.trainable_variables} == {id(v) for v in lora_variables(model)}
+    main, mtp = _moes(model)[:2], _moes(model)[2:]
+    assert [m.expert_lora_projections for m in main] == [("down",), ("down",)] and len(mtp) == 1
+    assert not mtp[0].has_expert_lora                                  # MTP modules never adapted
+    assert all(not m.experts_down.trainable for m in main)
+    mod = lora_modules(model)["model.layers.2.mlp.experts.5.down_proj"]
+    assert isinstance(mod, ExpertProjection) and (mod.index, mod.in_features, mod.out_features) == (5, 16, 32)
+    # all-linear / the mlp group reach all three routed projections; a dense model has none
+    for targets in (("all-linear",), ("mlp",)):
+        m = load_hf_checkpoint(fixture_dir("dsv3_qlora"))
+        got = apply_lora(m, LoraSpec(rank=2, target_modules=targets, include_experts=True))
+        assert sum(".mlp.experts." in n for n in got) == 2 * 8 * 3
+    qwen = load_hf_checkpoint(fixture_dir("qwen2_gqa_tied"))
+    assert len(apply_lora(qwen, LoraSpec(rank=2, include_experts=True))) == 2 * 7
+
+
+def test_expert_fixture_was_checked_with_the_experts_moved():
+    """What transformers saw (check.json): 48 routed-expert modules in the adapter and merged
+    routed-expert weights that differ from the base's, so the parity test above covers them."""
+    _, ref, check = _lora_fixture(EXPERTS)
+    assert check["routed_expert_modules"] == 2 * 8 * 3 and check["routed_experts_delta_max_abs"] > 1e-3
+    assert FIXTURES[EXPERTS][1].include_experts
+
+
+def test_load_adapters_attaches_routed_expert_adapters_exactly():
+    fx, ref, _ = _lora_fixture(EXPERTS)
+    model = load_hf_checkpoint(fixture_dir("dsv3_qlora"))
+    names = load_adapters(model, os.path.join(fx, "adapter"))
+    # o_proj × 3, dense MLP × 3, per MoE layer 8 experts × 3 + the shared expert × 3
+    assert len(names) == 3 + 3 + 2 * (8 * 3 + 3) and lora_spec(model).include_experts
+    seeded = adapted_fixture_model(EXPERTS)
+    got, want = adapter_tensors(model), adapter_tensors(seeded)
+    assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in got)
+    np.testing.assert_allclose(model(ref["input_ids"]).numpy(), ref["merged_logits"], rtol=0, atol=ATOL)
+    merged = merge_lora(model)
+    assert merged == names and not lora_modules(model) and not any(m.has_expert_lora for m in _moes(model))
+    np.testing.assert_allclose(model(ref["input_ids"]).numpy(), ref["merged_logits"], rtol=0, atol=ATOL)
+
+
+def test_expert_adapter_files_are_validated(tmp_path):
+    from safetensors.numpy import load_file, save_file
+    key = "base_model.model.model.layers.1.mlp.experts.3.gate_proj.lora_{}.weight"
+    d = _copy_adapter(EXPERTS, str(tmp_path / "a"))
+    path = os.path.join(d, "adapter_model.safetensors")
+    t = load_file(path)
+    t[key.format("A")] = np.zeros((3, 31), np.float32)                 # gate_proj in = hidden 32
+    save_file(t, path)
+    model = load_hf_checkpoint(fixture_dir("dsv3_qlora"))
+    with pytest.raises(CheckpointError, match=r"experts\.3\.gate_proj\.lora_A\.weight' has shape \[3, 31\], "
+                                              r"this model needs \[3, 32\]"):
+        load_adapters(model, d)
+    t.pop(key.format("A"))
+    t.pop(key.format("B"))
+    save_file(t, path)
+    with pytest.raises(CheckpointError, match=r"experts\.3\.gate_proj.*7 of this layer's 8 routed experts"):
+        load_adapters(model, d)
+    assert not lora_modules(model) and not lora_variables(model)       # nothing attached on error
+
+
+def test_generation_with_unmerged_expert_adapters_equals_generation_after_merging():
+    """Prefill takes the dispatch path, single-token decode the gathered one (eager and XLA):
+    all must see the expert adapters. Greedy tokens are checked against an uncached full-forward
+    loop on the adapted model, then against generation after merge_lora."""
+    from model.generation.config import GenerationConfig
+    from model.generation.generate import generate
+    model = adapted_fixture_model(EXPERTS)
+    base = load_hf_checkpoint(fixture_dir("dsv3_qlora"))
+    prompts = [[5, 9, 13, 200, 7, 3], [42, 17]]
+
+    def greedy_reference(m, prompt, n):
+        ids = list(prompt)
+        for _ in range(n):
+            ids.append(int(np.argmax(m(np.asarray([ids], np.int32)).numpy()[0, -1])))
+        return ids[len(prompt):]
+    want = [greedy_reference(model, p, 4) for p in prompts]
+    assert want != [greedy_reference(base, p, 4) for p in prompts]     # the adapters change the tokens
+    unmerged = {jit: generate(model, prompts, GenerationConfig(max_new_tokens=4, jit_compile=jit)).sequences
+                for jit in (False, True)}
+    assert unmerged == {False: want, True: want}
+    merge_lora(model)
+    assert generate(model, prompts, GenerationConfig(max_new_tokens=4)).sequences == want

@@ -4,7 +4,7 @@
 Runs in the SEPARATE reference venv (torch + transformers, see scripts/make_hf_fixtures.py), never
 in the project venv, after seekline has exported the adapted fixtures:
 
-    .venv/bin/python -m model.lora_fixtures /tmp/seekline_lora
+    .venv/bin/python -m model.lora_fixtures /tmp/seekline_lora [NAME ...]
     .venv-ref/bin/python scripts/make_lora_fixtures.py /tmp/seekline_lora
 
 PEFT is optional: when `import peft` works (it is not part of .venv-ref; e.g.
@@ -19,7 +19,10 @@ fixture, merged/ = save_hf_checkpoint of the merged model) this writes tests/fix
                   base_logits (transformers on the base fixture), peft_logits (when PEFT put
                   an adapter on exactly the modules the file has; otherwise check.json says why)
   check.json      versions, max |merged - peft|, how far the adapters move the logits, and the
-                  sha256 of every merged/ file (model/lora_test.py re-exports and compares)
+                  sha256 of every merged/ file (model/lora_test.py re-exports and compares);
+                  for adapters with routed-expert modules (…mlp.experts.{j}.…, include_experts)
+                  also how far the merge moved the routed-expert weights transformers loaded
+                  (its fused experts tensors), so the record shows the expert adapters reached it
 """
 from __future__ import annotations
 
@@ -67,7 +70,8 @@ def record(name, exp):
     with open(os.path.join(adapter_dir, "adapter_config.json")) as f:
         base_dir = os.path.join(ROOT, json.load(f)["base_model_name_or_path"])
     ids = np.load(os.path.join(base_dir, "reference.npz"))["input_ids"]
-    merged = _logits(_load(merged_dir), ids)
+    merged_model = _load(merged_dir)
+    merged = _logits(merged_model, ids)
     base_model = _load(base_dir)
     base = _logits(base_model, ids)
     arrays = dict(input_ids=ids.astype(np.int32), merged_logits=merged.astype(np.float32),
@@ -78,6 +82,13 @@ def record(name, exp):
             "merged_files": sorted(os.listdir(merged_dir)),
             "merged_sha256": {fn: _sha256(os.path.join(merged_dir, fn))
                               for fn in sorted(os.listdir(merged_dir))}}
+    experts = [m for m in _file_modules(adapter_dir) if ".mlp.experts." in m]
+    if experts:
+        base_params = dict(base_model.named_parameters())
+        deltas = [float((p - base_params[n]).abs().max()) for n, p in merged_model.named_parameters()
+                  if ".mlp.experts." in n]
+        info.update(routed_expert_modules=len(experts), routed_expert_tensors=len(deltas),
+                    routed_experts_delta_max_abs=max(deltas, default=0.0))
     try:
         import peft
     except ImportError:
@@ -126,6 +137,8 @@ def main():
         info = record(name, os.path.join(args.export_root, name))
         if not info["adapter_effect_max_abs"] > 100 * TOL:
             bad.append(f"{name}: adapters barely change the logits")
+        if "routed_expert_modules" in info and not info["routed_experts_delta_max_abs"] > 0:
+            bad.append(f"{name}: the merged export's routed experts equal the base's")
         if "merged_vs_peft_max_abs" in info and not info["merged_vs_peft_max_abs"] <= TOL:
             bad.append(f"{name}: merged export and PEFT differ by {info['merged_vs_peft_max_abs']:.2e}")
     if bad or not names:

@@ -10,16 +10,37 @@ V2 ("greedy" / "group_limited_greedy", softmax scores) is supported for imported
 Compute scales with top-k, not with the number of experts: the N·K (token, expert) pairs are
 sorted by expert, split into per-expert contiguous runs and each expert runs one matmul on only
 its rows; results are weighted and scattered back with unsorted_segment_sum.
+
+LoRA on routed experts (optional; model/lora.py attaches it with include_experts): each routed
+projection P in gate / up / down may carry stacked adapters, one rank-r pair per expert,
+A_P (E, in, r) and B_P (E, r, out), with scale s = alpha / r (rsLoRA: alpha / √r). A starts per
+expert as PEFT's kaiming-uniform U(−1/√in, 1/√in), B at zero, so attaching changes nothing; the
+base stacks are frozen while adapters are attached. `_expert_weights()` returns W_P + s·A_P·B_P
+(einsum in fp32, cast back to the variable dtype) and every expert path (unrolled loop, while
+loop, the gathered decode path) multiplies by what it returns, so training, evaluation and
+generation all see the adapters. Without adapters it returns the variables themselves: the
+no-adapter graph is the same as before adapters existed.
+Adapter dropout is NOT applied to expert adapters: the adapter is folded into the stacked
+weights before the per-expert matmuls, so there is no separate x·A term to drop out (dropping
+entries of the folded weights would be a different regulariser). Folding costs one
+(E, in, r)·(E, r, out) einsum per adapted projection per call, independent of the token count;
+for long generation runs merge first (`merge_expert_lora`).
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from model.layers.linear import Linear
 from model.layers.mlp import SwiGLU
+
+
+# Routed projections that may carry adapters, in the HF order gate_proj, up_proj, down_proj.
+EXPERT_PROJECTIONS = ("gate", "up", "down")
 
 
 class RouterOutput(NamedTuple):
@@ -116,7 +137,126 @@ class MoE(keras.layers.Layer):
         self.experts_down = self.add_weight(shape=(e, i, d), name="experts_down", initializer=init)
         self.shared_experts = (SwiGLU(d, i * n_shared_experts, initializer_range, name="shared_experts")
                                if n_shared_experts else None)
+        # Routed-expert adapters (see the module docstring): per projection A (E, in, r), B (E, r, out).
+        self.experts_gate_lora_a = self.experts_gate_lora_b = None
+        self.experts_up_lora_a = self.experts_up_lora_b = None
+        self.experts_down_lora_a = self.experts_down_lora_b = None
+        self.expert_lora_rank = 0
+        self.expert_lora_alpha = 0.0
+        self.expert_lora_scale = 0.0
+        self._expert_base_trainable: tuple[bool, ...] = ()
         self.built = True
+
+    # ------------------------------------------------------------------ routed-expert LoRA
+    def _stack(self, proj: str):
+        if proj not in EXPERT_PROJECTIONS:
+            raise ValueError(f"{self.name}: expert projection must be one of {EXPERT_PROJECTIONS}, got {proj!r}")
+        return getattr(self, f"experts_{proj}")
+
+    def expert_dims(self, proj: str) -> tuple[int, int]:
+        """(in, out) of one expert's `proj` matrix: gate/up (D, I), down (I, D)."""
+        _, n_in, n_out = self._stack(proj).shape
+        return int(n_in), int(n_out)
+
+    def expert_lora(self, proj: str):
+        """(A (E, in, r), B (E, r, out)) variables of `proj`'s adapters, or None."""
+        self._stack(proj)
+        a = getattr(self, f"experts_{proj}_lora_a")
+        return None if a is None else (a, getattr(self, f"experts_{proj}_lora_b"))
+
+    @property
+    def expert_lora_projections(self) -> tuple[str, ...]:
+        """The routed projections that carry adapters, in EXPERT_PROJECTIONS order."""
+        return tuple(p for p in EXPERT_PROJECTIONS if getattr(self, f"experts_{p}_lora_a") is not None)
+
+    @property
+    def has_expert_lora(self) -> bool:
+        return bool(self.expert_lora_projections)
+
+    def enable_expert_lora(self, rank: int, alpha: float, use_rslora: bool = False,
+                           projections=EXPERT_PROJECTIONS, seed: int | None = None) -> None:
+        """Attach stacked adapters to the routed `projections` (A per expert kaiming-uniform as
+        PEFT, B zeros) and freeze every routed base stack. seed: A's initialiser (projection k
+        uses seed + k so gate and up, which have the same shape, get different draws)."""
+        if self.has_expert_lora:
+            raise ValueError(f"{self.name}: routed-expert LoRA adapters are already attached")
+        if isinstance(projections, str) or not projections or any(p not in EXPERT_PROJECTIONS for p in projections):
+            raise ValueError(f"{self.name}: expert projections must be a non-empty subset of "
+                             f"{EXPERT_PROJECTIONS}, got {projections!r}")
+        if int(rank) != rank or rank < 1:
+            raise ValueError(f"{self.name}: LoRA rank must be a positive integer, got {rank!r}")
+        rank, e = int(rank), self.n_routed_experts
+        locked = self._tracker.locked   # Keras may lock a built layer's lists; adding is deliberate
+        self._tracker.unlock()
+        try:
+            for k, proj in enumerate(EXPERT_PROJECTIONS):
+                if proj not in projections:
+                    continue
+                n_in, n_out = self.expert_dims(proj)
+                bound = 1.0 / math.sqrt(n_in)     # PEFT kaiming_uniform_(a=√5) on (r, in): U(±1/√in)
+                a = self.add_weight(
+                    shape=(e, n_in, rank), name=f"experts_{proj}_lora_A",
+                    initializer=keras.initializers.RandomUniform(
+                        -bound, bound, seed=None if seed is None else seed + k))
+                b = self.add_weight(shape=(e, rank, n_out), name=f"experts_{proj}_lora_B",
+                                    initializer="zeros")
+                setattr(self, f"experts_{proj}_lora_a", a)
+                setattr(self, f"experts_{proj}_lora_b", b)
+        finally:
+            if locked:
+                self._tracker.lock()
+        base = [self._stack(p) for p in EXPERT_PROJECTIONS]
+        self._expert_base_trainable = tuple(v.trainable for v in base)
+        for v in base:
+            v.trainable = False
+        self.expert_lora_rank, self.expert_lora_alpha = rank, float(alpha)
+        self.expert_lora_scale = float(alpha) / (math.sqrt(rank) if use_rslora else rank)
+
+    def _expert_weights(self):
+        """The stacked routed weights every expert path multiplies by: gate (E, D, I),
+        up (E, D, I), down (E, I, D), in the variables' dtype. Without adapters: the variables
+        themselves (no extra op). With adapters: W + s·A·B per expert, computed in fp32."""
+        out = []
+        for proj in EXPERT_PROJECTIONS:
+            w, ab = self._stack(proj), self.expert_lora(proj)
+            if ab is None:
+                out.append(w)
+                continue
+            a, b = ab
+            delta = tf.einsum("eir,ero->eio", tf.cast(a, tf.float32), tf.cast(b, tf.float32))  # (E, in, out)
+            out.append(tf.cast(tf.cast(w, tf.float32) + self.expert_lora_scale * delta, w.dtype))
+        return tuple(out)
+
+    def merge_expert_lora(self) -> None:
+        """W ← W + s·A·B for every adapted projection (float64, rounded once to the stack's
+        dtype), then remove the adapters and restore the stacks' trainability."""
+        if not self.has_expert_lora:
+            raise ValueError(f"{self.name}: no routed-expert LoRA adapters to merge")
+        for proj in self.expert_lora_projections:
+            w = self._stack(proj)
+            a, b = (np.asarray(v.numpy(), np.float64) for v in self.expert_lora(proj))
+            merged = np.asarray(w.numpy(), np.float64) + self.expert_lora_scale * np.einsum("eir,ero->eio", a, b)
+            w.assign(merged.astype(w.dtype))
+        self.remove_expert_lora()
+
+    def remove_expert_lora(self) -> None:
+        """Drop the routed-expert adapters without merging them."""
+        if not self.has_expert_lora:
+            return
+        locked = self._tracker.locked
+        self._tracker.unlock()
+        try:
+            for proj in self.expert_lora_projections:
+                for v in self.expert_lora(proj):
+                    self._tracker.untrack(v)
+                setattr(self, f"experts_{proj}_lora_a", None)
+                setattr(self, f"experts_{proj}_lora_b", None)
+        finally:
+            if locked:
+                self._tracker.lock()
+        for proj, t in zip(EXPERT_PROJECTIONS, self._expert_base_trainable, strict=True):
+            self._stack(proj).trainable = t
+        self.expert_lora_rank, self.expert_lora_alpha, self.expert_lora_scale = 0, 0.0, 0.0
 
     def router(self, x2d) -> RouterOutput:
         """x2d (N, D) -> RouterOutput; the router runs in fp32 whatever the compute dtype."""
@@ -148,9 +288,7 @@ class MoE(keras.layers.Layer):
         e = self.n_routed_experts
         pieces = tf.split(xs, counts, num=e, axis=0)                        # E × (n_e, D)
         # unstack once: the gradient is one stacked tensor, not E full-size slices.
-        gates = tf.unstack(tf.cast(self.experts_gate, dt), num=e)
-        ups = tf.unstack(tf.cast(self.experts_up, dt), num=e)
-        downs = tf.unstack(tf.cast(self.experts_down, dt), num=e)
+        gates, ups, downs = (tf.unstack(tf.cast(v, dt), num=e) for v in self._expert_weights())
         outs = [tf.matmul(tf.nn.silu(tf.matmul(p, g)) * tf.matmul(p, u), dn)   # (n_e, D)
                 for p, g, u, dn in zip(pieces, gates, ups, downs, strict=False)]
         return tf.concat(outs, axis=0)                                      # (N*K, D)
@@ -163,7 +301,7 @@ class MoE(keras.layers.Layer):
         e = self.n_routed_experts
         xs_ta = tf.TensorArray(dt, size=e, infer_shape=False).split(xs, counts)   # E × (n_e, D)
         g_ta, u_ta, d_ta = (tf.TensorArray(dt, size=e).unstack(tf.cast(v, dt))
-                            for v in (self.experts_gate, self.experts_up, self.experts_down))
+                            for v in self._expert_weights())
         out_ta = tf.TensorArray(dt, size=e, infer_shape=False,
                                 element_shape=tf.TensorShape([None, self.hidden_size]))
 
@@ -186,9 +324,10 @@ class MoE(keras.layers.Layer):
         idx = tf.sort(r.topk_idx, axis=-1)                                   # (N, K) expert order
         w = tf.gather(r.topk_weight, tf.argsort(r.topk_idx, axis=-1, stable=True),
                       batch_dims=1)                                          # (N, K) matching idx
-        gate = tf.cast(tf.gather(self.experts_gate, idx), dt)               # (N, K, D, I)
-        up = tf.cast(tf.gather(self.experts_up, idx), dt)                   # (N, K, D, I)
-        down = tf.cast(tf.gather(self.experts_down, idx), dt)               # (N, K, I, D)
+        w_gate, w_up, w_down = self._expert_weights()
+        gate = tf.cast(tf.gather(w_gate, idx), dt)                          # (N, K, D, I)
+        up = tf.cast(tf.gather(w_up, idx), dt)                              # (N, K, D, I)
+        down = tf.cast(tf.gather(w_down, idx), dt)                          # (N, K, I, D)
         xk = x2d[:, None, None, :]                                           # (N, 1, 1, D)
         h = tf.nn.silu(tf.matmul(xk, gate)) * tf.matmul(xk, up)             # (N, K, 1, I)
         ys = tf.matmul(h, down)[:, :, 0, :] * tf.cast(w, dt)[:, :, None]    # (N, K, D)
