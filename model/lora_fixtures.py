@@ -19,7 +19,15 @@ import sys
 
 import numpy as np
 
-from model.lora import LoraSpec, apply_lora, lora_modules, lora_spec, merge_lora, save_adapters, set_adapter_values
+from model.lora import (
+    LoraSpec,
+    apply_lora,
+    lora_modules,
+    lora_spec,
+    merge_lora,
+    save_adapters,
+    set_adapter_values,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HF_FIXTURES = os.path.join(REPO, "tests", "fixtures", "hf")

@@ -38,7 +38,6 @@ import tensorflow as tf
 from model.layers.linear import Linear
 from model.layers.mlp import SwiGLU
 
-
 # Routed projections that may carry adapters, in the HF order gate_proj, up_proj, down_proj.
 EXPERT_PROJECTIONS = ("gate", "up", "down")
 
