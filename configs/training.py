@@ -123,7 +123,8 @@ class LoraConfig(_Strict):
     # kv_b_proj, o_proj, k_proj, v_proj, gate_proj, up_proj, down_proj), or the groups
     # "attention" / "mlp" (whatever projections this architecture has) or "all-linear".
     target_modules: list[str] = ["attention"]
-    # Also adapt the routed experts' projections (many small adapters; off by default).
+    # Also adapt the routed experts' projections (stacked per-expert adapters; off by default).
+    # Needs an MLP target: "mlp", gate_proj/up_proj/down_proj or "all-linear".
     include_experts: bool = False
 
 
@@ -136,6 +137,8 @@ class SyntheticConfig(_Strict):
     teacher: str | None = None
     num_examples: int = Field(64, ge=1)
     reasoning_fraction: float = Field(0.25, ge=0, le=1)
+    # Seed instructions (from the real data) shown in each self-instruct prompt.
+    seeds_per_prompt: int = Field(3, ge=1)
     max_new_tokens: int = Field(128, ge=1)
     temperature: float = Field(0.8, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)

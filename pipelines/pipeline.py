@@ -9,9 +9,11 @@ from __future__ import annotations
 from tfx import v1 as tfx
 
 from components.context_extension.component import ExtendContext
+from components.distill.component import Distill
 from components.ingest.component import Ingest
 from components.pack.component import PackSequences
 from components.pretrain.component import Pretrain
+from components.sft.component import SupervisedFineTune
 from components.tokenizer.component import TrainTokenizer
 from components.validate.component import InferSchema, ValidateExamples
 from components.validate.validate import check_threshold_features
@@ -80,13 +82,30 @@ def create_pipeline(
     ).with_id("pretrain")
     pretrain.add_upstream_node(validate)
     components = [ingest, tokenizer, pack, statistics, schema, validate, pretrain]
+    base = pretrain
     if config.context_extension.enabled:
-        components.append(ExtendContext(
+        base = ExtendContext(
             pretrained=pretrain.outputs["model"],
             examples=ingest.outputs["examples"],
             tokenizer=tokenizer.outputs["tokenizer"],
             config_json=config.context_extension.model_dump_json(),
-        ).with_id("context_extension"))
+        ).with_id("context_extension")
+        components.append(base)
+    # Post-training: SFT on the newest base model (context-extended when enabled), then the
+    # SFT model as the teacher of a smaller student trained on the same SFT rows.
+    if config.sft.enabled:
+        sft = SupervisedFineTune(
+            base_model=base.outputs["model"],
+            examples=ingest.outputs["examples"],
+            tokenizer=tokenizer.outputs["tokenizer"],
+            config_json=config.sft.model_dump_json(),
+        ).with_id("sft")
+        components.append(sft)
+        if config.distill.enabled:
+            components.append(Distill(
+                teacher=sft.outputs["model"],
+                config_json=config.distill.model_dump_json(),
+            ).with_id("distill"))
 
     if with_platform_resources:
         for c in components:

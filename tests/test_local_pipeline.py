@@ -20,7 +20,8 @@ from pipelines.cli import main
 from pipelines.runs import list_runs
 
 pytestmark = pytest.mark.slow
-COMPONENTS = ["ingest", "tokenizer", "pack", "statistics", "schema", "validate", "pretrain", "context_extension"]
+COMPONENTS = ["ingest", "tokenizer", "pack", "statistics", "schema", "validate", "pretrain", "context_extension",
+              "sft", "distill"]
 # Training here only proves the DAG wiring (the learning checks are tests/test_learning_checks.py):
 # a few steps of each phase, with a smaller model.
 TRAIN_FAST = (
@@ -30,6 +31,10 @@ TRAIN_FAST = (
     "context_extension.trainer.warmup_steps=1", "context_extension.trainer.eval_batches=1",
     "context_extension.factor=2", "context_extension.passkey.samples=2",
     "context_extension.passkey.multiples=[1, 2]",
+    "sft.trainer.steps=2", "sft.trainer.micro_batch_size=2", "sft.trainer.warmup_steps=1",
+    "sft.trainer.eval_batches=1", "sft.corpus_instructions=40",
+    "distill.trainer.steps=2", "distill.trainer.micro_batch_size=2", "distill.trainer.warmup_steps=1",
+    "distill.trainer.eval_batches=1",
 )
 PACKED_FEATURES = {"input_ids", "segment_ids", "positions", "num_tokens", "num_segments", "segment_lengths", "sources"}
 
@@ -102,6 +107,18 @@ def test_first_run_executes_every_component(workdir, capsys):
     assert set(ce_report["before"]) == set(ce_report["after"]) == {"1x", "2x"}
     assert json.loads((ce / "final" / "config.json").read_text())["rope_scaling"]["factor"] == 2.0
     assert (ce / "passkey.png").stat().st_size > 0
+    # post-training: SFT of the extended model on assistant-only rows, the student distilled from it
+    sft = next(out.glob("pipeline/sft/model/*"))
+    sft_report = json.loads((sft / "report.json").read_text())
+    assert sft_report["steps"] == 2 and sft_report["data"]["train"]["assistant_tokens"] > 0
+    assert sft_report["init"].startswith(str(ce)) and "eval_loss" in sft_report["before"]
+    assert json.loads((sft / "final" / "seekline_phase.json").read_text())["chat_template"] == "seekline"
+    st = next(out.glob("pipeline/distill/model/*"))
+    st_report = json.loads((st / "report.json").read_text())
+    assert st_report["steps"] == 2 and st_report["teacher"] == str(sft / "final")
+    assert st_report["data"] == str(sft / "data") and st_report["eval_kl_to_teacher"] >= 0
+    student = json.loads((st / "final" / "config.json").read_text())
+    assert student["num_hidden_layers"] < json.loads((sft / "final" / "config.json").read_text())["num_hidden_layers"]
 
 
 def test_second_run_is_served_from_cache(workdir, capsys):
@@ -176,7 +193,8 @@ def test_deleting_the_frozen_folder_accepts_the_new_data(workdir):
     # the old frozen schema from the cache.
     frozen = workdir / "out" / "pipeline" / "frozen"
     shutil.rmtree(frozen)
-    assert main(["run", *overrides(workdir)]) == 0
+    # (the corpus is now undocumented one-liners: no SFT instructions can be made from it)
+    assert main(["run", *overrides(workdir, "sft.enabled=false")]) == 0
     assert (frozen / "schema.pbtxt").is_file() and (frozen / "baseline" / "FeatureStats.pb").is_file()
     last = runs(workdir)[-1]
     assert last.state != "FAILED"

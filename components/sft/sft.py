@@ -109,6 +109,7 @@ def _add_synthetic(cfg: SFTConfig, train: list, held_out: list, tokenizer_dir: s
     if teacher is None:
         raise ConfigError("sft.synthetic.ratio > 0 needs a teacher (sft.synthetic.teacher or the init model)")
     spec = SyntheticSpec(num_examples=sc.num_examples, reasoning_fraction=sc.reasoning_fraction,
+                         seeds_per_prompt=sc.seeds_per_prompt,
                          max_new_tokens=sc.max_new_tokens, temperature=sc.temperature, top_p=sc.top_p,
                          seed=sc.seed, batch_size=sc.batch_size)
     template = get_template(cfg.template, tokenizer_dir)
