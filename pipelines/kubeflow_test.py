@@ -31,13 +31,16 @@ def test_spec_parses_and_has_every_component(compiled):
     spec, _ = kf.load_pipeline_spec(path)
     assert spec.pipeline_info.name == cfg.pipeline.name
     assert set(spec.root.dag.tasks) == {"ingest", "tokenizer", "pack", "statistics", "schema", "validate",
-                                        "pretrain", "context_extension"}
+                                        "pretrain", "context_extension", "sft", "distill"}
     assert set(COMPONENT_IDS) == set(spec.root.dag.tasks)  # every task can be given resources
     assert spec.default_pipeline_root == cfg.kubeflow.pipeline_root
     assert list(spec.root.dag.tasks["validate"].dependent_tasks) == ["schema", "statistics"]
     # training waits for validation (a task dependency) and reads pack's rows + the tokenizer
     assert set(spec.root.dag.tasks["pretrain"].dependent_tasks) == {"pack", "tokenizer", "validate"}
     assert set(spec.root.dag.tasks["context_extension"].dependent_tasks) == {"pretrain", "ingest", "tokenizer"}
+    # post-training: SFT on the extended model, the SFT model teaches the distilled student
+    assert set(spec.root.dag.tasks["sft"].dependent_tasks) == {"context_extension", "ingest", "tokenizer"}
+    assert set(spec.root.dag.tasks["distill"].dependent_tasks) == {"sft"}
 
 
 def test_ingest_is_never_served_from_cache_on_kubeflow(compiled):
