@@ -30,7 +30,11 @@ from configs.overrides import (
 
 # Training sections live in their own module; re-exported here with the rest of the tree.
 from configs.training import (  # noqa: F401
-    ContextExtensionConfig, DistillConfig, PretrainConfig, SFTConfig, TrainerConfig,
+    ContextExtensionConfig,
+    DistillConfig,
+    PretrainConfig,
+    SFTConfig,
+    TrainerConfig,
 )
 
 DEFAULT_PRESET = "tiny"
@@ -355,6 +359,18 @@ class SeeklineConfig(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
+
+    def enabled_components(self) -> tuple[str, ...]:
+        """The DAG's component ids under this config (optional phases switched off are left out;
+        distill needs the SFT model as its teacher, so it goes when SFT does)."""
+        skip = set()
+        if not self.context_extension.enabled:
+            skip.add("context_extension")
+        if not self.sft.enabled:
+            skip |= {"sft", "distill"}
+        if not self.distill.enabled:
+            skip.add("distill")
+        return tuple(c for c in COMPONENT_IDS if c not in skip)
 
 
 # ---------------------------------------------------------------------------------------

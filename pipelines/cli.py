@@ -66,7 +66,6 @@ CORPUS_INCLUDE = ("*.jsonl", "*.jsonl.gz", "*.ndjson", "*.ndjson.gz", "*.parquet
 def cmd_run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from configs.schema import COMPONENT_IDS
     from pipelines.local import local_paths, run_local
     from pipelines.runs import list_runs
 
@@ -83,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         transient=False,
     ) as progress:
         # optional stages that are switched off are not part of the DAG
-        total = len(COMPONENT_IDS) - (0 if config.context_extension.enabled else 1)
+        total = len(config.enabled_components())
         task = progress.add_task("importing TFX", total=total)
         started: dict[str, float] = {}
 

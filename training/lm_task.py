@@ -13,7 +13,6 @@ import tensorflow as tf
 from model.losses import causal_lm_loss, mtp_loss, shift_targets, total_sequence_aux_loss
 from training.loop import StepOutput
 
-
 NO_TARGETS_MESSAGE = "a training batch has no loss targets (its loss_mask / assistant mask is all zero)"
 
 
