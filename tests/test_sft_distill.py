@@ -213,3 +213,34 @@ def test_sft_with_synthetic_cold_start_data_reports_what_the_teacher_gave(world,
     assert path.exists() and syn["file"] == str(path)
     if syn["kept"]:
         assert len(read_sft_files([str(path)]).conversations) == syn["kept"]
+
+
+def test_lora_sft_of_an_imported_qwen_checkpoint_uses_chatml(tmp_path):
+    """An HF-layout Qwen2 folder with a ChatML tokenizer.json and no seekline metadata (as a hub
+    download is): the template is picked from the tokenizer, only assistant tokens train."""
+    from components.pretrain.pretrain import export_final
+    from components.sft.sft import run_sft
+    from components.sft.testdata import TEXTS, chatml_tokenizer_dir
+    from model.config import ModelConfig
+    from model.decoder import build_model
+
+    tok_dir = chatml_tokenizer_dir(str(tmp_path), vocab_size=400)
+    cfg = ModelConfig.load("tiny-qwen2").replace(vocab_size=400, max_position_embeddings=128)
+    final = export_final(build_model(cfg, seed=0), str(tmp_path / "qwen"), None, {})
+    shutil.copy(os.path.join(tok_dir, "tokenizer.json"), os.path.join(final, "tokenizer.json"))
+    chats = tmp_path / "chats.jsonl"
+    with open(chats, "w") as f:
+        for i, t in enumerate(TEXTS * 3):     # 60 distinct requests over 5 answers: held-out
+            f.write(json.dumps({"messages": [{"role": "user", "content": f"Request {i}: line {i % 5}."},
+                                             {"role": "assistant", "content": t.strip()}]}) + "\n")
+    sft = _cfg(f"sft.data_files=[{chats}]", "sft.corpus_instructions=0", "sft.lora.enabled=true",
+               "sft.lora.target_modules=[attention, mlp]", "sft.trainer.steps=12", "sft.trainer.lr=0.01",
+               "sft.eval_fraction=0.2").sft
+    rep = run_sft(sft, final, None, None, str(tmp_path / "out"), progress=False)
+    assert rep["data"]["template"] == "chatml" and rep["steps"] == 12
+    assert rep["eval_loss"] < rep["before"]["eval_loss"]
+    adapter = json.loads((tmp_path / "out" / "adapter" / "adapter_config.json").read_text())
+    assert set(adapter["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                              "down_proj"}
+    phase = json.loads((tmp_path / "out" / "final" / "seekline_phase.json").read_text())
+    assert phase["chat_template"] == "chatml" and phase["lora_merged"] is True
