@@ -121,7 +121,9 @@ class LoraConfig(_Strict):
     dropout: float = Field(0.0, ge=0, lt=1)
     # Last component of the HF module names (q_proj, q_a_proj, q_b_proj, kv_a_proj_with_mqa,
     # kv_b_proj, o_proj, k_proj, v_proj, gate_proj, up_proj, down_proj), or the groups
-    # "attention" / "mlp" (whatever projections this architecture has) or "all-linear".
+    # "attention" / "mlp" (whatever projections this architecture has) or "all-linear"; add
+    # "lm_head" to adapt an untied output head too (never implied by all-linear, as in PEFT) —
+    # worth it when the vocabulary is a large share of a small model.
     target_modules: list[str] = ["attention"]
     # Also adapt the routed experts' projections (stacked per-expert adapters; off by default).
     # Needs an MLP target: "mlp", gate_proj/up_proj/down_proj or "all-linear".

@@ -69,8 +69,9 @@ ADAPTER_CONFIG = "adapter_config.json"
 PEFT_PREFIX = "base_model.model."
 ALL_LINEAR = "all-linear"
 # Module names LoRA may target (last component of the HF module name).
+LM_HEAD = "lm_head"
 ADAPTABLE = ("q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj",
-             "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj")
+             "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj", LM_HEAD)
 # Target groups: every attention projection / every MLP projection the model has.
 GROUPS = {"attention": ("q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj",
                         "k_proj", "v_proj"),
@@ -176,6 +177,9 @@ def adaptable_modules(model, include_experts: bool = False) -> OrderedDict[str, 
         elif include_experts:
             moe, proj = stacks[id(var)]
             out[name] = ExpertProjection(moe, proj, int(expert))
+    if model.lm_head is not None:
+        # The output head (untied only): adapted only when named, never by all-linear (PEFT's rule).
+        out[LM_HEAD] = model.lm_head
     return out
 
 
@@ -187,7 +191,7 @@ def _resolve(model, spec: LoraSpec) -> list[str]:
     modules = adaptable_modules(model, include_experts=spec.include_experts)
     present = sorted({n.rsplit(".", 1)[-1] for n in modules}, key=ADAPTABLE.index)
     if ALL_LINEAR in spec.target_modules:
-        return list(modules)
+        return [n for n in modules if n != LM_HEAD or LM_HEAD in spec.target_modules]
     # Group names expand to what this architecture has (MLA: q_a/q_b/kv_a/kv_b/o; GQA: q/k/v/o),
     # so one config serves both families.
     targets = set()

@@ -11,6 +11,7 @@ import shutil
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from model.checkpoint.hf import load_hf_checkpoint, save_hf_checkpoint
 from model.conftest import fixture_dir
@@ -343,3 +344,37 @@ def test_generation_with_unmerged_expert_adapters_equals_generation_after_mergin
     assert unmerged == {False: want, True: want}
     merge_lora(model)
     assert generate(model, prompts, GenerationConfig(max_new_tokens=4)).sequences == want
+
+
+def test_lm_head_is_adapted_only_when_named_and_merges_exactly(tmp_path):
+    """PEFT's rule: all-linear leaves the output layer alone; naming lm_head adapts it (untied
+    heads only). Merged = unmerged forward; the exported head is W + s·A·B."""
+    import tensorflow as tf
+
+    model = load_hf_checkpoint(fixture_dir("dsv3_qlora"))
+    names = apply_lora(model, LoraSpec(rank=2, target_modules=("all-linear",)))
+    assert "lm_head" not in names
+    model = load_hf_checkpoint(fixture_dir("dsv3_qlora"))
+    names = apply_lora(model, LoraSpec(rank=2, alpha=4.0, target_modules=("o_proj", "lm_head")))
+    assert names[-1] == "lm_head" and all(n.endswith(("o_proj", "lm_head")) for n in names)
+    head = model.lm_head
+    rng = np.random.default_rng(3)
+    a = rng.normal(0, 0.1, head.lora_a.shape).astype(np.float32)
+    b = rng.normal(0, 0.1, head.lora_b.shape).astype(np.float32)
+    head.lora_a.assign(a)
+    head.lora_b.assign(b)
+    want_w = head.kernel.numpy().astype(np.float64) + 2.0 * (a.astype(np.float64) @ b.astype(np.float64))
+    ids = tf.constant(rng.integers(0, model.cfg.vocab_size, size=(1, 9)), tf.int32)
+    adapted = model(ids).numpy()
+    save_adapters(model, str(tmp_path / "ad"))
+    saved = load_file(str(tmp_path / "ad" / "adapter_model.safetensors"))
+    assert saved["base_model.model.lm_head.lora_B.weight"].shape == (model.cfg.vocab_size, 2)
+    merge_lora(model)
+    np.testing.assert_allclose(model(ids).numpy(), adapted, atol=1e-5)
+    np.testing.assert_allclose(model.lm_head.kernel.numpy(), want_w.astype(np.float32), atol=1e-6)
+
+
+def test_lm_head_of_a_tied_model_is_not_adaptable():
+    model = load_hf_checkpoint(fixture_dir("qwen2_gqa_tied"))
+    with pytest.raises(ConfigError, match="lm_head"):
+        apply_lora(model, LoraSpec(rank=2, target_modules=("q_proj", "lm_head")))

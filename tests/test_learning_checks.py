@@ -15,8 +15,9 @@
    at this scale; YaRN itself shows no edge over plain RoPE here.
 
 3. SFT: held-out assistant-token loss after SFT of the pretrained tiny model is below the
-   pretrained model's (every seed); LoRA SFT (attention adapters, < 10% of the parameters
-   trainable) reaches most (> 50%) of full SFT's gain for the same steps and seeds.
+   pretrained model's (every seed); LoRA SFT (rank-8 adapters on the attention projections and
+   the output head, < 10% of the parameters trainable) reaches most (> 50%) of full SFT's gain
+   for the same steps, seeds and learning rate.
 4. Distillation: a 2-layer student trained with KD (α = 0.5, T = 2) on the SFT teacher's
    logits ends with a lower held-out KL to the teacher than the same student trained on hard
    labels only (same steps, seeds, data).
@@ -171,8 +172,11 @@ def _sft(pipeline, seed: int, lora: bool) -> dict:
     out = pipeline["root"] / name
     if (out / "report.json").exists():
         return json.loads((out / "report.json").read_text())
-    # LoRA at a 3× higher learning rate, as LoRA is usually run (its updates are low-rank)
-    sets = ["sft.lora.enabled=true", "sft.lora.rank=8", "sft.trainer.lr=0.003"] if lora else []
+    # Same steps, seeds and learning rate (the tiny preset's 3e-3) on both sides. The adapters
+    # include the output head: 2/3 of this tiny model's weights are embedding + head, and
+    # most of full SFT's gain here is in the head (measured: training only the embedding + head
+    # gains 0.81 nats, only the blocks 0.39, of full SFT's 1.05 at lr 1e-3).
+    sets = ["sft.lora.enabled=true", "sft.lora.rank=8", "sft.lora.target_modules=[attention, lm_head]"] if lora else []
     return run_sft(_sft_cfg(seed, *sets), os.path.join(pipeline["pretrain0"], "final"), pipeline["examples"],
                    pipeline["tokenizer"], str(out), progress=False)
 
