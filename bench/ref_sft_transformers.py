@@ -56,7 +56,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ref_train_transformers import _reply, lr_lambda  # noqa: E402
+from ref_train_transformers import _reply, build_optimizer  # noqa: E402
 
 
 def sft_labels(ids, seg, mask):
@@ -88,16 +88,6 @@ def collator_rows(ids, seg, mask, collator):
         out[0][r, :length], out[1][r, :length], out[2][r, :length] = (
             b["input_ids"][0], b["position_ids"][0], b["labels"][0])
     return out
-
-
-def build_optimizer(model, args):
-    import torch
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
-                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-                            lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args.warmup, args.total_steps, args.min_lr_ratio))
-    return params, opt, sched
 
 
 def kd_loss(student_logits, teacher_logits, labels, alpha: float, temperature: float):

@@ -71,6 +71,18 @@ def lr_lambda(warmup: int, total: int, min_ratio: float):
     return f
 
 
+def build_optimizer(model, args):
+    """torch AdamW with seekline's settings (no decay on rank-1 params) + its warmup-cosine
+    schedule -> (trainable params, optimizer, scheduler)."""
+    import torch
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
+                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                            lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args.warmup, args.total_steps, args.min_lr_ratio))
+    return params, opt, sched
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", required=True)
@@ -100,14 +112,7 @@ def main():
     model = transformers.AutoModelForCausalLM.from_pretrained(
         args.ckpt, dtype=torch.float32, attn_implementation=args.attn, **kw)
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args.warmup, args.total_steps,
-                                                             args.min_lr_ratio))
+    params, opt, sched = build_optimizer(model, args)
     rows = np.load(args.batches)
     batches = []
     for i in range(rows["input_ids"].shape[0]):
