@@ -73,7 +73,7 @@ def cmd_eval_completions(args: argparse.Namespace) -> int:
     print(f"evaluating {len(samples)} samples of {len(problems)} problems ({args.workers} workers, "
           f"{args.timeout:g} s each)", file=sys.stderr)
     for s in [s for s in samples if s.error][:5]:
-        print(f"{args.samples}:{s.line}: {s.error} (recorded, not run)", file=sys.stderr)
+        print(f"{args.samples}: {s.error} (recorded, not run)", file=sys.stderr)
     summary, results = evaluate_samples(problems, samples, k=ks, workers=args.workers, timeout=args.timeout)
     out = results_path(args.samples)
     atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in results))
