@@ -1,6 +1,9 @@
 """The package layering, checked on the source (ast), not by importing anything.
 
-    common  <  configs, model  <  training  <  components  <  pipelines
+    common, sandbox  <  configs, model  <  training  <  components  <  pipelines
+
+sandbox/ (running untrusted code) is a bottom layer beside common: it imports only the stdlib
+and common, so components, training and serving can all use it.
 
 training/ also never imports TFX (TFX is the orchestration shell around the phases).
 
@@ -9,15 +12,18 @@ are exempt: they may drive a layer from above (e.g. model tests call the CLI).
 """
 import ast
 import os
+import sys
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROJECT = ("common", "configs", "model", "components", "training", "pipelines", "serving")
+PROJECT = ("common", "sandbox", "configs", "model", "components", "training", "pipelines",
+           "serving")
 
 # package -> top-level project packages it must not import
 FORBIDDEN = {
     "common": set(PROJECT) - {"common"},
+    "sandbox": set(PROJECT) - {"common", "sandbox"},
     "configs": {"components", "pipelines", "model", "training", "serving"},
     "model": {"components", "pipelines", "training"},
     "training": {"components", "pipelines", "serving", "tfx"},
@@ -69,6 +75,18 @@ def violations(package: str, repo: str = REPO) -> list[str]:
 def test_package_imports_only_lower_layers(package):
     assert list(_sources(package)), f"no modules found under {package}/"
     assert violations(package) == []
+
+
+def test_sandbox_imports_only_the_stdlib_and_common():
+    """Beyond the layer rule: no third-party package either (it must import anywhere, tfx-free)."""
+    allowed = set(sys.stdlib_module_names) | {"common", "sandbox", "__future__"}
+    bad = []
+    for path, module, is_package in _sources("sandbox"):
+        with open(path, encoding="utf-8") as f:
+            names = imported_modules(f.read(), module, is_package)
+        bad += [f"{os.path.relpath(path, REPO)} imports {n}" for n in sorted(names)
+                if n.split(".")[0] not in allowed]
+    assert bad == []
 
 
 def test_checker_sees_every_import_form():

@@ -57,6 +57,7 @@ def _readonly_except(workdir: str) -> None:
     """Bind the work dir onto itself (its own mount, left writable), then remount every other
     mount read-only. Any failure is fatal: a half read-only filesystem is no sandbox."""
     _mount(workdir, workdir, None, MS_BIND | MS_REC)
+    os.chdir(workdir)  # the old cwd is the directory on the (soon read-only) mount below
     for mp in _mount_points():
         if mp == workdir or mp.startswith(workdir + "/"):
             continue

@@ -45,6 +45,24 @@ def _env(workdir: str, exec_id: str) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1", MARKER: exec_id}
 
 
+def leftovers(prefix: str = "") -> list[int]:
+    """Pids of live processes started by a sandbox (optionally only executions whose id starts
+    with `prefix`, e.g. f"{os.getpid()}-" for this process's). A finished run leaves none."""
+    needle = f"{MARKER}={prefix}".encode()
+    out = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read()
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                zombie = f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+        except (OSError, IndexError):
+            continue
+        if needle in env and not zombie:
+            out.append(int(pid))
+    return out
+
+
 def kill_marked(exec_id: str) -> int:
     """SIGKILL every process whose environment carries this execution's marker, until none is
     left (a forking process may spawn between scans); returns how many were killed. This is
@@ -142,7 +160,7 @@ def run_python(code: str, *, stdin: str | None = None, limits: SandboxLimits = S
     the program does; raises UserError for bad `files` names and RuntimeError when the sandbox
     itself could not be set up."""
     level = check_level(isolation) if isolation else isolation_level()
-    exec_id = uuid.uuid4().hex
+    exec_id = f"{os.getpid()}-{uuid.uuid4().hex}"  # the parent's pid first: see leftovers()
     workdir = tempfile.mkdtemp(prefix="seekline-sandbox-")
     status_r, status_w = os.pipe()
     proc = None
@@ -180,6 +198,8 @@ def run_python(code: str, *, stdin: str | None = None, limits: SandboxLimits = S
             if "setup_error" in got:
                 raise RuntimeError(f"sandbox setup failed ({level}): {got['setup_error']}")
             rc = got.get("returncode")  # None: killed before the program finished
+        if timed_out or any(trunc):
+            rc = None  # we killed it: whatever status the kill left is not the program's
         out, err = (b.decode("utf-8", errors="replace") for b in bufs)
         return ExecResult(status=_status(rc, err, timed_out, any(trunc)), returncode=rc,
                           stdout=out, stderr=err, duration_s=duration,
