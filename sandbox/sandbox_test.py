@@ -87,7 +87,7 @@ def test_infinite_loop_times_out(level):
 
 def test_cpu_limit_stops_a_busy_program():
     r = run("while True: pass", limits=SandboxLimits(timeout_s=10.0, cpu_s=1))
-    assert (r.status, r.returncode) == ("timeout", -signal.SIGXCPU) and r.duration_s < 4
+    assert (r.status, r.returncode) == ("timeout", -signal.SIGXCPU) and r.duration_s < 9
 
 
 def test_memory_bomb():
