@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 LEVELS = ("bwrap", "userns+netns", "rlimits")
 BOOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_boot.py")
+ZYGOTE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_zygote.py")
 UNSHARE_FLAGS = ["--user", "--map-root-user", "--net", "--pid", "--fork", "--mount",
                  "--mount-proc", "--kill-child"]
 
@@ -79,3 +80,12 @@ def wrap(level: str, workdir: str, program: list[str], rlimits: dict, status_fd:
     if level == "userns+netns":
         return [shutil.which("unshare")] + UNSHARE_FLAGS + boot
     return boot
+
+
+def wrap_zygote(scratch: str, sock_fd: int, rlimits: dict, pid_max: int) -> list[str]:
+    """The argv of a warm-mode zygote (see _zygote.py): the "userns+netns" wrapper around this
+    interpreter running _zygote.py, which programs then run in (so ``-s`` but not ``-S``: the
+    same sys.path as the one-shot ``python -s -B main.py``)."""
+    cfg = {"scratch": scratch, "sock_fd": sock_fd, "rlimits": rlimits, "pid_max": pid_max}
+    return ([shutil.which("unshare")] + UNSHARE_FLAGS
+            + [sys.executable, "-s", "-B", ZYGOTE, json.dumps(cfg)])
