@@ -76,7 +76,7 @@ class SandboxPool:
             try:
                 return zygote.run(code, stdin)
             except Exception as e:  # noqa: BLE001 - one broken execution must not sink the batch
-                zygote.close()  # the next run starts a fresh one
+                zygote.close(graceful=False)  # the next run starts a fresh one
                 return self._failure(e, start)
             finally:
                 idle.put(zygote)

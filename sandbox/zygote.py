@@ -73,7 +73,7 @@ class Zygote:
             first = b""
         if first != b"R":
             err = first[1:].decode(errors="replace") if first.startswith(b"E") else ""
-            self.close()
+            self.close(graceful=False)
             raise RuntimeError(f"sandbox zygote failed to start ({LEVEL}): "
                                f"{err or 'no ready message'}")
         self.proc.stderr.close()  # only start-up errors would have been worth reading
@@ -82,9 +82,18 @@ class Zygote:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def close(self) -> None:
-        """Kill the zygote (and with it its PID namespace) and remove its scratch root."""
+    def close(self, graceful: bool = True) -> None:
+        """Stop the zygote (and with it its PID namespace) and remove its scratch root.
+        graceful: close its socket and let it exit (so `unshare` reaps it and its CPU time
+        reaches our RUSAGE_CHILDREN), SIGKILL only if it is still there after a second."""
         if self.proc is not None:
+            if graceful and self.sock is not None:
+                self.sock.close()
+                self.sock = None
+                try:
+                    self.proc.wait(timeout=1.0)
+                except subprocess.TimeoutExpired:
+                    pass
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)  # unshare --kill-child takes PID 1 along
             except ProcessLookupError:
@@ -114,7 +123,7 @@ class Zygote:
         """Run `code` as ``__main__`` in a fork of the zygote (see _zygote.py), with `stdin`
         as standard input and this zygote's limits."""
         if not self.alive():
-            self.close()
+            self.close(graceful=False)
             self._start()
         exec_id = f"{os.getpid()}-{uuid.uuid4().hex}"
         limits = self.limits
@@ -146,7 +155,7 @@ class Zygote:
                     self._wait_done()
             except ZygoteDied:
                 died = True
-                self.close()  # a fresh one is started by the next run
+                self.close(graceful=False)  # a fresh one is started by the next run
                 duration = time.monotonic() - start
             rc, setup_error = _read_status(st_r)
             if setup_error:
