@@ -57,3 +57,14 @@ def test_unshare_command_unshares_every_namespace(monkeypatch):
         assert flag in argv
     assert json.loads(argv[-1])["mode"] == "userns"
     assert json.loads(isolation.wrap("rlimits", "/tmp/w", ["p"], {}, 5, 301)[-1])["mode"] == "exec"
+
+
+def test_zygote_command_runs_the_zygote_with_site_packages_under_every_namespace(monkeypatch):
+    monkeypatch.setattr(isolation.shutil, "which", lambda name: f"/usr/bin/{name}")
+    argv = isolation.wrap_zygote("/tmp/z", 7, {"RLIMIT_AS": [1, 1]}, 599)
+    assert argv[0] == "/usr/bin/unshare" and argv[1:1 + len(isolation.UNSHARE_FLAGS)] == isolation.UNSHARE_FLAGS
+    # programs run in this interpreter: -s (no user site) but not -S (site-packages, as one-shot)
+    interp = argv[1 + len(isolation.UNSHARE_FLAGS):-1]
+    assert "-s" in interp and "-S" not in interp and interp[-1].endswith("_zygote.py")
+    cfg = json.loads(argv[-1])
+    assert (cfg["scratch"], cfg["sock_fd"], cfg["pid_max"]) == ("/tmp/z", 7, 599)
