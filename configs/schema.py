@@ -31,7 +31,9 @@ from configs.overrides import (
 # Training sections live in their own module; re-exported here with the rest of the tree.
 from configs.training import (  # noqa: F401
     ContextExtensionConfig,
+    BlessingConfig,
     DistillConfig,
+    EvaluateConfig,
     PretrainConfig,
     SFTConfig,
     TrainerConfig,
@@ -41,7 +43,7 @@ DEFAULT_PRESET = "tiny"
 
 # Component ids in the DAG; resources, node selectors and tolerations are keyed by these.
 COMPONENT_IDS = ("ingest", "tokenizer", "pack", "statistics", "schema", "validate", "pretrain",
-                 "context_extension", "sft", "distill")
+                 "context_extension", "sft", "distill", "evaluate")
 
 _CPU_RE = re.compile(r"^\d+(\.\d+)?m?$")
 _MEM_RE = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
@@ -352,6 +354,7 @@ class SeeklineConfig(_Strict):
     context_extension: ContextExtensionConfig = ContextExtensionConfig()
     sft: SFTConfig = SFTConfig()
     distill: DistillConfig = DistillConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     resources: ResourcesConfig = ResourcesConfig()
     kubeflow: KubeflowConfig = KubeflowConfig()
 
@@ -362,7 +365,8 @@ class SeeklineConfig(_Strict):
 
     def enabled_components(self) -> tuple[str, ...]:
         """The DAG's component ids under this config (optional phases switched off are left out;
-        distill needs the SFT model as its teacher, so it goes when SFT does)."""
+        distill needs the SFT model as its teacher, so it goes when SFT does; evaluate scores the
+        newest model — the student, else the SFT model, else the base model)."""
         skip = set()
         if not self.context_extension.enabled:
             skip.add("context_extension")
@@ -370,6 +374,8 @@ class SeeklineConfig(_Strict):
             skip |= {"sft", "distill"}
         if not self.distill.enabled:
             skip.add("distill")
+        if not self.evaluate.enabled:
+            skip.add("evaluate")
         return tuple(c for c in COMPONENT_IDS if c not in skip)
 
 

@@ -142,7 +142,7 @@ def test_data_sections_validate_their_invariants():
 
 def test_every_component_id_is_known_to_resources():
     assert COMPONENT_IDS == ("ingest", "tokenizer", "pack", "statistics", "schema", "validate", "pretrain",
-                             "context_extension", "sft", "distill")
+                             "context_extension", "sft", "distill", "evaluate")
     cfg = load_config("cluster")
     assert cfg.resources.for_component("pack").cpu == "16"
 
@@ -152,3 +152,15 @@ def test_cross_field_checks_name_the_section():
         load_config("tiny", ["ingest.filters.min_chars=500", "ingest.filters.max_chars=100"])
     with pytest.raises(ConfigError, match=r"tolerations.0: .*Exists must not have a value"):
         load_config("tiny", ["resources.default.tolerations=[{key: a, operator: Exists, value: b}]"])
+
+
+def test_evaluate_section_checks_k_and_switches_the_component_off():
+    with pytest.raises(ConfigError, match=r"evaluate: .*k values must be in \[1, n_samples=2\]"):
+        load_config("tiny", ["evaluate.k=[1, 5]"])
+    with pytest.raises(ConfigError, match="evaluate.prompt_mode"):
+        load_config("tiny", ["evaluate.prompt_mode=fim"])
+    cfg = load_config("cluster")
+    assert cfg.evaluate.blessing.require_no_worse_than_baseline is True
+    assert cfg.resources.for_component("evaluate").gpu == 1
+    assert "evaluate" in cfg.enabled_components()
+    assert "evaluate" not in load_config("tiny", ["evaluate.enabled=false"]).enabled_components()

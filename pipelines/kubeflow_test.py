@@ -10,6 +10,7 @@ import yaml
 from components.common.errors import DeployError
 from configs.schema import COMPONENT_IDS, load_config
 from pipelines import kubeflow as kf
+from pipelines.pipeline import BASELINE_RESOLVER_ID
 from tests.kfp_fake import FakeKFP
 
 GPU_OVERRIDES = [
@@ -30,9 +31,12 @@ def test_spec_parses_and_has_every_component(compiled):
     cfg, path = compiled
     spec, _ = kf.load_pipeline_spec(path)
     assert spec.pipeline_info.name == cfg.pipeline.name
+    # KFP's compiler turns the latest-blessed-model resolver into two resolver tasks
+    resolvers = {f"{BASELINE_RESOLVER_ID}-model-resolver", f"{BASELINE_RESOLVER_ID}-model-blessing-resolver"}
     assert set(spec.root.dag.tasks) == {"ingest", "tokenizer", "pack", "statistics", "schema", "validate",
-                                        "pretrain", "context_extension", "sft", "distill"}
-    assert set(COMPONENT_IDS) == set(spec.root.dag.tasks)  # every task can be given resources
+                                        "pretrain", "context_extension", "sft", "distill", "evaluate", *resolvers}
+    # every task but the resolvers (metadata queries, no pod of their own) can be given resources
+    assert set(COMPONENT_IDS) == set(spec.root.dag.tasks) - resolvers
     assert spec.default_pipeline_root == cfg.kubeflow.pipeline_root
     assert list(spec.root.dag.tasks["validate"].dependent_tasks) == ["schema", "statistics"]
     # training waits for validation (a task dependency) and reads pack's rows + the tokenizer
@@ -41,16 +45,28 @@ def test_spec_parses_and_has_every_component(compiled):
     # post-training: SFT on the extended model, the SFT model teaches the distilled student
     assert set(spec.root.dag.tasks["sft"].dependent_tasks) == {"context_extension", "ingest", "tokenizer"}
     assert set(spec.root.dag.tasks["distill"].dependent_tasks) == {"sft"}
+    # the student is evaluated against its teacher and the latest blessed model (cluster preset)
+    producers = {k: a.task_output_artifact.producer_task
+                 for k, a in spec.root.dag.tasks["evaluate"].inputs.artifacts.items()}
+    assert producers == {"candidate": "distill", "teacher": "sft",
+                         "baseline_model": f"{BASELINE_RESOLVER_ID}-model-resolver",
+                         "baseline_blessing": f"{BASELINE_RESOLVER_ID}-model-blessing-resolver"}
+    ev = spec.components[spec.root.dag.tasks["evaluate"].component_ref.name]
+    assert set(ev.output_definitions.artifacts) == {"evaluation", "blessing"}
+    assert "title: tfx.ModelBlessing" in ev.output_definitions.artifacts["blessing"].artifact_type.instance_schema
 
 
 def test_ingest_is_never_served_from_cache_on_kubeflow(compiled):
     # A scheduled run re-uses one compiled spec: ingest's parameters never change, so only an
-    # uncached ingest sees a changed corpus. Everything else stays cacheable.
+    # uncached ingest sees a changed corpus. Everything else stays cacheable, except the baseline
+    # resolvers: they must ask ML Metadata for the latest blessed model on every run.
     _, path = compiled
     spec, _ = kf.load_pipeline_spec(path)
     tasks = spec.root.dag.tasks
     assert tasks["ingest"].caching_options.enable_cache is False
-    assert all(tasks[t].caching_options.enable_cache for t in tasks if t != "ingest")
+    resolvers = {t for t in tasks if t.startswith(BASELINE_RESOLVER_ID)}
+    assert len(resolvers) == 2 and not any(tasks[t].caching_options.enable_cache for t in resolvers)
+    assert all(tasks[t].caching_options.enable_cache for t in tasks if t != "ingest" and t not in resolvers)
 
 
 def test_container_runs_the_configured_image_and_tfx_entrypoint(compiled):

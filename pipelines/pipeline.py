@@ -10,6 +10,7 @@ from tfx import v1 as tfx
 
 from components.context_extension.component import ExtendContext
 from components.distill.component import Distill
+from components.evaluate.component import Evaluate
 from components.ingest.component import Ingest
 from components.pack.component import PackSequences
 from components.pretrain.component import Pretrain
@@ -19,6 +20,30 @@ from components.validate.component import InferSchema, ValidateExamples
 from components.validate.validate import check_threshold_features
 from configs.schema import ResourceSpec, SeeklineConfig
 from pipelines.resources import to_resource_spec_proto
+
+
+BASELINE_RESOLVER_ID = "latest_blessed_model_resolver"
+
+
+def evaluate_nodes(config: SeeklineConfig, candidate, teacher) -> list:
+    """The Evaluate component, preceded by the baseline resolver when the blessing compares with
+    the latest blessed model (TFX's LatestBlessedModelStrategy over every Model / ModelBlessing in
+    this pipeline's metadata; empty on the first run, which then has no baseline)."""
+    nodes = []
+    inputs = {"candidate": candidate.outputs["model"]}
+    if teacher is not None:
+        inputs["teacher"] = teacher.outputs["model"]
+    if config.evaluate.blessing.require_no_worse_than_baseline:
+        resolver = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        ).with_id(BASELINE_RESOLVER_ID)
+        nodes.append(resolver)
+        inputs["baseline_model"] = resolver.outputs["model"]
+        inputs["baseline_blessing"] = resolver.outputs["model_blessing"]
+    nodes.append(Evaluate(config_json=config.evaluate.model_dump_json(), **inputs).with_id("evaluate"))
+    return nodes
 
 
 def create_pipeline(
@@ -93,6 +118,7 @@ def create_pipeline(
         components.append(base)
     # Post-training: SFT on the newest base model (context-extended when enabled), then the
     # SFT model as the teacher of a smaller student trained on the same SFT rows.
+    candidate, teacher = base, None
     if config.sft.enabled:
         sft = SupervisedFineTune(
             base_model=base.outputs["model"],
@@ -101,14 +127,23 @@ def create_pipeline(
             config_json=config.sft.model_dump_json(),
         ).with_id("sft")
         components.append(sft)
+        candidate = sft
         if config.distill.enabled:
-            components.append(Distill(
+            candidate = Distill(
                 teacher=sft.outputs["model"],
                 config_json=config.distill.model_dump_json(),
-            ).with_id("distill"))
+            ).with_id("distill")
+            components.append(candidate)
+            teacher = sft
+    # Evaluation of the newest model (the student, compared with its teacher); its blessing is
+    # what a serving export is gated on (tfx.dsl.Cond, docs/evaluation.md).
+    if config.evaluate.enabled:
+        components.extend(evaluate_nodes(config, candidate, teacher))
 
     if with_platform_resources:
         for c in components:
+            if c.id == BASELINE_RESOLVER_ID:  # a resolver runs in the orchestrator, not in a pod
+                continue
             spec: ResourceSpec = config.resources.for_component(c.id)
             c.with_platform_config(to_resource_spec_proto(spec))
 

@@ -11,6 +11,7 @@ from pipelines.pipeline import create_pipeline
     (["sft.enabled=false"], {"sft", "distill"}),
     (["distill.enabled=false"], {"distill"}),
     (["context_extension.enabled=false", "distill.enabled=false"], {"context_extension", "distill"}),
+    (["evaluate.enabled=false"], {"evaluate"}),
 ])
 def test_dag_components_follow_the_enabled_phases(tmp_path, sets, want_missing):
     from configs.schema import COMPONENT_IDS
@@ -18,5 +19,39 @@ def test_dag_components_follow_the_enabled_phases(tmp_path, sets, want_missing):
     cfg = load_config("tiny", sets)
     p = create_pipeline(cfg, pipeline_root=str(tmp_path))
     ids = [c.id for c in p.components]
-    assert sorted(ids) == sorted(cfg.enabled_components())
+    assert sorted(ids) == sorted(cfg.enabled_components())  # (tiny has no baseline resolver)
     assert set(COMPONENT_IDS) - set(ids) == want_missing
+
+
+def _evaluate_inputs(cfg, tmp_path):
+    p = create_pipeline(cfg, pipeline_root=str(tmp_path))
+    [ev] = [c for c in p.components if c.id == "evaluate"]
+    return p, {name: ch.producer_component_id for name, ch in ev.inputs.items()}
+
+
+@pytest.mark.parametrize("sets,want", [
+    ([], {"candidate": "distill", "teacher": "sft"}),
+    (["distill.enabled=false"], {"candidate": "sft"}),
+    (["sft.enabled=false"], {"candidate": "context_extension"}),
+    (["sft.enabled=false", "context_extension.enabled=false"], {"candidate": "pretrain"}),
+])
+def test_evaluate_scores_the_newest_model_against_its_teacher(tmp_path, sets, want):
+    _, inputs = _evaluate_inputs(load_config("tiny", sets), tmp_path)
+    assert inputs == want
+
+
+def test_baseline_comes_from_the_latest_blessed_model_resolver(tmp_path):
+    from tfx import v1 as tfx
+
+    from pipelines.pipeline import BASELINE_RESOLVER_ID
+
+    cfg = load_config("tiny", ["evaluate.blessing.require_no_worse_than_baseline=true"])
+    p, inputs = _evaluate_inputs(cfg, tmp_path)
+    assert inputs == {"candidate": "distill", "teacher": "sft", "baseline_model": BASELINE_RESOLVER_ID,
+                      "baseline_blessing": BASELINE_RESOLVER_ID}
+    [resolver] = [c for c in p.components if c.id == BASELINE_RESOLVER_ID]
+    assert tfx.dsl.experimental.LatestBlessedModelStrategy in resolver.exec_properties.values()
+    # the evaluate component publishes what that strategy reads
+    [ev] = [c for c in p.components if c.id == "evaluate"]
+    assert ev.outputs["blessing"].type_name == "ModelBlessing"
+    assert ev.outputs["evaluation"].type_name == "ModelEvaluation"

@@ -21,7 +21,7 @@ from pipelines.runs import list_runs
 
 pytestmark = pytest.mark.slow
 COMPONENTS = ["ingest", "tokenizer", "pack", "statistics", "schema", "validate", "pretrain", "context_extension",
-              "sft", "distill"]
+              "sft", "distill", "evaluate"]
 # Training here only proves the DAG wiring (the learning checks are tests/test_learning_checks.py):
 # a few steps of each phase, with a smaller model.
 TRAIN_FAST = (
@@ -35,6 +35,7 @@ TRAIN_FAST = (
     "sft.trainer.eval_batches=1", "sft.corpus_instructions=40",
     "distill.trainer.steps=2", "distill.trainer.micro_batch_size=2", "distill.trainer.warmup_steps=1",
     "distill.trainer.eval_batches=1",
+    "evaluate.max_problems=2", "evaluate.n_samples=2", "evaluate.k=[1, 2]", "evaluate.max_new_tokens=32",
 )
 PACKED_FEATURES = {"input_ids", "segment_ids", "positions", "num_tokens", "num_segments", "segment_lengths", "sources"}
 
@@ -119,6 +120,31 @@ def test_first_run_executes_every_component(workdir, capsys):
     assert st_report["data"] == str(sft / "data") and st_report["eval_kl_to_teacher"] >= 0
     student = json.loads((st / "final" / "config.json").read_text())
     assert student["num_hidden_layers"] < json.loads((sft / "final" / "config.json").read_text())["num_hidden_layers"]
+    # evaluation: the student against its teacher on 2 HumanEval problems, 2 samples each, and a blessing
+    ev = next(out.glob("pipeline/evaluate/evaluation/*"))
+    summary = json.loads((ev / "summary.json").read_text())
+    assert summary["candidate"]["model"] == str(st / "final") and summary["teacher"]["model"] == str(sft / "final")
+    assert summary["problems"] == ["HumanEval/0", "HumanEval/1"]
+    assert summary["candidate"]["samples"] == summary["teacher"]["samples"] == 4
+    assert {"pass@1", "pass@2"} <= set(summary["candidate"]) and summary["candidate"]["prompt_mode"] == "chat"
+    assert len((ev / "candidate" / "results.jsonl").read_text().splitlines()) == 4
+    assert (ev / "report.png").stat().st_size > 0 and (ev / "report.html").stat().st_size > 0
+    blessing = next(out.glob("pipeline/evaluate/blessing/*"))
+    marker = "BLESSED" if summary["blessing"]["blessed"] else "NOT_BLESSED"
+    assert sorted(p.name for p in blessing.iterdir() if p.name.isupper()) == [marker]
+    assert json.loads((blessing / "summary.json").read_text()) == summary
+    # the properties TFX's LatestBlessedModelStrategy matches on, as TFX's Evaluator writes them
+    import ml_metadata as mlmd
+    from ml_metadata.proto import metadata_store_pb2
+
+    conn = metadata_store_pb2.ConnectionConfig()
+    conn.sqlite.filename_uri = str(out / "metadata.sqlite")
+    store = mlmd.MetadataStore(conn)
+    [b] = store.get_artifacts_by_type("ModelBlessing")
+    [student_model] = [a for a in store.get_artifacts_by_type("Model") if a.uri == str(st)]
+    assert b.custom_properties["blessed"].int_value == int(summary["blessing"]["blessed"])
+    assert b.custom_properties["current_model_id"].int_value == student_model.id
+    assert b.custom_properties["current_model"].string_value == str(st)
 
 
 def test_second_run_is_served_from_cache(workdir, capsys):
