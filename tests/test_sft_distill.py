@@ -159,6 +159,7 @@ def test_distill_online_moves_the_student_towards_the_teacher(world, sft_full):
     student = json.loads(Path(out, "final", "config.json").read_text())
     assert student["num_hidden_layers"] == 2 < teacher["num_hidden_layers"]
     assert student["vocab_size"] == teacher["vocab_size"]
+    assert json.loads(Path(out, "final", "seekline_phase.json").read_text())["chat_template"] == "seekline"
 
 
 def test_distill_offline_topk_and_vocab_mismatch(world, sft_full, tmp_path):

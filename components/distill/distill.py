@@ -110,8 +110,14 @@ def run_distill(cfg: DistillConfig, teacher_dir: str | None, data_dir: str, toke
         "before": before, **result.final_eval}
     if not rt.is_chief:
         return report
-    report["final"] = export_final(result.model, output_dir, tokenizer_dir, {
-        "seekline_phase.json": json.dumps({"phase": "distill", "steps": result.steps, "loss": cfg.loss})})
+    phase = {"phase": "distill", "steps": result.steps, "loss": cfg.loss}
+    teacher_phase = os.path.join(teacher_dir, "seekline_phase.json")
+    if os.path.exists(teacher_phase):     # the student speaks the teacher's chat format
+        template = json.loads(open(teacher_phase, encoding="utf-8").read()).get("chat_template")
+        if template:
+            phase["chat_template"] = template
+    report["final"] = export_final(result.model, output_dir, tokenizer_dir,
+                                   {"seekline_phase.json": json.dumps(phase)})
     atomic_write_text(os.path.join(output_dir, "config.json"), cfg.model_dump_json(indent=1))
     atomic_write_text(os.path.join(output_dir, "report.json"), json.dumps(report, indent=1, sort_keys=True))
     return report
