@@ -138,3 +138,38 @@ def instructions_from_documents(documents: Iterable[tuple[str, str]], *, max_exa
     if counts is not None:
         counts.update(c)
     return out
+
+
+CONTINUE = "Continue this text from where it stops:\n\n{prefix}"
+
+
+def continuations_from_documents(documents: Iterable[tuple[str, str]], *, max_examples: int = 2000, seed: int = 0,
+                                 max_chars: int = 600, min_chars: int = 40) -> list[Conversation]:
+    """"Continue this text" conversations from (source_name, text) pairs: any corpus has them.
+
+    The fallback when a corpus has no documented functions (prose, configs, another language):
+    each document's first ``max_chars`` characters, cut at line boundaries where possible, are split
+    at a line boundary near the middle into the user's prefix and the assistant's continuation.
+    Documents shorter than ``min_chars`` are skipped; the cap keeps the smallest hashes of
+    (seed, text), so the choice is deterministic and independent of the input order.
+    """
+    by_hash: dict[str, Conversation] = {}
+    for name, text in documents:
+        text = text.replace("\r\n", "\n").replace("\r", "\n").strip("\n")
+        head = text[:max_chars]
+        if len(head) < len(text) and "\n" in head:
+            head = head[:head.rindex("\n")]            # whole lines only
+        if len(head) < min_chars:
+            continue
+        mid = len(head) // 2
+        cut = head.rfind("\n", 0, mid + 1)
+        cut = cut + 1 if cut > 0 else mid              # after a newline, else mid-line
+        prefix, rest = head[:cut], head[cut:]
+        if not prefix.strip() or not rest.strip():
+            continue
+        h = hashlib.sha256(head.encode("utf-8")).hexdigest()
+        if h not in by_hash or name < by_hash[h].source:
+            by_hash[h] = Conversation((Message("user", CONTINUE.format(prefix=prefix)),
+                                       Message("assistant", rest)), f"{name}:1")
+    rank = sorted(by_hash, key=lambda h: hashlib.sha256(f"{seed}:{h}".encode()).hexdigest())
+    return [by_hash[h] for h in rank[:max_examples]]

@@ -112,3 +112,20 @@ def test_stdlib_examples_round_trip_through_jsonl(tmp_path):
     path = str(tmp_path / "inst.jsonl")
     write_jsonl(path, convs)
     assert [c.messages for c in read_sft_files([path]).conversations] == [c.messages for c in convs]
+
+
+def test_continuations_split_documents_at_a_line_boundary():
+    from components.sft.instructions import CONTINUE, continuations_from_documents
+
+    text = "".join(f"line number {i}\n" for i in range(10))            # 10 lines of 14 chars
+    docs = [("a.txt", text), ("short.txt", "tiny"), ("b.txt", text)]    # b duplicates a
+    convs = continuations_from_documents(docs, max_chars=100, min_chars=20)
+    assert len(convs) == 1 and convs[0].source == "a.txt:1"             # dedup keeps the smaller name
+    user, answer = (m.content for m in convs[0].messages)
+    # 100 chars cut back to whole lines: lines 0-6 without the last newline (97 chars); the middle
+    # (48) falls in line 3, so the prefix is lines 0-2 (42 chars) and the answer lines 3-6
+    head = "".join(f"line number {i}\n" for i in range(7))[:-1]
+    prefix = "".join(f"line number {i}\n" for i in range(3))
+    assert len(head) == 97 and len(prefix) == 42
+    assert user == CONTINUE.format(prefix=prefix) and answer == head[42:]
+    assert continuations_from_documents(docs[::-1], max_chars=100, min_chars=20) == convs

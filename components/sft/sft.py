@@ -58,7 +58,7 @@ def build_sft_data(cfg: SFTConfig, examples_dir: str | None, tokenizer_dir: str,
     """Collect, mix, render and pack the SFT examples into out_dir (Split-train / Split-eval)."""
     from components.sft.dataset import build_sft_dataset, split_conversations
     from components.sft.formats import read_sft_files
-    from components.sft.instructions import instructions_from_documents
+    from components.sft.instructions import continuations_from_documents, instructions_from_documents
 
     train, held_out, sources = [], [], {}
     malformed: list[str] = []
@@ -75,13 +75,20 @@ def build_sft_data(cfg: SFTConfig, examples_dir: str | None, tokenizer_dir: str,
         # Functions whose code fits the rows: ~2 characters of code per token of row leaves room
         # for the description (BPE on code averages 3-4 characters per token).
         limit = dict(max_chars=2 * seq_len, seed=cfg.trainer.seed)
-        tr = instructions_from_documents(corpus_documents(examples_dir, "train"),
-                                         max_examples=cfg.corpus_instructions, **limit)
-        ev = instructions_from_documents(corpus_documents(examples_dir, "eval"),
-                                         max_examples=max(cfg.corpus_instructions // 5, 1), **limit)
+        n_eval = max(cfg.corpus_instructions // 5, 1)
+        docs = {split: corpus_documents(examples_dir, split) for split in ("train", "eval")}
+        tr = instructions_from_documents(docs["train"], max_examples=cfg.corpus_instructions, **limit)
+        ev = instructions_from_documents(docs["eval"], max_examples=n_eval, **limit)
+        kind = "corpus_instructions"
+        if not tr or not ev:
+            # A corpus without documented functions (prose, other languages): "continue this
+            # text" examples, which any corpus has, so the phase still runs on a user's corpus.
+            tr = continuations_from_documents(docs["train"], max_examples=cfg.corpus_instructions, **limit)
+            ev = continuations_from_documents(docs["eval"], max_examples=n_eval, **limit)
+            kind = "corpus_continuations"
         train += tr
         held_out += ev
-        sources["corpus_instructions"] = {"train": len(tr), "eval": len(ev)}
+        sources[kind] = {"train": len(tr), "eval": len(ev)}
     if not train:
         raise InputDataError("sft: no training conversations (set sft.data_files or keep "
                              "sft.corpus_instructions > 0 with a corpus that has documented functions)")
