@@ -82,7 +82,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         transient=False,
     ) as progress:
         # optional stages that are switched off are not part of the DAG
-        total = len(config.enabled_components())
+        # (+ the baseline resolver node when the blessing compares with the last blessed model)
+        total = len(config.enabled_components()) + int(
+            "evaluate" in config.enabled_components() and config.evaluate.blessing.require_no_worse_than_baseline)
         task = progress.add_task("importing TFX", total=total)
         started: dict[str, float] = {}
 

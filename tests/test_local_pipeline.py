@@ -158,6 +158,24 @@ def test_second_run_is_served_from_cache(workdir, capsys):
     assert first.run_id[:16] in table and second.run_id[:16] in table and "CACHED" in table
 
 
+def test_no_worse_than_baseline_resolves_the_latest_blessed_model(workdir):
+    """With the baseline rule on, the resolver hands evaluate the latest blessed model of this
+    pipeline (the first run's student, blessed under the tiny thresholds); only evaluate re-runs."""
+    assert main(["run", *overrides(workdir, "evaluate.blessing.require_no_worse_than_baseline=true")]) == 0
+    last = runs(workdir)[-1]
+    states = {e.component: e.state for e in last.executions}
+    assert states["evaluate"] == "COMPLETE" and states["distill"] == "CACHED", states
+    out = workdir / "out"
+    first = sorted(out.glob("pipeline/evaluate/blessing/*"), key=lambda p: int(p.name))
+    summary = json.loads((first[-1] / "summary.json").read_text())
+    assert json.loads((first[0] / "summary.json").read_text())["blessing"]["blessed"]
+    rules = {r["rule"]: r for r in summary["blessing"]["rules"]}
+    assert "no_worse_than_baseline" in rules, rules
+    # the baseline is the blessed student of the first run: the same (cached) model as the candidate
+    assert summary["baseline"]["model"] == summary["candidate"]["model"], summary.get("baseline")
+    assert rules["no_worse_than_baseline"]["passed"] and summary["blessing"]["blessed"]
+
+
 def test_changed_corpus_reruns_ingest(workdir):
     victim = next((workdir / "corpus").rglob("*.py"))
     victim.write_text(victim.read_text() + "\n# edited\n")
