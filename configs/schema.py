@@ -30,8 +30,8 @@ from configs.overrides import (
 
 # Training sections live in their own module; re-exported here with the rest of the tree.
 from configs.training import (  # noqa: F401
-    ContextExtensionConfig,
     BlessingConfig,
+    ContextExtensionConfig,
     DistillConfig,
     EvaluateConfig,
     PretrainConfig,

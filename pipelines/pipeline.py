@@ -21,7 +21,6 @@ from components.validate.validate import check_threshold_features
 from configs.schema import ResourceSpec, SeeklineConfig
 from pipelines.resources import to_resource_spec_proto
 
-
 BASELINE_RESOLVER_ID = "latest_blessed_model_resolver"
 
 

@@ -37,7 +37,9 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _mount(source, target: str, fstype, flags: int) -> None:
-    enc = lambda s: None if s is None else s.encode()
+    def enc(s):
+        return None if s is None else s.encode()
+
     if _libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), None) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mount {target}: {os.strerror(err)}")

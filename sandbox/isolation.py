@@ -41,7 +41,7 @@ def _probe(argv: list[str]) -> bool:
         return False
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def isolation_level() -> str:
     """The strongest level that works here (probed once per process by running `true` in it).
     Logs one warning when it is weaker than "userns+netns"."""

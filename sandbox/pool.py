@@ -4,8 +4,8 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable
 
 from common.errors import ConfigError
 from sandbox.isolation import isolation_level

@@ -96,6 +96,18 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
+def read_capped(fd: int, buf: bytearray, cap: int, trunc: list[bool], i: int) -> bool:
+    """Read what fd has into buf, keeping at most cap bytes (trunc[i] set when more came).
+    False at end of file."""
+    chunk = os.read(fd, 65536)
+    if not chunk:
+        return False
+    room = cap - len(buf)
+    buf += chunk[:room]
+    trunc[i] |= len(chunk) > room
+    return True
+
+
 def _capture(proc, deadline: float, cap: int):
     """Read stdout and stderr together until both close or the program exits (a daemon may
     hold them open), the deadline passes or one stream passes `cap` bytes."""
@@ -114,14 +126,8 @@ def _capture(proc, deadline: float, cap: int):
         elif exited_at is not None and now - exited_at > 0.2:
             break  # exited, and what it wrote is drained; open pipes belong to stragglers
         for key, _ in sel.select(min(deadline - now, _POLL_S)):
-            chunk = os.read(key.fd, 65536)
-            if not chunk:
+            if not read_capped(key.fd, bufs[key.data], cap, trunc, key.data):
                 sel.unregister(key.fileobj)
-                continue
-            buf = bufs[key.data]
-            room = cap - len(buf)
-            buf += chunk[:room]
-            trunc[key.data] |= len(chunk) > room
         if any(trunc):
             break
     sel.close()

@@ -8,10 +8,10 @@ marked `both` also run at the rlimits-only fallback (only programs that are safe
 unconfined as this user)."""
 import os
 import signal
-import threading
 import socket
 import sys
 import textwrap
+import threading
 import time
 import uuid
 

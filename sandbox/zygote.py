@@ -23,7 +23,7 @@ import uuid
 
 from sandbox.isolation import wrap_zygote
 from sandbox.limits import ExecResult, SandboxLimits
-from sandbox.run import _env, _remove, _status, kill_marked
+from sandbox.run import _env, _remove, _status, kill_marked, read_capped
 
 LEVEL = "userns+netns"  # the only level warm mode runs at (it needs unshare(CLONE_NEWPID))
 RESERVED_PIDS = 300  # as in _zygote.py: the zygote's namespace only uses pids 300..pid_max-1
@@ -33,7 +33,7 @@ _SETTLE_S = 10.0  # after a SIGKILL, how long the zygote may take to reap (~300 
 # after a fork bomb, on a loaded machine) and clean up; past it the zygote is replaced
 
 
-class ZygoteDied(Exception):
+class ZygoteDiedError(Exception):
     """The zygote went away (or stopped answering) during an execution."""
 
 
@@ -112,7 +112,7 @@ class Zygote:
             _remove(self.scratch)
             self.scratch = None
 
-    def __enter__(self) -> "Zygote":
+    def __enter__(self) -> Zygote:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -148,12 +148,12 @@ class Zygote:
                                                               limits.output_bytes)
                 duration = time.monotonic() - start  # a kill ends it here, not when reaped
                 if died:
-                    raise ZygoteDied("control socket closed")
+                    raise ZygoteDiedError("control socket closed")
                 if not done:
                     if timed_out or any(trunc):
                         _kill(pidfd)  # the execution's init: its PID namespace goes with it
                     self._wait_done()
-            except ZygoteDied:
+            except ZygoteDiedError:
                 died = True
                 self.close(graceful=False)  # a fresh one is started by the next run
                 duration = time.monotonic() - start
@@ -181,13 +181,13 @@ class Zygote:
         try:
             msg, fds, _, _ = socket.recv_fds(self.sock, 1, 1)
         except OSError as e:
-            raise ZygoteDied(str(e)) from e
+            raise ZygoteDiedError(str(e)) from e
         finally:
             self.sock.settimeout(None)
         if msg != b"S":
             for fd in fds:
                 os.close(fd)
-            raise ZygoteDied(f"unexpected message {msg!r}")
+            raise ZygoteDiedError(f"unexpected message {msg!r}")
         return fds[0] if fds else None
 
     def _wait_done(self) -> None:
@@ -195,11 +195,11 @@ class Zygote:
         try:
             msg = self.sock.recv(1)
         except OSError as e:
-            raise ZygoteDied(str(e)) from e
+            raise ZygoteDiedError(str(e)) from e
         finally:
             self.sock.settimeout(None)
         if msg != b"D":
-            raise ZygoteDied(f"unexpected message {msg!r}")
+            raise ZygoteDiedError(f"unexpected message {msg!r}")
 
 
 def _kill(pidfd: int | None) -> None:
@@ -236,14 +236,8 @@ def _capture(sock: socket.socket, out_r: int, err_r: int, deadline: float, cap: 
                     died = not done
                     sel.unregister(sock)
                     continue
-                chunk = os.read(key.fd, 65536)
-                if not chunk:
+                if not read_capped(key.fd, bufs[key.data], cap, trunc, key.data):
                     sel.unregister(key.fd)
-                    continue
-                buf = bufs[key.data]
-                room = cap - len(buf)
-                buf += chunk[:room]
-                trunc[key.data] |= len(chunk) > room
             if any(trunc):
                 break
             if died:

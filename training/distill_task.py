@@ -38,9 +38,10 @@ from typing import Any
 import tensorflow as tf
 
 from common.errors import ConfigError, UserError
-from model.losses import mtp_loss, shift_targets, total_sequence_aux_loss
+from model.losses import shift_targets
 from training import distill_losses as dl
 from training.data import TEACHER_IDS, TEACHER_LOGPROBS, PackedData, eval_stream
+from training.lm_task import with_model_terms
 from training.loop import StepOutput
 
 LOSSES = ("kd", "forward_kl", "reverse_kl", "jsd", "ce")
@@ -121,21 +122,8 @@ class DistillTask:
         metrics = {"ce": ce, "distill_loss": ce if distill is None else distill, "kl_to_teacher": kl}
         if not training:
             return StepOutput(ce, {**metrics, "loss": ce})
-        loss = objective
-        if use_mtp:
-            mtp = mtp_loss(out["mtp_logits"], ids, loss_mask, weight=spec.mtp_weight, segment_ids=seg)
-            metrics["mtp_loss"] = mtp
-            loss = loss + mtp
-        token_mask = tf.not_equal(seg, 0)                                   # (B, T) padding excluded
-        routers = out.get("router", [])
-        if routers and spec.aux_loss_alpha > 0:
-            b, t = tf.shape(ids)[0], tf.shape(ids)[1]
-            aux = total_sequence_aux_loss(routers, b, t, cfg.num_experts_per_tok, spec.aux_loss_alpha,
-                                          token_mask=token_mask, segment_ids=seg)
-            metrics["aux_loss"] = aux
-            loss = loss + aux
-        metrics["loss"] = loss
-        return StepOutput(loss, metrics, routers, token_mask)
+        return with_model_terms(objective, metrics, model, out, batch, use_mtp=use_mtp,
+                                mtp_weight=spec.mtp_weight, aux_loss_alpha=spec.aux_loss_alpha)
 
 
 def evaluate_distill(task: DistillTask, model, data: PackedData, *, batch_size: int,

@@ -44,19 +44,28 @@ class CausalLMTask:
         if not training:
             # Held-out numbers are the plain next-token loss (perplexity = exp of it).
             return StepOutput(lm, {"loss": lm})
-        metrics = {"lm_loss": lm}
-        loss = lm
-        if use_mtp:
-            mtp = mtp_loss(out["mtp_logits"], ids, loss_mask, weight=self.mtp_weight, segment_ids=seg)
-            metrics["mtp_loss"] = mtp
-            loss = loss + mtp
-        token_mask = tf.not_equal(seg, 0)                                   # (B, T) padding excluded
-        routers = out.get("router", [])
-        if routers and self.aux_loss_alpha > 0:
-            b, t = tf.shape(ids)[0], tf.shape(ids)[1]
-            aux = total_sequence_aux_loss(routers, b, t, cfg.num_experts_per_tok, self.aux_loss_alpha,
-                                          token_mask=token_mask, segment_ids=seg)
-            metrics["aux_loss"] = aux
-            loss = loss + aux
-        metrics["loss"] = loss
-        return StepOutput(loss, metrics, routers, token_mask)
+        return with_model_terms(lm, {"lm_loss": lm}, model, out, batch, use_mtp=use_mtp,
+                                mtp_weight=self.mtp_weight, aux_loss_alpha=self.aux_loss_alpha)
+
+
+def with_model_terms(loss, metrics: dict, model, out: dict, batch, *, use_mtp: bool, mtp_weight: float,
+                     aux_loss_alpha: float) -> StepOutput:
+    """The training StepOutput of `loss` plus the DeepSeek-V3 terms every causal-LM phase adds:
+    the MTP loss on hard labels (when use_mtp) and the sequence-wise balance loss of the MoE
+    routers (padding tokens excluded from load)."""
+    ids, seg = batch["input_ids"], batch["segment_ids"]                 # (B, T)
+    metrics = dict(metrics)
+    if use_mtp:
+        mtp = mtp_loss(out["mtp_logits"], ids, batch.get("loss_mask"), weight=mtp_weight, segment_ids=seg)
+        metrics["mtp_loss"] = mtp
+        loss = loss + mtp
+    token_mask = tf.not_equal(seg, 0)                                   # (B, T) padding excluded
+    routers = out.get("router", [])
+    if routers and aux_loss_alpha > 0:
+        b, t = tf.shape(ids)[0], tf.shape(ids)[1]
+        aux = total_sequence_aux_loss(routers, b, t, model.cfg.num_experts_per_tok, aux_loss_alpha,
+                                      token_mask=token_mask, segment_ids=seg)
+        metrics["aux_loss"] = aux
+        loss = loss + aux
+    metrics["loss"] = loss
+    return StepOutput(loss, metrics, routers, token_mask)
