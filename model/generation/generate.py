@@ -30,6 +30,7 @@ from model.generation.sampling import select_next
 class GenerationResult:
     sequences: list[list[int]]       # generated ids per prompt (stop token not included)
     finish_reasons: list[str]        # "stop" | "length"
+    stop_tokens: list[int | None] | None = None   # the stop token that ended each row (None: length)
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int):
@@ -213,9 +214,10 @@ def generate(model, prompts: Sequence[Sequence[int]],
 
 def _collect(tokens, stops: set) -> GenerationResult:
     """tokens (B, N) selected per step -> each row up to (not including) its first stop token."""
-    out, reasons = [], []
+    out, reasons, hit = [], [], []
     for row in tokens.tolist():
         cut = next((j for j, x in enumerate(row) if x in stops), None)
         out.append(row if cut is None else row[:cut])
         reasons.append("length" if cut is None else "stop")
-    return GenerationResult(out, reasons)
+        hit.append(None if cut is None else row[cut])
+    return GenerationResult(out, reasons, hit)

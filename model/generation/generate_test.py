@@ -78,9 +78,10 @@ def test_stop_tokens_end_rows_independently():
     stop = free[0][2]
     res = generate(m, prompts, GenerationConfig(max_new_tokens=6, stop_token_ids=(stop,)))
     assert res.sequences[0] == free[0][:free[0].index(stop)]
-    assert res.finish_reasons[0] == "stop"
+    assert res.finish_reasons[0] == "stop" and res.stop_tokens[0] == stop
     if stop not in free[1]:
         assert res.sequences[1] == free[1] and res.finish_reasons[1] == "length"
+        assert res.stop_tokens[1] is None
 
 
 def test_sampling_is_seeded_and_top_k_1_is_greedy():
