@@ -1,0 +1,1 @@
+"""GRPO phase: verifiable tasks, reward functions, rollouts, the GRPO objective and its loop."""
