@@ -34,7 +34,7 @@ class Template:
     space: Callable[[], Iterator[dict]]  # every params dict (the problem's constants)
     reference: Callable[..., object]  # reference(params, *call_args) -> expected output
     draw: Callable[[random.Random, dict], tuple]  # one random call-argument tuple
-    extras: Callable[[dict], dict] = lambda params: {}  # noqa: E731 - params -> more pattern names (wording only)
+    extras: Callable[[dict], dict] = lambda params: {}  # params -> more pattern names (wording only)
 
     def context(self, params: dict) -> dict:
         return {**self.extras(params), **params}
