@@ -34,7 +34,9 @@ from configs.training import (  # noqa: F401
     ContextExtensionConfig,
     DistillConfig,
     EvaluateConfig,
+    GRPOConfig,
     PretrainConfig,
+    RewardConfig,
     SFTConfig,
     TrainerConfig,
 )
@@ -43,7 +45,7 @@ DEFAULT_PRESET = "tiny"
 
 # Component ids in the DAG; resources, node selectors and tolerations are keyed by these.
 COMPONENT_IDS = ("ingest", "tokenizer", "pack", "statistics", "schema", "validate", "pretrain",
-                 "context_extension", "sft", "distill", "evaluate")
+                 "context_extension", "sft", "grpo", "distill", "evaluate")
 
 _CPU_RE = re.compile(r"^\d+(\.\d+)?m?$")
 _MEM_RE = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
@@ -353,6 +355,7 @@ class SeeklineConfig(_Strict):
     pretrain: PretrainConfig = PretrainConfig()
     context_extension: ContextExtensionConfig = ContextExtensionConfig()
     sft: SFTConfig = SFTConfig()
+    grpo: GRPOConfig = GRPOConfig()
     distill: DistillConfig = DistillConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     resources: ResourcesConfig = ResourcesConfig()
@@ -365,13 +368,16 @@ class SeeklineConfig(_Strict):
 
     def enabled_components(self) -> tuple[str, ...]:
         """The DAG's component ids under this config (optional phases switched off are left out;
-        distill needs the SFT model as its teacher, so it goes when SFT does; evaluate scores the
-        newest model — the student, else the SFT model, else the base model)."""
+        GRPO starts from the SFT model and distill's teacher is the GRPO (else the SFT) model, so
+        both go when SFT does; evaluate scores the newest model — the student, else the GRPO or
+        SFT model, else the base model)."""
         skip = set()
         if not self.context_extension.enabled:
             skip.add("context_extension")
         if not self.sft.enabled:
-            skip |= {"sft", "distill"}
+            skip |= {"sft", "grpo", "distill"}
+        if not self.grpo.enabled:
+            skip.add("grpo")
         if not self.distill.enabled:
             skip.add("distill")
         if not self.evaluate.enabled:

@@ -201,6 +201,83 @@ class DistillConfig(_Strict):
     trainer: TrainerConfig = TrainerConfig(steps=200, warmup_steps=20, lr=1e-3)
 
 
+class RewardConfig(_Strict):
+    """One named, weighted reward function (components/grpo/rewards.py lists them)."""
+
+    name: str
+    weight: float = 1.0
+    params: dict[str, Any] = {}
+
+
+class GRPOConfig(_Strict):
+    """Group-relative policy optimisation with verifiable rewards (components/grpo)."""
+
+    enabled: bool = True
+    # The model to optimise (HF layout); None = the SFT model of the pipeline. It is also the
+    # frozen reference of the KL term.
+    init: str | None = None
+    # Task sources: built-in procedural families ("arithmetic", "coding") and/or task files
+    # (seekline JSONL rows, HumanEval or MBPP format).
+    families: list[Literal["arithmetic", "coding"]] = ["arithmetic", "coding"]
+    task_files: list[str] = []
+    # Held-out share of each task file (the procedural families have their own disjoint split).
+    eval_fraction: float = Field(0.1, gt=0, lt=1)
+    num_train_tasks: int = Field(2000, ge=1)     # per procedural family
+    num_eval_tasks: int = Field(64, ge=1)        # per procedural family
+    max_operand: int = Field(20, ge=1)           # arithmetic family: operands in [0, max_operand]
+    # completion: the raw task prompt; chat: one user turn through the model's chat template;
+    # auto: chat when the model's seekline_phase.json names a chat template.
+    prompt_mode: Literal["auto", "completion", "chat"] = "auto"
+    rewards: list[RewardConfig] = [RewardConfig(name="exact_answer"), RewardConfig(name="code_tests")]
+    # Rollouts: G completions for each of prompts_per_step prompts per rollout.
+    num_generations: int = Field(8, ge=2)
+    prompts_per_step: int = Field(8, ge=1)
+    max_prompt_tokens: int = Field(256, ge=1)
+    max_completion_tokens: int = Field(128, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    # Text that ends a completion (cut after it); the model's EOS / chat stop tokens always do.
+    stop: list[str] = []
+    # Rows per generate() call and per log-prob forward.
+    generation_batch_size: int = Field(64, ge=1)
+    # Objective (training/grpo_objective.py has the formulas).
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    epsilon_low: float = Field(0.2, ge=0, lt=1)
+    epsilon_high: float = Field(0.28, ge=0)
+    delta: float | None = Field(None, gt=1)
+    importance_sampling: Literal["token", "sequence"] = "token"
+    beta: float = Field(0.0, ge=0)
+    kl_estimator: Literal["k1", "k3"] = "k3"
+    # Optimizer steps per rollout batch (μ); > 1 reuses the rollouts with the stored old policy.
+    num_iterations: int = Field(1, ge=1)
+    # Truncated completions (no stop before max_completion_tokens) get no loss (DAPO overlong filtering).
+    mask_truncated_completions: bool = False
+    # DAPO dynamic sampling: drop groups whose rewards all agree and sample more prompts (up to
+    # max_resample_rounds extra rollouts) to fill the batch.
+    dynamic_sampling: bool = False
+    max_resample_rounds: int = Field(2, ge=0)
+    # Held-out evaluation: samples per held-out task (at the rollout temperature) and how many tasks.
+    eval_samples_per_task: int = Field(4, ge=1)
+    eval_tasks: int | None = Field(None, ge=1)
+    # Reward functions run in the sandbox with this many workers.
+    reward_workers: int = Field(4, ge=1)
+    trainer: TrainerConfig = TrainerConfig(steps=200, warmup_steps=10, lr=1e-6, weight_decay=0.0,
+                                           mtp_weight=0.0, micro_batch_size=16, log_every=1,
+                                           checkpoint_every=20)
+
+    @model_validator(mode="after")
+    def _check(self) -> GRPOConfig:
+        if not self.families and not self.task_files:
+            raise ValueError("grpo: no tasks (set grpo.families and/or grpo.task_files)")
+        if not self.rewards:
+            raise ValueError("grpo.rewards: at least one reward function is needed")
+        if self.delta is not None and self.delta <= 1 + self.epsilon_high:
+            raise ValueError(f"grpo.delta must be > 1 + epsilon_high = {1 + self.epsilon_high}")
+        return self
+
+
 class BlessingConfig(_Strict):
     """When the evaluated model is blessed (every rule set here must hold; the reasons are recorded)."""
 

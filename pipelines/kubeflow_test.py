@@ -34,7 +34,8 @@ def test_spec_parses_and_has_every_component(compiled):
     # KFP's compiler turns the latest-blessed-model resolver into two resolver tasks
     resolvers = {f"{BASELINE_RESOLVER_ID}-model-resolver", f"{BASELINE_RESOLVER_ID}-model-blessing-resolver"}
     assert set(spec.root.dag.tasks) == {"ingest", "tokenizer", "pack", "statistics", "schema", "validate",
-                                        "pretrain", "context_extension", "sft", "distill", "evaluate", *resolvers}
+                                        "pretrain", "context_extension", "sft", "grpo", "distill", "evaluate",
+                                        *resolvers}
     # every task but the resolvers (metadata queries, no pod of their own) can be given resources
     assert set(COMPONENT_IDS) == set(spec.root.dag.tasks) - resolvers
     assert spec.default_pipeline_root == cfg.kubeflow.pipeline_root
@@ -42,13 +43,15 @@ def test_spec_parses_and_has_every_component(compiled):
     # training waits for validation (a task dependency) and reads pack's rows + the tokenizer
     assert set(spec.root.dag.tasks["pretrain"].dependent_tasks) == {"pack", "tokenizer", "validate"}
     assert set(spec.root.dag.tasks["context_extension"].dependent_tasks) == {"pretrain", "ingest", "tokenizer"}
-    # post-training: SFT on the extended model, the SFT model teaches the distilled student
+    # post-training: SFT on the extended model, GRPO on the SFT model, which teaches the distilled
+    # student on the SFT rows
     assert set(spec.root.dag.tasks["sft"].dependent_tasks) == {"context_extension", "ingest", "tokenizer"}
-    assert set(spec.root.dag.tasks["distill"].dependent_tasks) == {"sft"}
+    assert set(spec.root.dag.tasks["grpo"].dependent_tasks) == {"sft"}
+    assert set(spec.root.dag.tasks["distill"].dependent_tasks) == {"grpo", "sft"}
     # the student is evaluated against its teacher and the latest blessed model (cluster preset)
     producers = {k: a.task_output_artifact.producer_task
                  for k, a in spec.root.dag.tasks["evaluate"].inputs.artifacts.items()}
-    assert producers == {"candidate": "distill", "teacher": "sft",
+    assert producers == {"candidate": "distill", "teacher": "grpo",
                          "baseline_model": f"{BASELINE_RESOLVER_ID}-model-resolver",
                          "baseline_blessing": f"{BASELINE_RESOLVER_ID}-model-blessing-resolver"}
     ev = spec.components[spec.root.dag.tasks["evaluate"].component_ref.name]

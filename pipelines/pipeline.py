@@ -11,6 +11,7 @@ from tfx import v1 as tfx
 from components.context_extension.component import ExtendContext
 from components.distill.component import Distill
 from components.evaluate.component import Evaluate
+from components.grpo.component import GroupRelativePolicyOptimization
 from components.ingest.component import Ingest
 from components.pack.component import PackSequences
 from components.pretrain.component import Pretrain
@@ -115,8 +116,9 @@ def create_pipeline(
             config_json=config.context_extension.model_dump_json(),
         ).with_id("context_extension")
         components.append(base)
-    # Post-training: SFT on the newest base model (context-extended when enabled), then the
-    # SFT model as the teacher of a smaller student trained on the same SFT rows.
+    # Post-training: SFT on the newest base model (context-extended when enabled), GRPO on the
+    # SFT model, then the newest of the two as the teacher of a smaller student trained on the
+    # SFT rows.
     candidate, teacher = base, None
     if config.sft.enabled:
         sft = SupervisedFineTune(
@@ -127,13 +129,20 @@ def create_pipeline(
         ).with_id("sft")
         components.append(sft)
         candidate = sft
+        if config.grpo.enabled:
+            candidate = GroupRelativePolicyOptimization(
+                sft_model=sft.outputs["model"],
+                config_json=config.grpo.model_dump_json(),
+            ).with_id("grpo")
+            components.append(candidate)
         if config.distill.enabled:
+            teacher = candidate
             candidate = Distill(
-                teacher=sft.outputs["model"],
+                teacher=teacher.outputs["model"],
+                sft_model=sft.outputs["model"],
                 config_json=config.distill.model_dump_json(),
             ).with_id("distill")
             components.append(candidate)
-            teacher = sft
     # Evaluation of the newest model (the student, compared with its teacher); its blessing is
     # what a serving export is gated on (tfx.dsl.Cond, docs/evaluation.md).
     if config.evaluate.enabled:

@@ -8,7 +8,8 @@ from pipelines.pipeline import create_pipeline
 @pytest.mark.parametrize("sets,want_missing", [
     ([], set()),
     (["context_extension.enabled=false"], {"context_extension"}),
-    (["sft.enabled=false"], {"sft", "distill"}),
+    (["sft.enabled=false"], {"sft", "grpo", "distill"}),
+    (["grpo.enabled=false"], {"grpo"}),
     (["distill.enabled=false"], {"distill"}),
     (["context_extension.enabled=false", "distill.enabled=false"], {"context_extension", "distill"}),
     (["evaluate.enabled=false"], {"evaluate"}),
@@ -30,8 +31,10 @@ def _evaluate_inputs(cfg, tmp_path):
 
 
 @pytest.mark.parametrize("sets,want", [
-    ([], {"candidate": "distill", "teacher": "sft"}),
-    (["distill.enabled=false"], {"candidate": "sft"}),
+    ([], {"candidate": "distill", "teacher": "grpo"}),
+    (["grpo.enabled=false"], {"candidate": "distill", "teacher": "sft"}),
+    (["distill.enabled=false"], {"candidate": "grpo"}),
+    (["distill.enabled=false", "grpo.enabled=false"], {"candidate": "sft"}),
     (["sft.enabled=false"], {"candidate": "context_extension"}),
     (["sft.enabled=false", "context_extension.enabled=false"], {"candidate": "pretrain"}),
 ])
@@ -47,7 +50,7 @@ def test_baseline_comes_from_the_latest_blessed_model_resolver(tmp_path):
 
     cfg = load_config("tiny", ["evaluate.blessing.require_no_worse_than_baseline=true"])
     p, inputs = _evaluate_inputs(cfg, tmp_path)
-    assert inputs == {"candidate": "distill", "teacher": "sft", "baseline_model": BASELINE_RESOLVER_ID,
+    assert inputs == {"candidate": "distill", "teacher": "grpo", "baseline_model": BASELINE_RESOLVER_ID,
                       "baseline_blessing": BASELINE_RESOLVER_ID}
     [resolver] = [c for c in p.components if c.id == BASELINE_RESOLVER_ID]
     assert tfx.dsl.experimental.LatestBlessedModelStrategy in resolver.exec_properties.values()
@@ -55,3 +58,11 @@ def test_baseline_comes_from_the_latest_blessed_model_resolver(tmp_path):
     [ev] = [c for c in p.components if c.id == "evaluate"]
     assert ev.outputs["blessing"].type_name == "ModelBlessing"
     assert ev.outputs["evaluation"].type_name == "ModelEvaluation"
+
+
+def test_distill_learns_from_the_grpo_model_on_the_sft_rows(tmp_path):
+    p = create_pipeline(load_config("tiny", []), pipeline_root=str(tmp_path))
+    by_id = {c.id: c for c in p.components}
+    assert {k: ch.producer_component_id for k, ch in by_id["grpo"].inputs.items()} == {"sft_model": "sft"}
+    assert {k: ch.producer_component_id for k, ch in by_id["distill"].inputs.items()} == \
+        {"teacher": "grpo", "sft_model": "sft"}

@@ -55,6 +55,11 @@ class Task(Protocol):
         """Forward + loss of one micro-batch {feature: (B, T)}."""
 
 
+class BatchSource(Protocol):
+    def batch(self, step: int) -> tuple[dict[str, np.ndarray] | None, dict[str, float]]:
+        """The host batch of 0-based `step` and host metrics to log with it (see Trainer.fit_online)."""
+
+
 @dataclass
 class TrainResult:
     model: Any
@@ -63,6 +68,7 @@ class TrainResult:
     history: list[dict]
     final_eval: dict[str, float]
     nonfinite_steps: int
+    skipped_steps: int = 0                   # steps the batch source skipped (fit_online)
 
 
 def _zeros_like_vars(variables):
@@ -235,57 +241,114 @@ class Trainer:
         return before
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, data: PackedData, *, max_steps: int | None = None, checkpoint_every: int | None = None,
-            progress: bool = True) -> TrainResult:
-        cfg, rt = self.cfg, self.rt
+    def _begin(self, max_steps: int | None) -> tuple[Any, int, int]:
+        """Restore the latest checkpoint: (restored step or None, start step, end step)."""
         self.store.check_model_config(self.model.cfg.to_hf_dict())
         resumed = self.store.restore_latest()
         start = int(self.step.numpy())
         end = min(self.total_steps, max_steps) if max_steps else self.total_steps
+        return resumed, start, end
+
+    def fit(self, data: PackedData, *, max_steps: int | None = None, checkpoint_every: int | None = None,
+            progress: bool = True) -> TrainResult:
+        """Train on packed rows (the engine's own input pipeline) from the latest checkpoint."""
+        resumed, start, end = self._begin(max_steps)
+        it = self._dist_train(data, start) if start < end else None
+        return self._loop(lambda step: (next(it), {}), resumed, start, end, checkpoint_every, progress,
+                          lambda: self.evaluate(data))
+
+    def fit_online(self, source: BatchSource, *, max_steps: int | None = None, checkpoint_every: int | None = None,
+                   progress: bool = True, evaluate: Callable[[], dict[str, float]] | None = None) -> TrainResult:
+        """Train on batches the phase makes while training (GRPO's rollouts), from the latest checkpoint.
+
+        source.batch(step) is called for each 0-based step with the weights that step starts from and
+        returns ({feature: numpy array with leading dims (grad_accum_steps, global micro-batch)}, host
+        metrics), or (None, host metrics) to skip the step: the step counter and the learning-rate
+        schedule advance, no update is applied (e.g. every rollout group had zero reward variance).
+        A resumed run calls it from the restored step on, so a deterministic source resumes exactly.
+        """
+        resumed, start, end = self._begin(max_steps)
+
+        def next_batch(step):
+            batch, host = source.batch(step)
+            return (None if batch is None else self._distribute(batch)), host
+        return self._loop(next_batch, resumed, start, end, checkpoint_every, progress, evaluate or (lambda: {}))
+
+    def _distribute(self, batch: dict[str, np.ndarray]):
+        """A host batch {feature: (accum, R·M, ...)} -> per-replica values {feature: (accum, M, ...)}."""
+        strategy, replicas = self.rt.strategy, self.rt.num_replicas
+        m = self.cfg.micro_batch_size
+        for k, v in batch.items():
+            if v.shape[0] != self.cfg.grad_accum_steps or v.shape[1] != replicas * m:
+                raise ValueError(f"online batch feature {k!r} has shape {v.shape}; expected leading dims "
+                                 f"({self.cfg.grad_accum_steps}, {replicas * m})")
+
+        def part(ctx):
+            r = ctx.replica_id_in_sync_group
+            return {k: tf.constant(v[:, r * m:(r + 1) * m]) for k, v in batch.items()}
+        return strategy.experimental_distribute_values_from_function(part)
+
+    def _skip_step(self) -> None:
+        self.step.assign_add(1)
+        self.optimizer.iterations.assign_add(1)
+
+    def _loop(self, next_batch, resumed, start: int, end: int, checkpoint_every: int | None, progress: bool,
+              evaluate: Callable[[], dict[str, float]]) -> TrainResult:
+        cfg, rt = self.cfg, self.rt
         every = checkpoint_every or cfg.checkpoint_every
         log = MetricsLog(self.output_dir, rt.is_chief, start)
         if self._train_fn is None:
             self._train_fn = self._build_train_fn()
-        it = self._dist_train(data, start) if start < end else None
         bar = _Progress(end, start, self.title, enabled=progress and rt.is_chief)
-        consecutive, tps = 0, None
+        consecutive, tps, skipped = 0, None, 0
         t0, tok_acc = time.perf_counter(), 0.0
         try:
             for s in range(start, end):
-                metrics, gnorm, finite, loads, tokens = self._train_fn(next(it))
+                batch, host = next_batch(s)
                 step = s + 1
-                if not bool(finite):
-                    consecutive += 1
-                    if consecutive >= cfg.max_nonfinite_steps:
-                        raise TrainingError(
-                            f"{consecutive} non-finite steps in a row (last at step {step}): loss/gradients "
-                            f"are NaN/Inf; lower trainer.lr or check the data ({self.output_dir})")
+                if batch is None:
+                    self._skip_step()
+                    skipped += 1
+                    metrics, loss = {}, float("nan")
                 else:
-                    consecutive = 0
-                tok_acc += float(tokens)
-                loss = float(metrics["loss"])
+                    metrics, gnorm, finite, loads, tokens = self._train_fn(batch)
+                    if not bool(finite):
+                        consecutive += 1
+                        if consecutive >= cfg.max_nonfinite_steps:
+                            raise TrainingError(
+                                f"{consecutive} non-finite steps in a row (last at step {step}): loss/gradients "
+                                f"are NaN/Inf; lower trainer.lr or check the data ({self.output_dir})")
+                    else:
+                        consecutive = 0
+                    tok_acc += float(tokens)
+                    loss = float(metrics["loss"])
                 if step % cfg.log_every == 0 or step == end or step == start + 1:
                     dt = max(time.perf_counter() - t0, 1e-9)
                     vals = {k: float(v) for k, v in metrics.items()}
+                    vals.update(host)
                     # the rate this step's update used (updates are counted per step, skipped or not)
-                    vals.update(lr=lr_at(cfg, step - 1), grad_norm=float(gnorm),
-                                tokens_per_s=tok_acc / dt, nonfinite_steps=float(self.nonfinite.numpy()))
-                    if self.moe:
-                        vals.update(expert_load_stats([x.numpy() for x in loads]))
-                        for i, layer in enumerate(self.moe):
-                            if layer.e_score_correction_bias is not None:
-                                vals[f"routing_bias/layer{i}_mean_abs"] = float(
-                                    tf.reduce_mean(tf.abs(layer.e_score_correction_bias)))
+                    vals.update(lr=lr_at(cfg, step - 1), tokens_per_s=tok_acc / dt,
+                                nonfinite_steps=float(self.nonfinite.numpy()))
+                    if skipped:
+                        vals["skipped_steps"] = float(skipped)
+                    if batch is not None:
+                        vals["grad_norm"] = float(gnorm)
+                        if self.moe:
+                            vals.update(expert_load_stats([x.numpy() for x in loads]))
+                            for i, layer in enumerate(self.moe):
+                                if layer.e_score_correction_bias is not None:
+                                    vals[f"routing_bias/layer{i}_mean_abs"] = float(
+                                        tf.reduce_mean(tf.abs(layer.e_score_correction_bias)))
                     if cfg.eval_every and step % cfg.eval_every == 0 and step != end:
-                        vals.update(self.evaluate(data))
+                        vals.update(evaluate())
                     log.log(step, vals)
                     tps = vals["tokens_per_s"]
                     t0, tok_acc = time.perf_counter(), 0.0
                 bar.update(step, loss, tps)
                 if step % every == 0 or step == end:
                     self.store.save(step)
-            final_eval = self.evaluate(data)
-            done_before = any(r.get("step") == end and "eval_loss" in r for r in log.rows)
+            final_eval = evaluate()
+            done_before = any(r.get("step") == end and set(final_eval) <= set(r) for r in log.rows)
             if final_eval and rt.is_chief and not done_before:   # a re-run of a finished run logs nothing new
                 log.log(int(self.step.numpy()), final_eval)
         finally:
@@ -294,7 +357,7 @@ class Trainer:
         if rt.is_chief and log.rows:
             plot_loss_curve(log.rows, os.path.join(self.output_dir, "loss_curve.png"), self.title)
         return TrainResult(self.model, int(self.step.numpy()), None if resumed is None else start,
-                           log.rows, final_eval, int(self.nonfinite.numpy()))
+                           log.rows, final_eval, int(self.nonfinite.numpy()), skipped)
 
 
 class _Progress:

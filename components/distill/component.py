@@ -14,14 +14,16 @@ from configs.training import DistillConfig
 @component
 def Distill(  # noqa: N802
     teacher: InputArtifact[Model],
+    sft_model: InputArtifact[Model],
     model: OutputArtifact[Model],
     config_json: Parameter[str],
 ) -> None:
-    """Distils the teacher (the SFT model) into a smaller student on the SFT rows; the Model
-    artifact holds the student's checkpoints, HF export (final/), report and loss curve."""
+    """Distils the teacher (the GRPO model, else the SFT model) into a smaller student on the SFT
+    rows (kept in the SFT artifact); the Model artifact holds the student's checkpoints, HF export
+    (final/), report and loss curve."""
     cfg = DistillConfig.model_validate_json(config_json)
     final = os.path.join(teacher.uri, "final")
-    report = run_distill(cfg, final, os.path.join(teacher.uri, DATA_DIR), final, model.uri, progress=False)
+    report = run_distill(cfg, final, os.path.join(sft_model.uri, DATA_DIR), final, model.uri, progress=False)
     model.set_int_custom_property("steps", int(report["steps"]))
     model.set_int_custom_property("student_parameters", int(report["student_parameters"]))
     for key in ("eval_loss", "eval_kl_to_teacher", "eval_ce"):
