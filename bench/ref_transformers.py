@@ -12,6 +12,11 @@ stdout line starting with `@@ ` followed by JSON (other stdout lines are ignored
   generate   time one greedy model.generate(prompt, max_new_tokens=N) -> {"prefill_s",
              "decode_s", "generate_s"}: a streamer stamps each new token; prefill = call start ->
              first new token, decode = first -> last new token (N - 1 decode steps)
+  generate_batch {json}   (bench_rollout.py) one sampled model.generate over a left-padded
+             batch: json holds "inputs" (npz with `ids` (B, P), `mask` (B, P)), "new_tokens",
+             "temperature", "top_p", "seed" (torch.manual_seed), "sample" (false: greedy) and
+             "return_tokens"; -> {"generate_s", "prefill_s", "decode_s", "cpu_s",
+             "new_tokens_per_row", "rows"[, "tokens"]}; no top-k (top_k=0), no stop token
   info       versions, threads, implementations, the greedy tokens, the bytes per token per
              layer of transformers' own KV cache; writes --arrays (npz): the full-forward logits
              (P, V) of this model and of the same checkpoint with eager attention (the
@@ -54,6 +59,35 @@ def _cache_tensors(cache):
         return [t for layer in layers for t in layer if isinstance(t, torch.Tensor)], len(layers)
     return ([v for layer in layers for v in vars(layer).values() if isinstance(v, torch.Tensor)],
             len(layers))
+
+
+def _generate_batch(model, a: dict) -> dict:
+    """One model.generate over a left-padded batch (attention_mask marks the real tokens), the
+    default fast path (the model's attention implementation, DynamicCache). Sampling: softmax at
+    `temperature`, nucleus `top_p` (1.0 = off), top_k=0 (transformers would default to 50);
+    eos_token_id None, so every row gets exactly new_tokens tokens."""
+    import torch
+    d = np.load(a["inputs"])
+    ids = torch.from_numpy(d["ids"].astype(np.int64))                                 # (B, P)
+    mask = torch.from_numpy(d["mask"].astype(np.int64))                               # (B, P)
+    kw = dict(attention_mask=mask, max_new_tokens=a["new_tokens"], use_cache=True,
+              eos_token_id=None, pad_token_id=0)
+    if a.get("sample", True):
+        kw.update(do_sample=True, temperature=a["temperature"], top_p=a["top_p"], top_k=0)
+    else:
+        kw.update(do_sample=False)
+    torch.manual_seed(a.get("seed", 0))
+    st = _Stamps()
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = model.generate(ids, streamer=st, **kw)
+    t1, c1 = time.perf_counter(), time.process_time()
+    new = out[:, ids.shape[1]:]                                                       # (B, N)
+    stamps = st.t[1:]                                # drop the prompt's put()
+    res = {"generate_s": t1 - t0, "prefill_s": stamps[0] - t0, "decode_s": stamps[-1] - stamps[0],
+           "cpu_s": c1 - c0, "new_tokens_per_row": int(new.shape[1]), "rows": int(new.shape[0])}
+    if a.get("return_tokens"):
+        res["tokens"] = new.tolist()
+    return res
 
 
 def _reply(obj):
@@ -103,6 +137,8 @@ def main():
                 stamps = st.t[1:]                        # drop the prompt's put()
                 _reply({"prefill_s": stamps[0] - t0, "decode_s": stamps[-1] - stamps[0],
                         "generate_s": t1 - t0, "stamps": len(stamps)})
+            elif op.startswith("generate_batch "):
+                _reply(_generate_batch(model, json.loads(op[len("generate_batch "):])))
             elif op == "info":
                 seq = model.generate(prompt, **gen_kw)[0, prompt.shape[1]:]
                 out = model(input_ids=prompt, use_cache=True)

@@ -172,14 +172,15 @@ class DecoderLM(keras.Model):
         return [blk.self_attn.init_cache(batch, max_len, dtype) for blk in self.blocks]
 
     def call_cached(self, token_ids, cache, write_idx, position_ids, key_valid, absorb: bool = True,
-                    last_only: bool = False):
+                    last_only: bool = False, fixed_shape: bool = False):
         """Run T new tokens against the cache.
 
         token_ids (B, T); write_idx (B, T) cache rows the tokens go to; position_ids (B, T) rope
         positions; key_valid (B, S) which cache rows hold real tokens (after this write).
         Returns (logits (B, T, V), new cache); with last_only, logits (B, 1, V) of the last
         position only (prefill keeps only that one: the norm + head over all T positions was
-        T·D·V work thrown away).
+        T·D·V work thrown away). fixed_shape: the caller XLA-compiles this call, so one-token
+        decode takes only fixed-shape ops (MoE's gathered expert path; see Block.call_cached).
         """
         s = cache[0][0].shape[1] if cache[0][0].shape[1] is not None else tf.shape(cache[0][0])[1]
         b = tf.shape(token_ids)[0]
@@ -189,7 +190,7 @@ class DecoderLM(keras.Model):
         x = self.embed_tokens(token_ids)
         new_cache = []
         for blk, c in zip(self.blocks, cache, strict=False):
-            x, c = blk.call_cached(x, cos, sin, bias, c, write_idx, absorb)
+            x, c = blk.call_cached(x, cos, sin, bias, c, write_idx, absorb, fixed_shape)
             new_cache.append(c)
         if last_only:
             x = x[:, -1:, :]                                                # (B, 1, D)

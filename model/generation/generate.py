@@ -88,7 +88,8 @@ def _step_fn(model, absorb: bool, jit: bool):
         def step(token, cache, write_pos, position, key_valid):
             # token (B, 1); write_pos (B,) cache row; position (B,) rope position
             logits, cache = ref().call_cached(token, cache, write_pos[:, None], position[:, None],
-                                              key_valid, absorb=absorb, last_only=True)
+                                              key_valid, absorb=absorb, last_only=True,
+                                              fixed_shape=jit)
             return logits[:, -1, :], cache
         return tf.function(step, jit_compile=jit, reduce_retracing=True)
     return _cached_fn(model, ("step", absorb, jit), make)

@@ -64,12 +64,28 @@ class DecoderBlock(keras.layers.Layer):
         x, r = self._ffn(x, return_router)
         return (x, r) if return_router else x
 
-    def call_cached(self, x, cos, sin, bias, cache, write_idx, absorb: bool = True):
+    def call_cached(self, x, cos, sin, bias, cache, write_idx, absorb: bool = True,
+                    fixed_shape: bool = False):
+        """fixed_shape: the caller compiles with XLA, so decode must take the fixed-shape
+        gathered expert path whatever the batch."""
         a, cache = self.self_attn.call_cached(self.input_layernorm(x), cos, sin, bias, cache,
                                               write_idx, absorb)
-        # One new token per row (decode): the fixed-shape expert path, which XLA can compile.
-        x, _ = self._ffn(x + a, False, gather_experts=x.shape[1] == 1)
+        x, _ = self._ffn(x + a, False, gather_experts=self._gather_decode(x, fixed_shape))
         return x, cache
+
+    def _gather_decode(self, x, fixed_shape: bool) -> bool:
+        """Whether this (B, T, D) cached call takes MoE's gathered expert path. Only one-token
+        decode may. The gathered path copies each row's K experts' weights, so it wins for a
+        handful of rows (B·K <= E: fewer copies than experts) and is the one XLA can compile;
+        a batch of rows (e.g. a GRPO rollout) takes the dispatch path, one matmul per expert
+        on its rows (measured, preset small, 32 rows: 20 vs 35 ms per decode step on 2 cores,
+        bench/README.md `bench_rollout.py`). Unknown B (a relaxed trace): dispatch."""
+        if not self.is_moe or x.shape[1] != 1:
+            return False
+        if fixed_shape:
+            return True
+        b = x.shape[0]
+        return b is not None and b * self.mlp.num_experts_per_tok <= self.mlp.n_routed_experts
 
     def get_config(self):
         return {**super().get_config(), "config": self.cfg.to_hf_dict(), "layer_idx": self.layer_idx}
