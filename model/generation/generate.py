@@ -5,7 +5,8 @@ GQA layers cache K/V per KV head. Prompts of different lengths are left-padded: 
 mask hides the pad slots and position ids restart at 0 at each row's first real token, so every
 row sees exactly what it would see alone.
 
-Prefill and the per-token decode step are tf.functions (reduce_retracing; prompt lengths are
+Repeated prompts (a GRPO rollout's G completions per prompt) are prefilled once and their cache
+rows copied. Prefill and the per-token decode step are tf.functions (reduce_retracing; prompt lengths are
 bucketed to multiples of PREFILL_BUCKET so nearby lengths share a trace). The decode step also
 does token selection (greedy / temperature / top-k / top-p with a stateless (seed, step) RNG),
 stop flags and the key_valid / position updates, so the host does one small sync per token.
@@ -173,6 +174,22 @@ def prefill(model, ids, mask, max_len: int, absorb: bool = False):
     return logits, cache, key_valid, mask.sum(axis=1).astype(np.int32)
 
 
+def _prefill_unique(model, ids, mask, max_len: int):
+    """prefill, running each distinct (ids, mask) row once and copying its cache rows to every
+    row that repeats it. A GRPO rollout is P prompts x G completions: without this, the same
+    prompt is prefilled G times (measured, preset small, 4 x 8 rows of <= 128 tokens: 0.64 s of
+    a 2.3 s rollout). Rows are independent, so each row gets what it would get alone."""
+    key = np.concatenate([ids, mask], axis=1)                                      # (B, 2P)
+    _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    if len(first) == len(ids):
+        return prefill(model, ids, mask, max_len)
+    logits, cache, key_valid, next_pos = prefill(model, ids[first], mask[first], max_len)
+    inverse = inverse.reshape(-1)                  # (B,) row -> its distinct row
+    rows = tf.constant(inverse, tf.int32)
+    cache = [tuple(tf.gather(t, rows) for t in layer) for layer in cache]
+    return tf.gather(logits, rows), cache, tf.gather(key_valid, rows), next_pos[inverse]
+
+
 def generate(model, prompts: Sequence[Sequence[int]],
              config: GenerationConfig = GenerationConfig()) -> GenerationResult:
     """Generate continuations for a batch of token-id prompts (lists of ints)."""
@@ -192,7 +209,7 @@ def generate(model, prompts: Sequence[Sequence[int]],
     ids, mask = pad_to_bucket(ids, mask, config.pad_token_id)
     b, p = ids.shape
     max_len = p + config.max_new_tokens
-    logits, cache, key_valid, next_pos = prefill(model, ids, mask, max_len)
+    logits, cache, key_valid, next_pos = _prefill_unique(model, ids, mask, max_len)
     seed = config.seed if config.seed is not None else int(np.random.randint(0, 2**31 - 1))
     seed = tf.constant(seed, tf.int32)
     # -1 never matches a token id: an empty stop set still has a (1,) tensor.
