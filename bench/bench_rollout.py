@@ -301,14 +301,18 @@ def main(argv=None):
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.interop_threads)
+    try:        # fails when TF already ran ops in this process (tests): the run keeps TF's threads
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.interop_threads)
+    except RuntimeError:
+        pass
     if not args.skip_reference and not os.path.exists(bm.REF_PYTHON):
         sys.exit(f"bench: {bm.REF_PYTHON} not found (see bench/README.md); use --skip-reference")
     t0 = time.time()
     results = {
         "device": {"cpu": bm.cpu_model(), "cores": os.cpu_count(), "loadavg_start": list(os.getloadavg())},
-        "threads": {"intra_op": args.threads, "inter_op": args.interop_threads,
+        "threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+                    "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
                     "torch_OMP_WAIT_POLICY": args.omp_wait_policy or "unset"},
         "versions": {"python": platform.python_version(), "tensorflow": tf.__version__},
         "sampling": {"temperature": args.temperature, "top_p": args.top_p, "top_k": 0, "stop_tokens": None},
