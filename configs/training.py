@@ -225,6 +225,7 @@ class GRPOConfig(_Strict):
     num_train_tasks: int = Field(2000, ge=1)     # per procedural family
     num_eval_tasks: int = Field(64, ge=1)        # per procedural family
     max_operand: int = Field(20, ge=1)           # arithmetic family: operands in [0, max_operand]
+    arithmetic_ops: str = Field("+-*", pattern=r"^[+*-]{1,3}$")   # arithmetic family: its operators
     # completion: the raw task prompt; chat: one user turn through the model's chat template;
     # auto: chat when the model's seekline_phase.json names a chat template.
     prompt_mode: Literal["auto", "completion", "chat"] = "auto"
@@ -263,9 +264,15 @@ class GRPOConfig(_Strict):
     eval_tasks: int | None = Field(None, ge=1)
     # Reward functions run in the sandbox with this many workers.
     reward_workers: int = Field(4, ge=1)
+    # XLA-compile the rollout decode step (faster for small dense models; MoE models at rollout
+    # batch sizes are faster without: bench/bench_rollout.py).
+    rollout_jit_compile: bool = False
+    # No aux-loss-free routing-bias updates by default: measured on the tiny MoE, the per-step bias
+    # moves change routing on their own and drove held-out reward down at every learning rate tried
+    # (docs/grpo.md); the sequence-wise balance loss stays.
     trainer: TrainerConfig = TrainerConfig(steps=200, warmup_steps=10, lr=1e-6, weight_decay=0.0,
                                            mtp_weight=0.0, micro_batch_size=16, log_every=1,
-                                           checkpoint_every=20)
+                                           checkpoint_every=20, bias_update_gamma=0.0)
 
     @model_validator(mode="after")
     def _check(self) -> GRPOConfig:

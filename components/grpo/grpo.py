@@ -57,7 +57,8 @@ def load_tasks(cfg: GRPOConfig) -> TaskSplits:
     train, held, report = [], [], {}
     seed = cfg.trainer.seed
     for fam in cfg.families:
-        make = (lambda n, split: arithmetic_tasks(n, seed=seed, split=split, max_operand=cfg.max_operand)) \
+        make = (lambda n, split: arithmetic_tasks(n, seed=seed, split=split, max_operand=cfg.max_operand,
+                                                ops=cfg.arithmetic_ops)) \
             if fam == "arithmetic" else (lambda n, split: coding_tasks(n, seed=seed, split=split))
         try:
             tr, ev = make(cfg.num_train_tasks, "train"), make(cfg.num_eval_tasks, "eval")
@@ -120,6 +121,11 @@ def _reward_metrics(scores, prefix: str) -> dict[str, float]:
     return out
 
 
+def sampling_spec(cfg: GRPOConfig) -> SamplingSpec:
+    return SamplingSpec(cfg.max_completion_tokens, cfg.temperature, cfg.top_p, cfg.top_k, tuple(cfg.stop),
+                        cfg.generation_batch_size, cfg.rollout_jit_compile)
+
+
 # ---------------------------------------------------------------------------------- the source
 class RolloutSource:
     """Trainer.fit_online's batch source (see the module docstring)."""
@@ -132,13 +138,12 @@ class RolloutSource:
         self.rows = cfg.prompts_per_step * cfg.num_generations
         self.accum = trainer.cfg.grad_accum_steps
         self.seq_len = cfg.max_prompt_tokens + cfg.max_completion_tokens
-        self.sampling = SamplingSpec(cfg.max_completion_tokens, cfg.temperature, cfg.top_p, cfg.top_k,
-                                     tuple(cfg.stop), cfg.generation_batch_size)
+        self.sampling = sampling_spec(cfg)
         self._cached: tuple[int, dict | None, dict] | None = None
         self.errors_seen = 0
 
-    def _buffer_path(self) -> str:
-        return os.path.join(self.dir, "buffer.npz")
+    def _buffer_path(self, g: int) -> str:
+        return os.path.join(self.dir, f"buffer_{g:07d}.npz")
 
     def batch(self, step: int):
         g = step - step % self.cfg.num_iterations           # the step whose weights made the rollouts
@@ -148,7 +153,7 @@ class RolloutSource:
         return batch, {**host, "iteration": float(step - g)}
 
     def _load(self, g: int):
-        path = self._buffer_path()
+        path = self._buffer_path(g)
         if not tf.io.gfile.exists(path):
             return None
         with tf.io.gfile.GFile(path, "rb") as f:
@@ -165,14 +170,27 @@ class RolloutSource:
         import io
         buf = io.BytesIO()
         np.savez(buf, __step=np.int64(g), __host=json.dumps(host), **(batch or {}))
-        tmp = self._buffer_path() + ".tmp"
+        tmp = self._buffer_path(g) + ".tmp"
         with tf.io.gfile.GFile(tmp, "wb") as f:
             f.write(buf.getvalue())
-        tf.io.gfile.rename(tmp, self._buffer_path(), overwrite=True)
+        tf.io.gfile.rename(tmp, self._buffer_path(g), overwrite=True)
+        self._prune_buffers()
         atomic_write_text(os.path.join(self.dir, f"step_{g:07d}.jsonl"), "".join(json.dumps(s) + "\n" for s in samples))
         old = sorted(x for x in os.listdir(self.dir) if x.startswith("step_"))[:-KEEP_SAMPLE_FILES]
         for name in old:
             os.remove(os.path.join(self.dir, name))
+
+    def _prune_buffers(self) -> None:
+        """A resume restores the newest checkpoint, so it needs the rollouts of that checkpoint's
+        window or of later ones, never earlier ones. One buffer per window: when checkpoint_every
+        is not a multiple of num_iterations, a run killed after starting a later window still
+        has the window its newest checkpoint is inside."""
+        latest = self.trainer.store.latest
+        done = int(latest.rsplit("-", 1)[1]) if latest else 0
+        keep_from = done - done % self.cfg.num_iterations
+        for name in os.listdir(self.dir):
+            if name.startswith("buffer_") and name.endswith(".npz") and int(name[7:-4]) < keep_from:
+                os.remove(os.path.join(self.dir, name))
 
     def _make(self, g: int):
         cfg = self.cfg
@@ -263,9 +281,8 @@ def evaluate_policy(cfg: GRPOConfig, model, ref_model, encoder: PromptEncoder, t
 
     if not tasks:
         return {}
-    spec = SamplingSpec(cfg.max_completion_tokens, cfg.temperature, cfg.top_p, cfg.top_k, tuple(cfg.stop),
-                        cfg.generation_batch_size)
-    ro = generate_rollouts(model, encoder, prompt_ids, cfg.eval_samples_per_task, spec, seed=cfg.trainer.seed + 7)
+    ro = generate_rollouts(model, encoder, prompt_ids, cfg.eval_samples_per_task, sampling_spec(cfg),
+                           seed=cfg.trainer.seed + 7)
     prompts, completions, fields = reward_inputs(tasks, ro, encoder.mode)
     scores = rewards.score(prompts, completions, fields)
     out = _reward_metrics(scores, "eval_")

@@ -68,6 +68,7 @@ class SamplingSpec:
     top_k: int = 0
     stop: tuple[str, ...] = ()
     batch_size: int = 64
+    jit_compile: bool = False
 
 
 @dataclass
@@ -124,7 +125,7 @@ def generate_rollouts(model, encoder: PromptEncoder, prompt_ids: Sequence[list[i
         chunk = rows[s:s + spec.batch_size]
         cfg = GenerationConfig(max_new_tokens=spec.max_completion_tokens, temperature=spec.temperature,
                                top_p=spec.top_p, top_k=spec.top_k, stop_token_ids=encoder.stop_ids,
-                               pad_token_id=encoder.pad_id, seed=(seed * 1_000_003 + 7919 * (call + 1)) % (2**31 - 1))
+                               pad_token_id=encoder.pad_id, jit_compile=spec.jit_compile, seed=(seed * 1_000_003 + 7919 * (call + 1)) % (2**31 - 1))
         res = generate(model, [p for _, p in chunk], cfg)
         for seq, stop_tok in zip(res.sequences, res.stop_tokens, strict=True):
             seq = list(seq)

@@ -19,7 +19,8 @@ def arithmetic_lines(max_operand: int = 20) -> list[str]:
             for a in range(max_operand + 1) for b in range(max_operand + 1)]
 
 
-def grpo_model_dir(root: str, *, vocab_size: int = 600, seq: int = 128, seed: int = 0, layers: int = 2) -> str:
+def grpo_model_dir(root: str, *, vocab_size: int = 600, seq: int = 128, seed: int = 0, layers: int = 2,
+                   preset: str = "tiny", overrides: dict | None = None) -> str:
     """-> an HF-layout model folder (config, weights, tokenizer.json + tokenizer_meta.json)."""
     import json
 
@@ -38,10 +39,12 @@ def grpo_model_dir(root: str, *, vocab_size: int = 600, seq: int = 128, seed: in
                                                      max_training_bytes=None, min_frequency=1))
     with open(os.path.join(tok, "tokenizer_meta.json"), encoding="utf-8") as f:
         meta = json.load(f)
-    base = ModelConfig.load("tiny").to_hf_dict()
-    base.update(vocab_size=meta["vocab_size"], max_position_embeddings=seq, rope_scaling=None,
-                num_hidden_layers=layers, num_nextn_predict_layers=0,
+    base = ModelConfig.load(preset).to_hf_dict()
+    base.update(vocab_size=meta["vocab_size"], max_position_embeddings=seq, num_hidden_layers=layers,
                 bos_token_id=meta["bos_id"], eos_token_id=meta["eos_id"])
+    if base.get("model_type") == "deepseek_v3":
+        base.update(rope_scaling=None, num_nextn_predict_layers=0)
+    base.update(overrides or {})
     model = build_model(ModelConfig.from_hf_dict(base, source="test"), seed=seed)
     out = os.path.join(root, "base")
     export_final(model, out, tok, {})
