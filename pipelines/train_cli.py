@@ -10,9 +10,13 @@ import os
 
 from common.errors import UserError
 
-PHASES = ("pretrain", "context_extension", "sft", "distill")
+PHASES = ("pretrain", "context_extension", "sft", "grpo", "distill")
 # The phase whose newest model a phase starts from (--init default).
-INIT_FROM = {"context_extension": ("pretrain",), "sft": ("context_extension", "pretrain"), "distill": ("sft",)}
+INIT_FROM = {"context_extension": ("pretrain",), "sft": ("context_extension", "pretrain"), "grpo": ("sft",),
+             "distill": ("sft",)}
+# What _print_report shows (each key only when the phase's report has it).
+REPORT_KEYS = ("steps", "target_steps", "eval_loss", "eval_perplexity", "eval_unigram_entropy", "eval_kl_to_teacher",
+               "eval_reward_mean", "eval_success_rate", "eval_kl_to_reference", "skipped_steps", "tokens_per_s")
 
 
 def add_train_parser(sub, config_args) -> None:
@@ -26,16 +30,17 @@ def add_train_parser(sub, config_args) -> None:
     p.add_argument("--data", metavar="DIR",
                    help="pretrain: packed rows (a pack artifact folder); context_extension, sft: text examples "
                    "(an ingest artifact folder; sft also reads sft.data_files); distill: packed rows with "
-                   "loss masks (default: the teacher's SFT rows, TEACHER/data). Default: the newest one of "
-                   "this config's local pipeline")
+                   "loss masks (default: the teacher's SFT rows, TEACHER/data); grpo: none (its tasks are "
+                   "grpo.families / grpo.task_files). Default: the newest one of this config's local pipeline")
     p.add_argument("--tokenizer", metavar="DIR",
                    help="tokenizer artifact; default: the one in --init's final/ (context_extension), else "
                    "the one --data was packed with (ML Metadata)")
     p.add_argument("--init", metavar="DIR",
                    help="the model the phase starts from (an output folder or its final/): "
                    "context_extension: the pretrained model; sft: the base model (default: the newest "
-                   "context_extension, else pretrain artifact); distill: the teacher (default: the newest "
-                   "sft artifact)")
+                   "context_extension, else pretrain artifact); grpo: the policy to optimise, also the frozen "
+                   "KL reference (default: grpo.init, else the newest sft artifact); distill: the teacher "
+                   "(default: the newest sft artifact)")
     p.add_argument("--output", required=True, metavar="DIR", help="where checkpoints, reports and final/ go")
     p.add_argument("--max-steps", type=int, metavar="N", help="stop after step N (resume later for the rest)")
     p.add_argument("--checkpoint-every", type=int, metavar="K", help="checkpoint every K steps")
@@ -52,6 +57,9 @@ examples:
   seekline train context_extension --init runs/pt --output runs/ce
   seekline train sft --init runs/ce --output runs/sft --set sft.data_files=chats.jsonl
   seekline train sft --init qwen2.5-0.5b/ --output runs/lora --set sft.lora.enabled=true
+  seekline train grpo --init runs/sft --output runs/grpo --max-steps 20   # tokenizer + tasks: no --data
+  seekline train grpo --init runs/sft --output runs/grpo --set 'grpo.task_files=[mbpp.jsonl]' \\
+      --set 'grpo.families=[]'
   seekline train distill --init runs/sft --output runs/student
   TF_CONFIG='{"cluster": {"worker": ["h1:2222", "h2:2222"]}, "task": {"type": "worker", "index": 0}}' \\
       seekline train pretrain --output /shared/pt                # one per worker (a TFJob does this)
@@ -125,12 +133,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     from training.strategy import make_runtime
     runtime = make_runtime(section.trainer.strategy, section.trainer.precision)
     init = None
-    if args.phase in INIT_FROM and not (args.phase == "sft" and config.sft.init and args.init is None):
+    own_init = getattr(section, "init", None)      # sft.init / grpo.init name the model in the config
+    if args.phase == "grpo" and own_init and args.init:
+        raise UserError(f"both grpo.init ({own_init}) and --init ({args.init}) name the model; pass one")
+    if args.phase in INIT_FROM and not (args.phase in ("sft", "grpo") and own_init and args.init is None):
         init = resolve_init(config, args.phase, args.init)
     tokenizer = args.tokenizer
     if tokenizer is None and init and os.path.exists(os.path.join(init, "tokenizer_meta.json")):
         tokenizer = init  # an exported model carries the tokenizer it was trained with
-    if args.phase == "distill":
+    if args.phase == "grpo":
+        if args.data or args.tokenizer:
+            raise UserError("train grpo takes no --data/--tokenizer: the tasks are grpo.families / grpo.task_files "
+                            "and the tokenizer is the one in the --init model folder")
+        data = None
+    elif args.phase == "distill":
         data = args.data or _teacher_rows(init)
     elif args.phase == "sft" and args.data is None and not config.sft.corpus_instructions:
         data = None         # sft.data_files only
@@ -151,6 +167,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif args.phase == "sft":
         from components.sft.sft import run_sft
         report = run_sft(section, init, data, tokenizer, args.output, **common)
+    elif args.phase == "grpo":
+        from components.grpo.grpo import run_grpo
+        report = run_grpo(section, init, args.output, **common)
     else:
         from components.distill.distill import run_distill
         report = run_distill(section, init, data, tokenizer, args.output, **common)
@@ -162,10 +181,11 @@ def _print_report(report: dict, output: str) -> None:
     from rich.console import Console
 
     c = Console(highlight=False)
-    keys = ("steps", "target_steps", "eval_loss", "eval_perplexity", "eval_unigram_entropy",
-            "eval_kl_to_teacher", "tokens_per_s")
     c.print("  ".join(f"{k}={report[k]:.4g}" if isinstance(report.get(k), float) else f"{k}={report.get(k)}"
-                      for k in keys if k in report))
+                      for k in REPORT_KEYS if k in report))
+    before = report.get("before") or {}
+    if isinstance(before.get("eval_reward_mean"), float) and isinstance(report.get("eval_reward_mean"), float):
+        c.print(f"held-out reward: {before['eval_reward_mean']:.4g} before -> {report['eval_reward_mean']:.4g} after")
     if "final" in report:
         c.print(f"final weights: {report['final']}")
     c.print(f"report: {os.path.join(output, 'report.json')}")

@@ -210,3 +210,51 @@ def test_context_extension_cli_after_pretrain(tmp_path):
     assert main(["train", "context_extension", "--init", str(pt), "--data", str(examples), "--output", str(ce),
                  "--no-progress", *[a for kv in sets for a in ("--set", kv)]]) == 0
     assert json.loads((ce / "report.json").read_text())["resumed_from_step"] == 2
+
+
+GRPO_SETS = ["grpo.families=[arithmetic]", "grpo.rewards=[{name: exact_answer}]", "grpo.num_train_tasks=20",
+             "grpo.num_eval_tasks=2", "grpo.eval_samples_per_task=2", "grpo.num_generations=4",
+             "grpo.prompts_per_step=2", "grpo.max_prompt_tokens=32", "grpo.max_completion_tokens=8",
+             "grpo.beta=0.04", "grpo.trainer.steps=3", "grpo.trainer.micro_batch_size=4",
+             "grpo.trainer.warmup_steps=1", "grpo.trainer.checkpoint_every=1"]
+
+
+@pytest.fixture(scope="module")
+def grpo_model(tmp_path_factory):
+    from components.grpo.testdata import grpo_model_dir
+    return grpo_model_dir(str(tmp_path_factory.mktemp("grpo_model")))
+
+
+def _grpo_args(init, out, *extra):
+    return ["train", "grpo", "--init", str(init), "--output", str(out), "--no-progress",
+            *[a for kv in GRPO_SETS for a in ("--set", kv)], *extra]
+
+
+def test_grpo_cli_refuses_data_and_a_folder_without_a_model(tmp_path):
+    _fails(["train", "grpo", "--init", str(tmp_path), "--output", str(tmp_path / "o"), "--data", str(tmp_path)],
+           "train grpo takes no --data/--tokenizer", tmp_path)
+    _fails(["train", "grpo", "--init", str(tmp_path), "--output", str(tmp_path / "o")],
+           f"{tmp_path}: not an HF-layout model folder with its tokenizer (no config.json)", tmp_path)
+    _fails(["train", "grpo", "--init", str(tmp_path), "--output", str(tmp_path / "o"), "--set",
+            f"grpo.init={tmp_path}"], "both grpo.init", tmp_path)
+    assert not (tmp_path / "o" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_grpo_cli_runs_resumes_and_prints_the_reward(grpo_model, tmp_path, capsys):
+    """`train grpo --init MODEL`: 2 steps, then the same command resumes to the configured 3."""
+    from pipelines.cli import main
+
+    out = tmp_path / "grpo"
+    assert main(_grpo_args(grpo_model, out, "--max-steps", "2")) == 0
+    assert json.loads((out / "report.json").read_text())["steps"] == 2
+    capsys.readouterr()
+    assert main(_grpo_args(grpo_model, out)) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert (report["steps"], report["resumed_from_step"], report["phase"]) == (3, 2, "grpo")
+    for key in ("eval_reward_mean", "eval_success_rate", "eval_kl_to_reference"):
+        assert f"{key}=" in printed, printed
+    assert "held-out reward:" in printed and str(out / "final") in printed
+    assert json.loads((out / "final" / "seekline_phase.json").read_text())["phase"] == "grpo"
+    assert (out / "config.yaml").exists()
