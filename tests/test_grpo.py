@@ -235,3 +235,24 @@ def test_all_zero_rewards_without_kl_skip_every_step(model_dir, tmp_path):
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert os.path.exists(out / "reward_curve.png")
+
+
+def test_success_rate_counts_only_the_functions_that_scored_a_sample():
+    """The default rewards [exact_answer, code_tests] score disjoint tasks (math / code): a right
+    answer is a success even though code_tests gave it None. Hand-made scores, weights 1 and 2."""
+    from components.grpo.grpo import success_rate
+    from components.grpo.rewards import RewardScores
+
+    nan = np.nan
+    exact = np.array([1.0, 0.0, nan, nan, nan, 1.0])
+    tests = np.array([nan, nan, 1.0, 0.5, nan, 1.0])
+    total = np.array([1.0, 0.0, 2.0, 1.0, nan, 3.0])     # exact·1 + tests·2 over the functions that scored
+    scores = RewardScores({"exact_answer": exact, "code_tests": tests}, total, [])
+    # scored samples 0, 1, 2, 3, 5; full marks on 0 (answer), 2 (all tests), 5 (both)
+    assert success_rate(scores, [1.0, 2.0]) == 3 / 5
+    # a negatively weighted penalty is not a reward to earn: samples only it scored (2, 3, 4) are
+    # not judged, and when it bites it turns a right answer into a miss (5)
+    pen = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+    total = np.where(np.isnan(exact), 0.0, exact) - 0.5 * pen          # [1, 0, 0, 0, 0, 0.5]
+    assert success_rate(RewardScores({"exact_answer": exact, "penalty": pen}, total, []), [1.0, -0.5]) == 1 / 3
+    assert success_rate(RewardScores({"a": np.full(2, nan)}, np.full(2, nan), []), [1.0]) == 0.0

@@ -274,6 +274,20 @@ def _merge_scores(parts):
 
 
 # ---------------------------------------------------------------------------------- evaluation
+def success_rate(scores, weights) -> float:
+    """Share of the scored samples that got the full reward (1 × weight) of every positively
+    weighted function that scored them (e.g. the exact answer, or all unit tests passed). A
+    function that gives None for a sample (code_tests on an arithmetic task) does not count
+    against it: with the default [exact_answer, code_tests], each task is scored by one of them.
+    Samples no positively weighted function scored (only a penalty did) are left out."""
+    best = np.zeros(scores.total.size)                                   # (N,)
+    for values, w in zip(scores.per_function.values(), weights, strict=True):
+        if w > 0:
+            best += np.where(np.isnan(values), 0.0, w)
+    judged = best > 0
+    return float(np.mean(scores.total[judged] >= best[judged] - 1e-9)) if judged.any() else 0.0
+
+
 def evaluate_policy(cfg: GRPOConfig, model, ref_model, encoder: PromptEncoder, tasks: list[Task], prompt_ids: list,
                     rewards, micro_batch: int) -> dict[str, float]:
     """Held-out reward of `model`: eval_samples_per_task samples per task, a fixed seed."""
@@ -289,11 +303,7 @@ def evaluate_policy(cfg: GRPOConfig, model, ref_model, encoder: PromptEncoder, t
     total = scores.total
     out["eval_samples"] = float(total.size)
     out["eval_scored"] = float(np.sum(~np.isnan(total)))
-    # success: the sample got the full reward of every function that scored it (e.g. the exact
-    # answer, or all unit tests passed)
-    best = sum(w for w in rewards.weights if w > 0)
-    out["eval_success_rate"] = float(np.nanmean(np.where(np.isnan(total), np.nan, total >= best - 1e-9))) \
-        if out["eval_scored"] else 0.0
+    out["eval_success_rate"] = success_rate(scores, rewards.weights)
     out["eval_completion_length_mean"] = float(ro.completion_lengths.mean())
     out["eval_truncated_fraction"] = float(ro.truncated.mean())
     if ref_model is not None:
