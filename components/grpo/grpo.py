@@ -405,5 +405,5 @@ def run_grpo(cfg: GRPOConfig, init_dir: str | None, output_dir: str, *, runtime=
     atomic_write_text(os.path.join(output_dir, "config.json"), cfg.model_dump_json(indent=1))
     atomic_write_text(os.path.join(output_dir, "report.json"), json.dumps(report, indent=1, sort_keys=True))
     from components.grpo.report import plot_rewards
-    plot_rewards(result.history, os.path.join(output_dir, "reward_curve.png"))
+    plot_rewards(result.history, os.path.join(output_dir, "reward_curve.png"), before)
     return report

@@ -8,9 +8,12 @@ def _series(rows: list[dict], key: str) -> list[tuple[int, float]]:
     return [(r["step"], r[key]) for r in rows if key in r and r[key] is not None]
 
 
-def plot_rewards(rows: list[dict], path: str) -> None:
-    """Two panels: rewards (rollout mean per step, held-out mean where evaluated) and the
-    policy's drift (KL to the reference, clipped-token fraction)."""
+def plot_rewards(rows: list[dict], path: str, before: dict | None = None) -> None:
+    """Two panels: rewards (rollout mean per step, held-out mean where evaluated, the starting
+    model's held-out numbers at step 0) and the policy's drift (KL to the reference, clipped-token
+    fraction, entropy)."""
+    if before:
+        rows = [{"step": 0, **before}, *rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for key, label, style in (("reward_mean", "rollout reward (train prompts)", "-"),
                               ("eval_reward_mean", "held-out reward", "o-"),
