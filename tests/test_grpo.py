@@ -20,6 +20,7 @@ from components.grpo import rewards as rewards_mod
 from configs.training import GRPOConfig
 
 DIGITS, RAISES, ZERO = "test_grpo_digit_share", "test_grpo_raises", "test_grpo_always_zero"
+HALF = "test_grpo_flat_on_addition"   # constant (zero-std group) on "+" prompts, digit share on "−"
 G, PROMPTS, STEPS = 4, 2, 4
 BASE = {
     "families": ["arithmetic"], "num_train_tasks": 20, "num_eval_tasks": 2, "eval_samples_per_task": 2,
@@ -50,8 +51,10 @@ def test_rewards():
     rewards_mod.register(DIGITS)(lambda: lambda prompts, completions, **_: [digit_share(c) for c in completions])
     rewards_mod.register(RAISES)(lambda: _raises)
     rewards_mod.register(ZERO)(lambda: lambda prompts, completions, **_: [0.0] * len(completions))
+    rewards_mod.register(HALF)(lambda: lambda prompts, completions, **_: [
+        1.0 if "+" in p else digit_share(c) for p, c in zip(prompts, completions, strict=True)])
     yield
-    for name in (DIGITS, RAISES, ZERO):
+    for name in (DIGITS, RAISES, ZERO, HALF):
         rewards_mod.REGISTRY.pop(name, None)
 
 
@@ -256,3 +259,39 @@ def test_success_rate_counts_only_the_functions_that_scored_a_sample():
     total = np.where(np.isnan(exact), 0.0, exact) - 0.5 * pen          # [1, 0, 0, 0, 0, 0.5]
     assert success_rate(RewardScores({"exact_answer": exact, "penalty": pen}, total, []), [1.0, -0.5]) == 1 / 3
     assert success_rate(RewardScores({"a": np.full(2, nan)}, np.full(2, nan), []), [1.0]) == 0.0
+
+
+def test_dynamic_sampling_drops_zero_std_groups_and_resamples(model_dir, tmp_path):
+    """Groups of "+" prompts all score 1 (no signal): with dynamic sampling they are dropped and
+    more prompts are drawn (up to max_resample_rounds extra rollouts); the trained rows are only
+    the kept groups', the rest of the fixed-shape batch is padding."""
+    out = tmp_path / "o"
+    cfg = _cfg(rewards=[{"name": HALF}], beta=0.0, num_iterations=1, dynamic_sampling=True, max_resample_rounds=3,
+               prompts_per_step=2, trainer={"steps": 2})
+    report = _run(cfg, model_dir, out)
+    assert report["steps"] == 2
+    rows = [r for r in _strict_rows(out / "metrics.jsonl") if "reward_mean" in r]
+    for step_row in rows:
+        step = step_row["step"] - 1
+        samples = [json.loads(x) for x in (out / "rollouts" / f"step_{step:07d}.jsonl").read_text().splitlines()]
+        groups: dict[tuple[int, str], list[dict]] = {}
+        for smp in samples:
+            groups.setdefault((smp["round"], smp["task_id"]), []).append(smp)
+        assert all(len(g) == G for g in groups.values())
+        flat = [k for k, g in groups.items() if len({x["reward"] for x in g}) == 1]
+        signal = [k for k in groups if k not in flat]
+        assert all(k in flat for k in groups if "+" in k[1])     # "+" groups carry no signal
+        # every flat group has zero advantages; rounds continue until 2 groups with signal or the cap
+        assert all(x["advantage"] == 0.0 for k in flat for x in groups[k])
+        rounds = 1 + max(r for r, _ in groups)
+        assert step_row["rollout_rounds"] == rounds <= 4
+        assert step_row["rollout_groups_kept"] == min(len(signal), 2)
+        assert step_row["frac_reward_zero_std"] == pytest.approx(len(flat) / len(groups))
+        if len(signal) < 2:
+            assert rounds == 4
+        # the trained rows are exactly the kept groups' (the batch buffer; older windows' are pruned)
+        buf = out / "rollouts" / f"buffer_{step:07d}.npz"
+        if step_row["step"] == 2 and signal:
+            z = np.load(buf)
+            assert z["row_valid"].reshape(-1).sum() == G * min(len(signal), 2)
+            assert z["row_valid"].size == G * 2      # the fixed shape: prompts_per_step × G rows

@@ -200,10 +200,12 @@ class RolloutSource:
         host: dict[str, float] = {}
         scores_all, lengths, truncs, gen_s, gen_tokens, zero_std, groups_seen, samples = [], [], [], 0.0, 0, 0, 0, []
         rounds = 1 + (cfg.max_resample_rounds if cfg.dynamic_sampling else 0)
+        done_rounds = 0
         for r in range(rounds):
             need = n_prompts - len(kept_rows)
             if need <= 0:
                 break
+            done_rounds += 1
             pick = rng.choice(len(self.tasks), size=min(n_prompts if r == 0 else need, len(self.tasks)), replace=False)
             tasks = [self.tasks[i] for i in pick]
             ro = generate_rollouts(self.trainer.model, self.encoder, [self.prompt_ids[i] for i in pick], group,
@@ -238,7 +240,7 @@ class RolloutSource:
             "completion_length_mean": float(np.mean(lengths)), "completion_length_max": float(np.max(lengths)),
             "truncated_fraction": float(np.mean(truncs)),
             "rollout_tokens_per_s": gen_tokens / max(gen_s, 1e-9),
-            "rollout_groups_kept": float(len(kept_rows)), "rollout_rounds": float(r + 1),
+            "rollout_groups_kept": float(len(kept_rows)), "rollout_rounds": float(done_rounds),
             "reward_errors_total": float(self.errors_seen)})
         if not kept_rows or all(not np.any(k["adv"]) for k in kept_rows) and cfg.beta == 0:
             # Nothing to learn from: every group's rewards agree (e.g. all zero). The step is
