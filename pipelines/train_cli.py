@@ -13,7 +13,7 @@ from common.errors import UserError
 PHASES = ("pretrain", "context_extension", "sft", "grpo", "distill")
 # The phase whose newest model a phase starts from (--init default).
 INIT_FROM = {"context_extension": ("pretrain",), "sft": ("context_extension", "pretrain"), "grpo": ("sft",),
-             "distill": ("sft",)}
+             "distill": ("grpo", "sft")}
 # What _print_report shows (each key only when the phase's report has it).
 REPORT_KEYS = ("steps", "target_steps", "eval_loss", "eval_perplexity", "eval_unigram_entropy", "eval_kl_to_teacher",
                "eval_reward_mean", "eval_success_rate", "eval_kl_to_reference", "skipped_steps", "tokens_per_s")
@@ -30,7 +30,8 @@ def add_train_parser(sub, config_args) -> None:
     p.add_argument("--data", metavar="DIR",
                    help="pretrain: packed rows (a pack artifact folder); context_extension, sft: text examples "
                    "(an ingest artifact folder; sft also reads sft.data_files); distill: packed rows with "
-                   "loss masks (default: the teacher's SFT rows, TEACHER/data); grpo: none (its tasks are "
+                   "loss masks (default: the teacher's SFT rows, TEACHER/data, or for a GRPO teacher the rows of "
+                   "the SFT model it started from); grpo: none (its tasks are "
                    "grpo.families / grpo.task_files). Default: the newest one of this config's local pipeline")
     p.add_argument("--tokenizer", metavar="DIR",
                    help="tokenizer artifact; default: the one in --init's final/ (context_extension), else "
@@ -40,7 +41,7 @@ def add_train_parser(sub, config_args) -> None:
                    "context_extension: the pretrained model; sft: the base model (default: the newest "
                    "context_extension, else pretrain artifact); grpo: the policy to optimise, also the frozen "
                    "KL reference (default: grpo.init, else the newest sft artifact); distill: the teacher "
-                   "(default: the newest sft artifact)")
+                   "(default: the newest grpo, else sft artifact)")
     p.add_argument("--output", required=True, metavar="DIR", help="where checkpoints, reports and final/ go")
     p.add_argument("--max-steps", type=int, metavar="N", help="stop after step N (resume later for the rest)")
     p.add_argument("--checkpoint-every", type=int, metavar="K", help="checkpoint every K steps")
@@ -60,7 +61,7 @@ examples:
   seekline train grpo --init runs/sft --output runs/grpo --max-steps 20   # tokenizer + tasks: no --data
   seekline train grpo --init runs/sft --output runs/grpo --set 'grpo.task_files=[mbpp.jsonl]' \\
       --set 'grpo.families=[]'
-  seekline train distill --init runs/sft --output runs/student
+  seekline train distill --init runs/grpo --output runs/student   # rows: runs/sft/data (via runs/grpo's init)
   TF_CONFIG='{"cluster": {"worker": ["h1:2222", "h2:2222"]}, "task": {"type": "worker", "index": 0}}' \\
       seekline train pretrain --output /shared/pt                # one per worker (a TFJob does this)
 """
@@ -112,13 +113,27 @@ def resolve_init(config, phase: str, init: str | None) -> str:
 
 
 def _teacher_rows(teacher_final: str) -> str:
-    """The SFT rows a teacher was fine-tuned on: TEACHER/data next to its final/."""
+    """The SFT rows a teacher was fine-tuned on: TEACHER/data next to its final/, else (a GRPO
+    teacher) the rows of the model it started from, followed through report.json's "init"."""
+    import json
+
     from components.sft.sft import DATA_DIR
 
-    rows = os.path.join(os.path.dirname(os.path.normpath(teacher_final)), DATA_DIR)
-    if not os.path.isdir(rows):
-        raise UserError(f"{teacher_final}: the teacher has no SFT rows beside it ({rows}); pass --data")
-    return rows
+    model = teacher_final
+    for _ in range(4):
+        out = os.path.dirname(os.path.normpath(model))
+        rows = os.path.join(out, DATA_DIR)
+        if os.path.isdir(rows):
+            return rows
+        report = os.path.join(out, "report.json")
+        if not os.path.exists(report):
+            break
+        with open(report, encoding="utf-8") as f:
+            model = json.load(f).get("init") or ""
+        if not model:
+            break
+    raise UserError(f"{teacher_final}: no SFT rows beside the teacher or the model it was trained from "
+                    f"(looked for {DATA_DIR}/ next to final/); pass --data")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

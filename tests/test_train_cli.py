@@ -258,3 +258,19 @@ def test_grpo_cli_runs_resumes_and_prints_the_reward(grpo_model, tmp_path, capsy
     assert "held-out reward:" in printed and str(out / "final") in printed
     assert json.loads((out / "final" / "seekline_phase.json").read_text())["phase"] == "grpo"
     assert (out / "config.yaml").exists()
+
+
+def test_distill_rows_of_a_grpo_teacher_come_from_the_sft_model_it_started_from(tmp_path):
+    from common.errors import UserError
+    from pipelines.train_cli import _teacher_rows
+
+    sft, grpo = tmp_path / "sft", tmp_path / "grpo"
+    (sft / "data").mkdir(parents=True)
+    (sft / "final").mkdir()
+    (grpo / "final").mkdir(parents=True)
+    assert _teacher_rows(str(sft / "final")) == str(sft / "data")
+    (grpo / "report.json").write_text(json.dumps({"phase": "grpo", "init": str(sft / "final")}))
+    assert _teacher_rows(str(grpo / "final")) == str(sft / "data")
+    (grpo / "report.json").write_text(json.dumps({"phase": "grpo", "init": str(tmp_path / "nowhere" / "final")}))
+    with pytest.raises(UserError, match="no SFT rows"):
+        _teacher_rows(str(grpo / "final"))
