@@ -1,0 +1,1 @@
+"""Agent distillation: teacher client, agent loop + tools, trajectory segmentation, process-step supervision."""
