@@ -127,7 +127,7 @@ class RetrieveTool:
             return []
         docs, scores = self._index.retrieve([known], k=min(k, len(self.passages)), show_progress=False)
         return [(self.passages[int(i)][0], self.passages[int(i)][1], float(s))
-                for i, s in zip(docs[0], scores[0]) if s > 0]
+                for i, s in zip(docs[0], scores[0], strict=True) if s > 0]
 
     def run(self, arguments: dict) -> ToolResult:
         if not isinstance(arguments, dict):
