@@ -133,7 +133,9 @@ def parse_reply(reply: str) -> tuple[str, dict | None, str | None]:
     th = _THOUGHT.search(head)
     thought = (head[th.end():] if th else head).strip()
     if not act:
-        return thought, None, 'no "Action:" line; reply with Thought: ... then Action: {"name": ..., "arguments": {...}}'
+        # no label keyword followed by a colon in this message: it lands in an Observation, and
+        # the segmenter must not take it for a step
+        return thought, None, "no Action line; reply with a Thought line, then an Action line holding one JSON tool call"
     span = balanced_object(text, act.end())
     if span is None:
         return thought, None, "the Action is not a complete JSON object ({...} with balanced braces)"
