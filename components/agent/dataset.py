@@ -37,17 +37,16 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
 
 import numpy as np
 
 from common.errors import ConfigError, InputDataError
 from common.fileio import atomic_write_json, make_temp_dir
 from components.agent.process import DEFAULT_TOOLS, extract_process_spans
+from components.agent.segment import LABELS, segment, validate_spans
 from training import agent_losses as al
 
 BASE_FEATURES = ("input_ids", "segment_ids", "positions", "loss_mask")
-LABELS = ("REASON", "ACT", "OBSERVATION")
 MAX_REASONS = 50  # skipped-record reasons kept in the report
 
 
@@ -56,25 +55,6 @@ def default_prompt(record: dict) -> str:
     task = record.get("task")
     prompt = task.get("prompt") if isinstance(task, dict) else None
     return f"{prompt.rstrip()}\n" if isinstance(prompt, str) and prompt.strip() else ""
-
-
-def _check_spans(spans: Any, length: int) -> str | None:
-    """None when spans are a sorted, non-overlapping [start, end, label] list inside the text."""
-    if not isinstance(spans, list):
-        return "spans is not a list"
-    prev = 0
-    for k, s in enumerate(spans):
-        if not (isinstance(s, (list, tuple)) and len(s) == 3):
-            return f"span {k} is not [start, end, label]"
-        a, b, label = s
-        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (a, b)):
-            return f"span {k} offsets are not integers"
-        if label not in LABELS:
-            return f"span {k} label {label!r} is not one of {', '.join(LABELS)}"
-        if not prev <= a < b <= length:
-            return f"span {k} [{a}, {b}) is empty, outside the text (length {length}) or overlaps the previous"
-        prev = b
-    return None
 
 
 def _char_values(n: int, spans: Iterable[tuple[int, int, int]]) -> np.ndarray:
@@ -133,7 +113,7 @@ def _row(record: dict, tokenizer, seq_len: int, pad_id: int, process_supervision
             rep.skip(f"{where}: no 'spans' and no segmenter to compute them")
             return None
         spans = [list(s) for s in segmenter(text)]
-    bad = _check_spans(spans, len(text))
+    bad = validate_spans(spans, len(text))
     if bad:
         rep.skip(f"{where}: {bad}")
         return None
@@ -263,12 +243,13 @@ def _pad_id(tokenizer_path: str, tok) -> int:
 
 
 def build_agent_dataset_files(in_jsonl: str, out_dir: str, *, tokenizer_path: str, seq_len: int,
-                              process_supervision: bool = True, segmenter: Callable[[str], Sequence] | None = None,
+                              process_supervision: bool = True, segmenter: Callable[[str], Sequence] | None = segment,
                               tool_names: Sequence[str] = DEFAULT_TOOLS, eval_fraction: float = 0.1, seed: int = 0,
                               require_success: bool = False, prompt_fn: Callable[[dict], str] = default_prompt,
                               rows_per_shard: int = 20_000) -> dict:
     """Trajectory JSONL → `out_dir` (Split-train, Split-eval, config.json, report.json); returns the
-    report. Splits by a hash of (seed, task_id) so all samples of a task land together; with
+    report. Records without "spans" (the agent loop writes none) are segmented with `segmenter`
+    (default components/agent/segment.segment). Splits by a hash of (seed, task_id) so all samples of a task land together; with
     eval_fraction > 0 and at least two tasks each split gets one. `require_success` keeps only
     records whose "success" is true. A local `out_dir` is staged and renamed into place whole."""
     from components.common import shards as sh

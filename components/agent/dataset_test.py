@@ -169,6 +169,7 @@ def test_files_are_what_training_data_reads(tmp_path):
     lines.insert(2, "{not json")
     lines.insert(4, "[1, 2]")
     lines.append(json.dumps(_record(9, success=False)))
+    lines.append(json.dumps(_record(7, spans=None)))                  # segmented by the default segmenter
     src.write_text("\n".join(lines) + "\n")
     out = str(tmp_path / "agent_data")
     rep = build_agent_dataset_files(str(src), out, tokenizer_path=tok_dir, seq_len=300, process_supervision=True,
@@ -177,7 +178,7 @@ def test_files_are_what_training_data_reads(tmp_path):
     assert rep["malformed"]["first"][0].startswith(f"{src}:3: not valid JSON")
     assert rep["malformed"]["first"][1] == f"{src}:5: not a JSON object"
     assert rep["not_successful_dropped"] == 1
-    assert rep["train"]["rows"] + rep["eval"]["rows"] == 6 and rep["eval"]["rows"] >= 1
+    assert rep["train"]["rows"] + rep["eval"]["rows"] == 7 and rep["eval"]["rows"] >= 1
     data = open_packed(out)
     assert data.seq_len == 300 and data.num_rows("train") == rep["train"]["rows"]
     cfg = json.loads((tmp_path / "agent_data" / "config.json").read_text())
