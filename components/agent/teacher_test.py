@@ -228,3 +228,18 @@ def test_model_teacher_context_limits(model_teacher):
     assert t.stats["clamped_max_tokens"] == before + 1
     with pytest.raises(TeacherError, match="fills the model's context"):
         t.complete(msgs(100), max_tokens=4)
+
+
+def test_model_teacher_completion_mode_prompt(model_teacher):
+    import json
+    import os
+
+    from tokenizers import Tokenizer
+    d = model_teacher.name[len("local:"):]
+    t = ModelTeacher(d, prompt_mode="completion")
+    with open(os.path.join(d, "tokenizer_meta.json"), encoding="utf-8") as f:
+        bos = json.load(f)["bos_id"]
+    tok = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+    msgs = [{"role": "system", "content": "1+1=2"}, {"role": "user", "content": "2+2="}]
+    assert t.encode(msgs) == [bos] + tok.encode("1+1=2\n\n2+2=", add_special_tokens=False).ids
+    assert model_teacher.encode(msgs) != t.encode(msgs)                  # chat mode renders a template
