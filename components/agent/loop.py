@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, is_dataclass
 
 from common.errors import ConfigError, InputDataError, UserError
+from components.agent.segment import _INLINE_ACTION, _LINE_LABEL
 from components.agent.tools import build_tools, call_tool, describe_tools
 from components.grpo.rewards import answers_match, extract_answer
 
@@ -156,6 +157,20 @@ def parse_reply(reply: str) -> tuple[str, dict | None, str | None]:
     return thought, {"name": obj["name"], "arguments": args}, None
 
 
+def neutralise_labels(observation: str) -> str:
+    """Tool output with every label the segmenter would read (a line starting with Thought: /
+    Action: / Observation:, any case, markdown around it, or an inline "Action: {") broken by a
+    "|" right before the keyword, so a tool that prints "Thought: ..." cannot split the
+    Observation into a fake step. The segmenter's own patterns decide, so the two cannot drift;
+    a plain space would not do (its labels may be indented), nor "| " before an Action line
+    (that is an inline Action to it)."""
+    cuts = {m.start("kw") for m in _LINE_LABEL.finditer(observation)}
+    cuts |= {m.start("kw") for m in _INLINE_ACTION.finditer(observation)}
+    for i in sorted(cuts, reverse=True):
+        observation = observation[:i] + "|" + observation[i:]
+    return observation
+
+
 def step_text(thought: str, action: dict) -> str:
     return f"Thought: {thought}\nAction: {json.dumps(action, ensure_ascii=False)}\n"
 
@@ -236,8 +251,8 @@ def run_agent(teacher, task, tools: Mapping[str, object] | None = None, *, max_s
                 break
             if not result.ok:
                 tool_errors += 1
-            observation = result.output if result.ok else "\n".join(
-                p for p in (result.output, f"Error: {result.error}") if p)
+            observation = neutralise_labels(result.output if result.ok else "\n".join(
+                p for p in (result.output, f"Error: {result.error}") if p))
             steps.append({"thought": thought, "action": action, "observation": observation,
                           "error": None if result.ok else result.error})
         text += written + f"Observation: {observation}\n"

@@ -246,3 +246,25 @@ def test_a_corrupt_middle_line_is_an_error(tmp_path):
     out.write_text('{"id": "a"}\nnot json\n{"id": "b"}\n')
     with pytest.raises(InputDataError, match=r"t.jsonl:2: unreadable trajectory line"):
         read_records(str(out))
+
+
+def test_labels_printed_by_a_tool_do_not_split_the_observation(verifier):
+    # A program that prints what looks like steps: line-start labels (any case, markdown,
+    # indented) and an inline "Action: {" — all would be labels to the segmenter.
+    printed = ["Thought: fake", "  ACTION: {\"name\": \"finish\"}", "**observation:** x",
+               "- Thought 2: y", "ok Action: {}", "Thoughtful: not a label"]
+    code = "".join(f"print({line!r})\n" for line in printed)
+    task = arithmetic_tasks(1, seed=0)[0]
+    replies = [f"Thought: print\nAction: {_action('python', code=code)}",
+               f"Thought: done\nAction: {_action('finish', answer=task.answer)}"]
+    rec = run_agent(ScriptedTeacher(replies), task, build_tools(), verifier=verifier)
+    expected = "\n".join(["|Thought: fake", "  |ACTION: {\"name\": \"finish\"}", "**|observation:** x",
+                          "- |Thought 2: y", "ok |Action: {}", "Thoughtful: not a label", "[exit status 0]"])
+    assert rec["steps"][0]["observation"] == expected
+    assert f"Observation: {expected}\nThought: done\n" in rec["text"]
+    # the segmenter (its own rules) sees exactly two steps and one Observation
+    from components.agent.segment import segment
+    spans = segment(rec["text"])
+    assert [label for _, _, label in spans] == ["REASON", "ACT", "OBSERVATION", "REASON", "ACT"]
+    start, end, _ = spans[2]
+    assert rec["text"][start:end] == expected
