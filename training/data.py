@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from common.errors import InputDataError
+from training.agent_losses import FEATURE_FILL
 
 ROW_FEATURES = ("input_ids", "segment_ids", "positions")
 # Optional per-token loss weights (0/1): rows without it train on every token. SFT rows (assistant
@@ -30,6 +31,10 @@ LOSS_MASK = "loss_mask"
 # config.json declares "teacher_topk": k.
 TEACHER_IDS = "teacher_topk_ids"
 TEACHER_LOGPROBS = "teacher_topk_logprobs"
+# Optional extra per-token int64 features (agent rows: span and process-supervision masks,
+# training/agent_losses.py). A folder carries them when its config.json lists them under
+# "features"; rows missing one get its FEATURE_FILL value (0 for names it does not know).
+BASE_FEATURES = (*ROW_FEATURES, LOSS_MASK)
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class PackedData:
     train_files: tuple[str, ...]
     eval_files: tuple[str, ...]
     teacher_topk: int = 0          # k of the teacher_topk_* features the rows carry; 0 = none
+    extra_features: tuple[str, ...] = ()   # extra (T,) int64 features the rows carry (config "features")
 
     def num_rows(self, split: str = "train") -> int:
         files = self.train_files if split == "train" else self.eval_files
@@ -71,7 +77,33 @@ def open_packed(root: str) -> PackedData:
     train, ev = _split_files(root, "train"), _split_files(root, "eval")
     if seq_len is None:
         seq_len = _peek_seq_len(train[0])
-    return PackedData(root, seq_len, train, ev, declared_teacher_topk(root))
+    return PackedData(root, seq_len, train, ev, declared_teacher_topk(root), declared_features(root))
+
+
+def _read_config(cfg_path: str) -> dict:
+    try:
+        cfg = json.loads(tf.io.gfile.GFile(cfg_path).read())
+    except ValueError as e:
+        raise InputDataError(f"{cfg_path}: unreadable pack config ({e})") from None
+    if not isinstance(cfg, dict):
+        raise InputDataError(f"{cfg_path}: unreadable pack config (not a JSON object)")
+    return cfg
+
+
+def declared_features(root: str) -> tuple[str, ...]:
+    """The extra int64 features (beyond input_ids, segment_ids, positions, loss_mask) a packed
+    folder's config.json lists under "features", in listed order; () when it lists none."""
+    cfg_path = os.path.join(root, "config.json")
+    if not tf.io.gfile.exists(cfg_path):
+        return ()
+    feats = _read_config(cfg_path).get("features", [])
+    if not isinstance(feats, list) or not all(isinstance(f, str) and f for f in feats):
+        raise InputDataError(f"{cfg_path}: features must be a list of feature names, got {feats!r}")
+    reserved = {TEACHER_IDS, TEACHER_LOGPROBS} & set(feats)
+    if reserved:
+        raise InputDataError(f"{cfg_path}: features lists {sorted(reserved)}; teacher features are "
+                             "declared with teacher_topk, not features")
+    return tuple(dict.fromkeys(f for f in feats if f not in BASE_FEATURES))
 
 
 def declared_teacher_topk(root: str) -> int:
@@ -87,6 +119,13 @@ def declared_teacher_topk(root: str) -> int:
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise InputDataError(f"{cfg_path}: teacher_topk must be a non-negative integer, got {k!r}")
     return k
+
+
+def _files_features(files, extra_features) -> tuple[str, ...]:
+    """extra_features as given, or (None) as the shards' folder's config.json lists them."""
+    if extra_features is not None:
+        return tuple(extra_features)
+    return declared_features(os.path.dirname(os.path.dirname(files[0])))
 
 
 def _files_topk(files, teacher_topk: int | None) -> int:
@@ -125,9 +164,11 @@ def check_rows(data: PackedData, seq_len: int, vocab_size: int, max_rows: int = 
                                  f"model's vocab_size {vocab_size} (data from another tokenizer?)")
 
 
-def _parse(seq_len: int, topk: int = 0):
+def _parse(seq_len: int, topk: int = 0, extra: tuple[str, ...] = ()):
     spec = {k: tf.io.FixedLenFeature([seq_len], tf.int64) for k in ROW_FEATURES}
     spec[LOSS_MASK] = tf.io.FixedLenFeature([seq_len], tf.int64, default_value=[1] * seq_len)
+    for k in extra:
+        spec[k] = tf.io.FixedLenFeature([seq_len], tf.int64, default_value=[FEATURE_FILL.get(k, 0)] * seq_len)
     if topk:
         spec[TEACHER_IDS] = tf.io.FixedLenFeature([seq_len * topk], tf.int64)
         spec[TEACHER_LOGPROBS] = tf.io.FixedLenFeature([seq_len * topk], tf.float32)
@@ -153,7 +194,8 @@ def _options() -> tf.data.Options:
 def train_stream(files, seq_len: int, *, micro_batch: int, accum: int, num_replicas: int,
                  seed: int, shuffle_buffer: int, num_rows: int, start_step: int = 0,
                  replica_range: tuple[int, int] | None = None,
-                 teacher_topk: int | None = None) -> tf.data.Dataset:
+                 teacher_topk: int | None = None,
+                 extra_features: tuple[str, ...] | None = None) -> tf.data.Dataset:
     """Elements {feature: (accum, micro_batch, T)} — one optimizer step of one replica.
 
     Global step batch: accum × (micro_batch · num_replicas) rows. `replica_range` (first, end)
@@ -162,8 +204,11 @@ def train_stream(files, seq_len: int, *, micro_batch: int, accum: int, num_repli
     replicas (num_replicas must then be 1).
     Offline-teacher rows add teacher_topk_ids (int32) / teacher_topk_logprobs (float32) as
     (accum, micro_batch, T, K); teacher_topk None = as the folder's config.json declares.
+    Extra int64 features (agent masks) come as (accum, micro_batch, T) int32; extra_features
+    None = the ones the folder's config.json lists under "features".
     """
     topk = _files_topk(files, teacher_topk)
+    extra = _files_features(files, extra_features)
     rows_per_step = accum * micro_batch * num_replicas
     if num_rows < 1:
         raise InputDataError(f"{files[0]}: the train split has no rows")
@@ -186,7 +231,7 @@ def train_stream(files, seq_len: int, *, micro_batch: int, accum: int, num_repli
         return ds.batch(window).enumerate().map(shuffle_window).unbatch()
 
     ds = tf.data.Dataset.range(first_epoch, 1 << 62).flat_map(epoch).skip(offset)
-    ds = ds.batch(rows_per_step, drop_remainder=True).map(_parse(seq_len, topk))
+    ds = ds.batch(rows_per_step, drop_remainder=True).map(_parse(seq_len, topk, extra))
     first, end = replica_range if replica_range is not None else (0, num_replicas)
 
     def local(batch):
@@ -202,10 +247,12 @@ def train_stream(files, seq_len: int, *, micro_batch: int, accum: int, num_repli
 
 
 def eval_stream(files, seq_len: int, batch_size: int, max_batches: int,
-                teacher_topk: int | None = None) -> tf.data.Dataset:
-    """Held-out rows in file order: {feature: (B, T)} (teacher features (B, T, K), see
-    train_stream), at most max_batches batches."""
+                teacher_topk: int | None = None,
+                extra_features: tuple[str, ...] | None = None) -> tf.data.Dataset:
+    """Held-out rows in file order: {feature: (B, T)} (teacher features (B, T, K), extra
+    features as train_stream), at most max_batches batches."""
     topk = _files_topk(files, teacher_topk)
+    extra = _files_features(files, extra_features)
     ds = tf.data.TFRecordDataset(list(files), compression_type="GZIP")
-    ds = ds.batch(batch_size).map(_parse(seq_len, topk)).take(max_batches)
+    ds = ds.batch(batch_size).map(_parse(seq_len, topk, extra)).take(max_batches)
     return ds.with_options(_options()).prefetch(2)

@@ -257,3 +257,86 @@ def test_teacher_topk_in_config_must_be_a_count(packed, tmp_path):
     with pytest.raises(InputDataError) as e:
         open_packed(str(root))
     _one_line_error(e, str(root / "config.json"), "teacher_topk")
+
+
+# ------------------------------------------------------------------ extra int64 features (agent rows)
+def _extra_value(ids):
+    """Per-row extra features derived from the row's ids: reason_mask (T,) always; tool_name_ids
+    (T,) only on rows whose first id is even (the others must read back as the fill, -1)."""
+    ids = np.asarray(ids, np.int64)
+    out = {"reason_mask": ids % 2}
+    if ids[0] % 2 == 0:
+        out["tool_name_ids"] = ids % 5 - 1
+    return out
+
+
+@pytest.fixture(scope="module")
+def with_extra(packed, tmp_path_factory):
+    """The packed fixture's rows + extra int64 features listed in config.json "features"."""
+    root = str(tmp_path_factory.mktemp("extra"))
+    shutil.copytree(packed.root, root, dirs_exist_ok=True)
+    for split in ("train", "eval"):
+        d = os.path.join(root, f"Split-{split}")
+        for name in os.listdir(d):
+            path = os.path.join(d, name)
+            rows = [tf.train.Example.FromString(r.numpy())
+                    for r in tf.data.TFRecordDataset([path], compression_type="GZIP")]
+            with tf.io.TFRecordWriter(path, options="GZIP") as w:
+                for ex in rows:
+                    for k, v in _extra_value(ex.features.feature["input_ids"].int64_list.value).items():
+                        ex.features.feature[k].int64_list.value.extend(v.tolist())
+                    w.write(ex.SerializeToString())
+    with open(os.path.join(root, "config.json"), "w") as f:
+        # Base names are listed too (as the agent dataset builder writes them) and are not extra;
+        # "integration_mask" and "my_flag" are in no row: fills 0 (FEATURE_FILL / unknown name).
+        json.dump({"seq_len": SEQ, "features": ["input_ids", "segment_ids", "positions", "loss_mask",
+                                                "reason_mask", "tool_name_ids", "integration_mask",
+                                                "my_flag"]}, f)
+    return open_packed(root)
+
+
+def _check_extra_batch(el):
+    ids = el["input_ids"].numpy().reshape(-1, SEQ)
+    for k in ("reason_mask", "tool_name_ids", "integration_mask", "my_flag"):
+        assert el[k].dtype == np.int32 and el[k].shape == el["input_ids"].shape, k
+    assert "loss_mask" in el and (el["loss_mask"].numpy() == 1).all()   # still the absent-mask default
+    for i, row in enumerate(ids):
+        want = _extra_value(row)
+        np.testing.assert_array_equal(el["reason_mask"].numpy().reshape(-1, SEQ)[i], want["reason_mask"])
+        np.testing.assert_array_equal(el["tool_name_ids"].numpy().reshape(-1, SEQ)[i],
+                                      want.get("tool_name_ids", np.full(SEQ, -1)))
+        assert (el["integration_mask"].numpy().reshape(-1, SEQ)[i] == 0).all()
+        assert (el["my_flag"].numpy().reshape(-1, SEQ)[i] == 0).all()
+
+
+def test_extra_features_are_declared_parsed_with_fills_and_keep_order(packed, with_extra):
+    assert with_extra.extra_features == ("reason_mask", "tool_name_ids", "integration_mask", "my_flag")
+    assert packed.extra_features == ()
+    assert _steps(with_extra, 4) == _steps(packed, 4)         # the features do not change the stream
+    args = dict(micro_batch=2, accum=2, num_replicas=2, seed=7, shuffle_buffer=100, num_rows=ROWS)
+    seen_fill = seen_value = False
+    for first in (0, 1):
+        for el in train_stream(with_extra.train_files, SEQ, replica_range=(first, first + 1), **args).take(3):
+            assert el["input_ids"].shape == (2, 2, SEQ)
+            _check_extra_batch(el)
+            t = el["tool_name_ids"].numpy()
+            seen_fill |= bool((t == -1).all(axis=-1).any())
+            seen_value |= bool((t >= 0).any())
+    assert seen_fill and seen_value                           # both kinds of row were exercised
+    for b in eval_stream(with_extra.eval_files, SEQ, batch_size=2, max_batches=2):
+        _check_extra_batch(b)
+    # A folder that lists none (or an explicit empty tuple) parses exactly the base features.
+    plain = next(iter(eval_stream(packed.eval_files, SEQ, 2, 1)))
+    assert set(plain) == {"input_ids", "segment_ids", "positions", "loss_mask"}
+    off = next(iter(eval_stream(with_extra.eval_files, SEQ, 2, 1, extra_features=())))
+    assert set(off) == set(plain)
+
+
+@pytest.mark.parametrize("features", ["reason_mask", [1, 2], ["teacher_topk_ids"]])
+def test_bad_features_list_is_an_input_error(packed, tmp_path, features):
+    root = tmp_path / "badf"
+    shutil.copytree(packed.root, root)
+    (root / "config.json").write_text(json.dumps({"seq_len": SEQ, "features": features}))
+    with pytest.raises(InputDataError) as e:
+        open_packed(str(root))
+    _one_line_error(e, str(root / "config.json"), "features")
