@@ -376,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub, _config_args)
     from pipelines.eval_cli import add_eval_parser
     add_eval_parser(sub)
+    from pipelines.data_cli import add_data_parser
+    add_data_parser(sub)
 
     m = sub.add_parser("model", help="model checkpoints: import HF safetensors, count parameters")
     msub = m.add_subparsers(dest="model_command", metavar="MODEL_COMMAND", required=True)
