@@ -176,6 +176,25 @@ class SFTConfig(_Strict):
     trainer: TrainerConfig = TrainerConfig(steps=200, warmup_steps=20, lr=1e-4, mtp_weight=0.0)
 
 
+class ProcessSupervisionConfig(_Strict):
+    """Agent-trajectory distillation (training/agent_task.py): used when the distill data's rows
+    carry reason/action masks (components/agent/dataset.py) and `enabled`. Loss: span-weighted
+    SAD (λ_r on Thought, λ_a on Action tokens; KL to the teacher at distill.temperature, no τ²)
+    + tool_weight · tool-name CE + json_weight · JSON-argument CE."""
+
+    enabled: bool = True
+    lambda_reason: float = Field(1.0, ge=0)
+    lambda_act: float = Field(1.0, ge=0)
+    tool_weight: float = Field(0.7, ge=0)
+    json_weight: float = Field(0.3, ge=0)
+
+    @model_validator(mode="after")
+    def _some_span_weight(self):
+        if self.lambda_reason + self.lambda_act <= 0:
+            raise ValueError("lambda_reason + lambda_act must be > 0 (the SAD term would be empty)")
+        return self
+
+
 class DistillConfig(_Strict):
     """Logit distillation of a teacher into a smaller student (training/distill_*.py)."""
 
@@ -198,6 +217,9 @@ class DistillConfig(_Strict):
     # over the data (teacher_topk per token, the rest as one tail bucket) and stored.
     teacher_logits: Literal["online", "offline"] = "online"
     teacher_topk: int = Field(32, ge=1)
+    # Agent trajectories (rows with reason/action masks): the SAD + process-step objective
+    # replaces `loss` (online teacher only; with it off such rows train with `loss` on loss_mask).
+    process_supervision: ProcessSupervisionConfig = ProcessSupervisionConfig()
     trainer: TrainerConfig = TrainerConfig(steps=200, warmup_steps=20, lr=1e-3)
 
 

@@ -8,6 +8,10 @@ Steps (run_distill):
      stored beside them (OUTPUT/teacher_data/);
   3. the student's held-out numbers before training (CE, KL to the teacher), training through the
      shared engine with the distillation task (training/distill_task.py), the same numbers after;
+     agent rows (config.json lists reason_mask / action_mask, components/agent/dataset.py) with
+     distill.process_supervision.enabled train with the agent task instead
+     (training/agent_task.py: SAD + tool-name / JSON-argument CE; online teacher) and report
+     its held-out sad, tool_loss, json_loss, tool_name_acc, json_token_acc before and after;
   4. HF export of the student to OUTPUT/final/, report.json and the loss curve.
 """
 from __future__ import annotations
@@ -52,6 +56,19 @@ def distill_spec(cfg: DistillConfig):
                        mtp_weight=cfg.trainer.mtp_weight, aux_loss_alpha=cfg.trainer.aux_loss_alpha)
 
 
+def agent_spec(cfg: DistillConfig):
+    from training.agent_losses import AgentLossSpec
+    ps = cfg.process_supervision
+    return AgentLossSpec(lambda_reason=ps.lambda_reason, lambda_act=ps.lambda_act, tool_weight=ps.tool_weight,
+                         json_weight=ps.json_weight, temperature=cfg.temperature)
+
+
+def uses_agent_task(cfg: DistillConfig, data) -> bool:
+    """True when the rows carry the SAD span masks and process supervision is on."""
+    from training.agent_losses import SPAN_FEATURES
+    return cfg.process_supervision.enabled and all(f in data.extra_features for f in SPAN_FEATURES)
+
+
 def run_distill(cfg: DistillConfig, teacher_dir: str | None, data_dir: str, tokenizer_dir: str | None,
                 output_dir: str, *, runtime: Runtime | None = None, max_steps: int | None = None,
                 checkpoint_every: int | None = None, progress: bool = True) -> dict[str, Any]:
@@ -76,6 +93,10 @@ def run_distill(cfg: DistillConfig, teacher_dir: str | None, data_dir: str, toke
     check_vocab(teacher_cfg, s_cfg, teacher_tok if os.path.exists(teacher_tok) else None,
                 tok if os.path.exists(tok) else None)
 
+    agent = uses_agent_task(cfg, data)
+    if agent and cfg.teacher_logits == "offline":
+        raise ConfigError(f"{data_dir}: agent rows train with an online teacher; set distill.teacher_logits=online "
+                          "(or distill.process_supervision.enabled=false for plain logit distillation)")
     teacher = None
     if cfg.teacher_logits == "offline":
         tdir = os.path.join(output_dir, TEACHER_DATA_DIR)
@@ -97,20 +118,34 @@ def run_distill(cfg: DistillConfig, teacher_dir: str | None, data_dir: str, toke
             return model_core.load_hf_checkpoint(cfg.student_init, config=s_cfg)
         return model_core.build_model(s_cfg, seed=cfg.trainer.seed)
 
-    task = DistillTask(distill_spec(cfg), teacher=teacher)
-    trainer = Trainer(cfg.trainer, rt, build, task, output_dir, title=f"distill ({cfg.loss})")
+    if agent:
+        from training.agent_task import AgentDistillTask
+        task = AgentDistillTask(agent_spec(cfg), teacher=teacher, mtp_weight=cfg.trainer.mtp_weight,
+                                aux_loss_alpha=cfg.trainer.aux_loss_alpha)
+    else:
+        task = DistillTask(distill_spec(cfg), teacher=teacher)
+    objective = "agent SAD + process" if agent else cfg.loss
+    trainer = Trainer(cfg.trainer, rt, build, task, output_dir, title=f"distill ({objective})")
     before = trainer.baseline_eval(data)
     result = trainer.fit(data, max_steps=max_steps, checkpoint_every=checkpoint_every, progress=progress)
     report: dict[str, Any] = {
-        "phase": "distill", "loss": cfg.loss, "teacher_logits": cfg.teacher_logits, "teacher": teacher_dir,
+        "phase": "distill", "loss": "agent" if agent else cfg.loss, "teacher_logits": cfg.teacher_logits,
+        "teacher": teacher_dir,
         "steps": result.steps, "target_steps": cfg.trainer.steps, "resumed_from_step": result.resumed_from,
         "nonfinite_steps": result.nonfinite_steps, "tokens_per_s": tokens_per_second(result.history),
         "data": data.root, "seq_len": data.seq_len,
         "student_parameters": int(num_weights(result.model)),
         "before": before, **result.final_eval}
+    if agent:
+        ps = cfg.process_supervision
+        report["agent"] = {
+            "lambda_reason": ps.lambda_reason, "lambda_act": ps.lambda_act, "tool_weight": ps.tool_weight,
+            "json_weight": ps.json_weight, "temperature": cfg.temperature,
+            **{k: {"before": before.get(f"eval_{k}"), "after": result.final_eval.get(f"eval_{k}")}
+               for k in ("sad", "ce", "tool_loss", "json_loss", "tool_name_acc", "json_token_acc")}}
     if not rt.is_chief:
         return report
-    phase = {"phase": "distill", "steps": result.steps, "loss": cfg.loss}
+    phase = {"phase": "distill", "steps": result.steps, "loss": report["loss"]}
     teacher_phase = os.path.join(teacher_dir, "seekline_phase.json")
     if os.path.exists(teacher_phase):     # the student speaks the teacher's chat format
         template = json.loads(open(teacher_phase, encoding="utf-8").read()).get("chat_template")
