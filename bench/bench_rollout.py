@@ -47,7 +47,7 @@ from refproc import RefProcess  # noqa: E402
 from common.fileio import atomic_write_json  # noqa: E402
 
 RESULTS = os.path.join(REPO, "bench", "results", "rollout.json")
-DEFAULT_ROWS = ("tiny:8x8:32-128:128", "small:4x8:32-128:64")
+DEFAULT_ROWS = ("tiny:8x8:32-128:128", "small:8x8:32-128:64")   # GRPO defaults: 8 prompts × G 8
 SIDES = ("seekline", "seekline_xla", "transformers")
 
 
