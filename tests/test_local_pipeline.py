@@ -21,7 +21,7 @@ from pipelines.runs import list_runs
 
 pytestmark = pytest.mark.slow
 COMPONENTS = ["ingest", "tokenizer", "pack", "statistics", "schema", "validate", "pretrain", "context_extension",
-              "sft", "distill", "evaluate"]
+              "sft", "grpo", "distill", "evaluate"]
 # Training here only proves the DAG wiring (the learning checks are tests/test_learning_checks.py):
 # a few steps of each phase, with a smaller model.
 TRAIN_FAST = (
@@ -33,6 +33,9 @@ TRAIN_FAST = (
     "context_extension.passkey.multiples=[1, 2]",
     "sft.trainer.steps=2", "sft.trainer.micro_batch_size=2", "sft.trainer.warmup_steps=1",
     "sft.trainer.eval_batches=1", "sft.corpus_instructions=40",
+    "grpo.trainer.steps=2", "grpo.trainer.micro_batch_size=4", "grpo.prompts_per_step=2", "grpo.num_generations=2",
+    "grpo.max_completion_tokens=8", "grpo.num_eval_tasks=2", "grpo.eval_samples_per_task=1",
+    "grpo.rollout_jit_compile=false",
     "distill.trainer.steps=2", "distill.trainer.micro_batch_size=2", "distill.trainer.warmup_steps=1",
     "distill.trainer.eval_batches=1",
     "evaluate.max_problems=2", "evaluate.n_samples=2", "evaluate.k=[1, 2]", "evaluate.max_new_tokens=32",
@@ -108,22 +111,30 @@ def test_first_run_executes_every_component(workdir, capsys):
     assert set(ce_report["before"]) == set(ce_report["after"]) == {"1x", "2x"}
     assert json.loads((ce / "final" / "config.json").read_text())["rope_scaling"]["factor"] == 2.0
     assert (ce / "passkey.png").stat().st_size > 0
-    # post-training: SFT of the extended model on assistant-only rows, the student distilled from it
+    # post-training: SFT of the extended model on assistant-only rows, GRPO of the SFT model, the student
+    # distilled from the GRPO model on the SFT rows
     sft = next(out.glob("pipeline/sft/model/*"))
     sft_report = json.loads((sft / "report.json").read_text())
     assert sft_report["steps"] == 2 and sft_report["data"]["train"]["assistant_tokens"] > 0
     assert sft_report["init"].startswith(str(ce)) and "eval_loss" in sft_report["before"]
     assert json.loads((sft / "final" / "seekline_phase.json").read_text())["chat_template"] == "seekline"
+    # GRPO of the SFT model: rollouts, rewards, the exported policy
+    gr = next(out.glob("pipeline/grpo/model/*"))
+    gr_report = json.loads((gr / "report.json").read_text())
+    assert gr_report["steps"] == 2 and gr_report["init"] == str(sft / "final")
+    assert "eval_reward_mean" in gr_report and "eval_reward_mean" in gr_report["before"]
+    assert (gr / "reward_curve.png").stat().st_size > 0 and list((gr / "rollouts").glob("step_*.jsonl"))
+    assert json.loads((gr / "final" / "seekline_phase.json").read_text())["chat_template"] == "seekline"
     st = next(out.glob("pipeline/distill/model/*"))
     st_report = json.loads((st / "report.json").read_text())
-    assert st_report["steps"] == 2 and st_report["teacher"] == str(sft / "final")
+    assert st_report["steps"] == 2 and st_report["teacher"] == str(gr / "final")
     assert st_report["data"] == str(sft / "data") and st_report["eval_kl_to_teacher"] >= 0
     student = json.loads((st / "final" / "config.json").read_text())
     assert student["num_hidden_layers"] < json.loads((sft / "final" / "config.json").read_text())["num_hidden_layers"]
     # evaluation: the student against its teacher on 2 HumanEval problems, 2 samples each, and a blessing
     ev = next(out.glob("pipeline/evaluate/evaluation/*"))
     summary = json.loads((ev / "summary.json").read_text())
-    assert summary["candidate"]["model"] == str(st / "final") and summary["teacher"]["model"] == str(sft / "final")
+    assert summary["candidate"]["model"] == str(st / "final") and summary["teacher"]["model"] == str(gr / "final")
     assert summary["problems"] == ["HumanEval/0", "HumanEval/1"]
     assert summary["candidate"]["samples"] == summary["teacher"]["samples"] == 4
     assert {"pass@1", "pass@2"} <= set(summary["candidate"]) and summary["candidate"]["prompt_mode"] == "chat"
