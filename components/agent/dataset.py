@@ -35,13 +35,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
 from common.errors import ConfigError, InputDataError
-from common.fileio import atomic_write_json, make_temp_dir
 from components.agent.process import DEFAULT_TOOLS, extract_process_spans
 from components.agent.segment import LABELS, segment, validate_spans
 from training import agent_losses as al
@@ -291,14 +289,7 @@ def build_agent_dataset_files(in_jsonl: str, out_dir: str, *, tokenizer_path: st
               "tool_names": list(tool_names), "features": features, "seed": seed, "eval_fraction": eval_fraction,
               "tokenizer_path": tokenizer_path}
 
-    remote = "://" in out_dir
-    if remote:
-        staging = sh.new_staging(out_dir)
-    else:
-        out_dir = os.path.abspath(out_dir)
-        os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-        staging = make_temp_dir(os.path.dirname(out_dir), f".{os.path.basename(out_dir)}.staging-")
-    try:
+    def write(staging):
         for split, rows in rows_by_split.items():
             n_shards = max(1, -(-len(rows) // rows_per_shard))
             names = []
@@ -308,28 +299,7 @@ def build_agent_dataset_files(in_jsonl: str, out_dir: str, *, tokenizer_path: st
                 sh.write_shard(os.path.join(staging, f"Split-{split}", name), (_example_bytes(rows[i]) for i in part))
                 names.append(name)
             report[split]["shards"] = names
-        if remote:
-            sh.publish(staging, out_dir, rows_by_split)
-            atomic_write_json(os.path.join(out_dir, "report.json"), report)
-            atomic_write_json(os.path.join(out_dir, "config.json"), config)  # last: marks it complete
-        else:
-            atomic_write_json(os.path.join(staging, "report.json"), report)
-            atomic_write_json(os.path.join(staging, "config.json"), config)
-            _publish_local(staging, out_dir)
-    finally:
-        if remote:
-            sh.discard(staging)
-        elif os.path.exists(staging):
-            shutil.rmtree(staging, ignore_errors=True)
+    sh.write_split_folder(out_dir, rows_by_split, write, report, config)
     return report
 
 
-def _publish_local(staging: str, out_dir: str) -> None:
-    """Swap the staged folder into place; the previous output goes only once the new one is there."""
-    old = None
-    if os.path.exists(out_dir):
-        old = make_temp_dir(os.path.dirname(out_dir), f".{os.path.basename(out_dir)}.old-")
-        os.rename(out_dir, os.path.join(old, "out"))
-    os.rename(staging, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -111,3 +111,43 @@ def read_records(pattern: str) -> list[bytes]:
     for path in sorted(tf.io.gfile.glob(pattern)):
         out.extend(r.numpy() for r in tf.data.TFRecordDataset(path, compression_type="GZIP"))
     return out
+
+
+def write_split_folder(output_dir: str, splits: Iterable[str], write, report: dict, config: dict) -> None:
+    """Write a rows folder (Split-*/ shards + report.json + config.json) so a reader never sees a
+    half-written one: write(staging) fills Split-<split>/ under a staging folder; then, locally,
+    the staged folder is swapped into place whole (the previous output goes only once the new one
+    is there); on an object store the splits are renamed into place and config.json, which marks
+    the folder complete, is written last."""
+    import shutil
+
+    from common.fileio import atomic_write_json, make_temp_dir
+
+    remote = "://" in output_dir
+    if remote:
+        staging = new_staging(output_dir)
+    else:
+        output_dir = os.path.abspath(output_dir)
+        os.makedirs(os.path.dirname(output_dir), exist_ok=True)
+        staging = make_temp_dir(os.path.dirname(output_dir), f".{os.path.basename(output_dir)}.staging-")
+    try:
+        write(staging)
+        if remote:
+            publish(staging, output_dir, list(splits))
+            atomic_write_json(os.path.join(output_dir, "report.json"), report)
+            atomic_write_json(os.path.join(output_dir, "config.json"), config)   # last: marks it complete
+        else:
+            atomic_write_json(os.path.join(staging, "report.json"), report)
+            atomic_write_json(os.path.join(staging, "config.json"), config)
+            old = None
+            if os.path.exists(output_dir):
+                old = make_temp_dir(os.path.dirname(output_dir), f".{os.path.basename(output_dir)}.old-")
+                os.rename(output_dir, os.path.join(old, "out"))
+            os.rename(staging, output_dir)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if remote:
+            discard(staging)
+        elif os.path.exists(staging):
+            shutil.rmtree(staging, ignore_errors=True)

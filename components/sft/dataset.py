@@ -24,13 +24,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Sequence
 
 import numpy as np
 
 from common.errors import ConfigError, InputDataError
-from common.fileio import atomic_write_json, make_temp_dir
 from components.sft.chat_template import ChatTemplate, EncodedExample, get_template
 from components.sft.formats import Conversation, to_record
 from components.sft.sft_packing import PackedRows, pack_examples
@@ -114,16 +112,6 @@ def _pad_id(tpl: ChatTemplate, meta: dict | None) -> int:
     return 0
 
 
-def _publish_local(staging: str, output_dir: str) -> None:
-    old = None
-    if os.path.exists(output_dir):
-        old = make_temp_dir(os.path.dirname(output_dir), f".{os.path.basename(output_dir)}.old-")
-        os.rename(output_dir, os.path.join(old, "out"))
-    os.rename(staging, output_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def build_sft_dataset(conversations_train: Sequence[Conversation], conversations_eval: Sequence[Conversation],
                       tokenizer_dir: str, output_dir: str, *, template: str = "auto", seq_len: int,
                       packing: bool = True, truncate: bool = True, seed: int = 0,
@@ -164,30 +152,11 @@ def build_sft_dataset(conversations_train: Sequence[Conversation], conversations
     config = {"seq_len": seq_len, "template": tpl.name, "packing": packing, "truncate": truncate, "seed": seed,
               "pad_id": pad_id, "stop_ids": tpl.stop_ids}
 
-    remote = "://" in output_dir
-    if remote:
-        from components.common import shards as sh
+    from components.common.shards import write_split_folder
 
-        staging = sh.new_staging(output_dir)
-    else:
-        output_dir = os.path.abspath(output_dir)
-        os.makedirs(os.path.dirname(output_dir), exist_ok=True)
-        staging = make_temp_dir(os.path.dirname(output_dir), f".{os.path.basename(output_dir)}.staging-")
-    try:
+    def write(staging):
         for split, (packed, row_order) in packed_splits.items():
             report[split]["shards"] = _write_split(os.path.join(staging, f"Split-{split}"), packed, row_order,
                                                    rows_per_shard)
-        if remote:
-            sh.publish(staging, output_dir, packed_splits)
-            atomic_write_json(os.path.join(output_dir, "report.json"), report)
-            atomic_write_json(os.path.join(output_dir, "config.json"), config)  # last: marks it complete
-        else:
-            atomic_write_json(os.path.join(staging, "report.json"), report)
-            atomic_write_json(os.path.join(staging, "config.json"), config)
-            _publish_local(staging, output_dir)
-    finally:
-        if remote:
-            sh.discard(staging)
-        elif os.path.exists(staging):
-            shutil.rmtree(staging, ignore_errors=True)
+    write_split_folder(output_dir, packed_splits, write, report, config)
     return report
