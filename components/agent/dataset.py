@@ -33,7 +33,6 @@ TFRecord shards, Split-train / Split-eval, config.json with seq_len), plus repor
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 
@@ -188,23 +187,15 @@ def build_agent_dataset(records: Iterable[dict], tokenizer, *, seq_len: int, pro
 # ------------------------------------------------------------------ files (CLI)
 def read_jsonl(path: str) -> tuple[list[dict], list[str]]:
     """(records, "FILE:LINE: reason" for every line that is not a JSON object); blank lines skipped."""
-    import tensorflow as tf
+    from components.evaluate.jsonl import iter_json_lines
 
-    if not tf.io.gfile.exists(path):
-        raise InputDataError(f"{path}: trajectory file not found")
     records, bad = [], []
-    with tf.io.gfile.GFile(path, "r") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError as e:
-                bad.append(f"{path}:{n}: not valid JSON ({e.msg})")
-                continue
-            if not isinstance(rec, dict):
-                bad.append(f"{path}:{n}: not a JSON object")
-                continue
+    for n, rec, err in iter_json_lines(path):
+        if err:
+            bad.append(f"{path}:{n}: {err}")
+        elif not isinstance(rec, dict):
+            bad.append(f"{path}:{n}: not a JSON object")
+        else:
             rec.setdefault("id", f"{os.path.basename(path)}:{n}")
             records.append(rec)
     return records, bad
