@@ -7,6 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= tiny
 ARGS   ?=
+MODEL  ?=
 CRON   ?=
 IMAGE  ?= ghcr.io/seekline/seekline:latest
 REF_VENV ?= .venv-ref
@@ -17,7 +18,7 @@ PY310  ?= $(shell for p in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python3.1
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 export PYTHONWARNINGS ?= ignore::FutureWarning
 
-.PHONY: help setup setup-ref fixtures run test test-fast lint compile deploy-pipeline schedule bench docker-build lock clean
+.PHONY: help setup setup-ref fixtures run test test-fast lint compile deploy-pipeline schedule serve bench docker-build lock clean
 
 help: ## show this help
 	@# bold target names on a terminal only: a pipe or a log file gets no escape codes
@@ -57,6 +58,9 @@ deploy-pipeline: setup ## upload to Kubeflow Pipelines at KFP_HOST and start a r
 
 schedule: setup ## create a recurring run on KFP_HOST (CRON='0 0 3 * * *', 6 fields, seconds first)
 	$(BIN)/seekline schedule --config $(CONFIG) $(if $(CRON),--cron "$(CRON)") $(ARGS)
+
+serve: setup ## serve MODEL (default: the newest blessed model of CONFIG's local pipeline) over an OpenAI-compatible API
+	$(BIN)/seekline serve $(MODEL) --config $(CONFIG) $(ARGS)
 
 # The reference venv: transformers + torch (CPU) for HF parity fixtures and benchmark baselines.
 # Python 3.11 (torch 2.13's CPU wheel); never used by the tests or the pipeline.

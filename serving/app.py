@@ -497,5 +497,6 @@ def _prompts(prompt, svc: Service) -> list[list[int]]:
 
 def _mask(who: str) -> str:
     if who.startswith("key:"):
-        return "key:" + who[4:8] + "…"
+        key = who[4:]
+        return "key:" + (key[:4] + "…" if len(key) > 12 else "…")
     return who

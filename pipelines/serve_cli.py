@@ -1,0 +1,93 @@
+"""`seekline serve [MODEL_DIR]`: the OpenAI-compatible server (serving/, docs/serving.md).
+
+Without MODEL_DIR it serves the newest blessed model of the config's local pipeline: the newest
+finished `evaluate` execution whose ModelBlessing says blessed, and that blessing's candidate
+model (its `current_model` property, as TFX's Evaluator records it). The lookup lives here
+because serving/ sits below pipelines/ and never reads ML Metadata.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from common.errors import UserError
+
+
+def add_serve_parser(sub, config_args) -> None:
+    p = sub.add_parser(
+        "serve", help="serve a model over an OpenAI-compatible HTTP API (chat/completions, completions)",
+        description="serve a seekline model folder (HF layout with its tokenizer) over an OpenAI-compatible "
+        "HTTP API with continuous batching; API keys from SEEKLINE_API_KEYS (comma-separated; unset = open)",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SERVE_EXAMPLES)
+    p.add_argument("model_dir", nargs="?", metavar="MODEL_DIR",
+                   help="model folder (config.json + model.safetensors + tokenizer.json); default: the newest "
+                   "blessed model of the config's local pipeline")
+    config_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--model-name", help="the model id clients send (default: from the folder)")
+    p.add_argument("--max-batch-size", type=int, help="rows decoded together (default 8)")
+    p.add_argument("--max-seq-len", type=int, help="cache rows per request, prompt + completion "
+                   "(default: min(context, 2048))")
+    p.add_argument("--timeout", type=float, dest="request_timeout_s", help="seconds per request (default 300)")
+    p.add_argument("--rate-limit", type=float, dest="rate_limit_per_minute",
+                   help="requests per minute per API key (default 600; 0 = off)")
+    p.add_argument("--xla", action="store_true", help="XLA-compile the decode step")
+    p.set_defaults(fn=cmd_serve)
+
+
+SERVE_EXAMPLES = """\
+examples:
+  seekline serve                                         # newest blessed model of the tiny pipeline
+  seekline serve outputs/tiny/pipeline/grpo/model/51/final --port 8080
+  SEEKLINE_API_KEYS=key1,key2 seekline serve MODEL_DIR --host 0.0.0.0
+
+then any OpenAI client:  OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="key1")
+"""
+
+
+def newest_blessed_model(metadata_path: str, pipeline_name: str) -> str:
+    """The HF-layout folder of the candidate of the newest blessed `evaluate` execution."""
+    from ml_metadata.proto import metadata_store_pb2
+
+    from pipelines.runs import open_store
+
+    how = "(run `seekline run` first, or pass MODEL_DIR)"
+    if not os.path.exists(metadata_path):
+        raise UserError(f"{metadata_path}: no local pipeline runs here yet {how}")
+    store = open_store(metadata_path)
+    ctx = store.get_context_by_type_and_name("node", f"{pipeline_name}.evaluate")
+    done = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
+    execs = [e for e in (store.get_executions_by_context(ctx.id) if ctx else []) if e.last_known_state in done]
+    for ex in sorted(execs, key=lambda e: (e.create_time_since_epoch, e.id), reverse=True):
+        events = store.get_events_by_execution_ids([ex.id])
+        outs = [ev.artifact_id for ev in events if ev.type == metadata_store_pb2.Event.OUTPUT
+                and ev.path.steps and ev.path.steps[0].key == "blessing"]
+        for art in store.get_artifacts_by_id(outs):
+            props = art.custom_properties
+            if props.get("blessed") is not None and props["blessed"].int_value == 1 and "current_model" in props:
+                final = os.path.join(props["current_model"].string_value, "final")
+                if os.path.exists(os.path.join(final, "config.json")):
+                    return final
+    raise UserError(f"{metadata_path}: pipeline {pipeline_name!r} has no blessed model yet {how}")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from serving.config import ServerConfig
+    from serving.server import run
+
+    model_dir = args.model_dir
+    if model_dir is None:
+        from configs.schema import load_config
+        from pipelines.local import local_paths
+
+        config = load_config(args.config, args.overrides)
+        model_dir = newest_blessed_model(str(local_paths(config).metadata), config.pipeline.name)
+    if not os.path.isdir(model_dir):
+        raise UserError(f"{model_dir}: no such model folder")
+    cfg = ServerConfig.build(host=args.host, port=args.port, model_name=args.model_name,
+                             max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len,
+                             request_timeout_s=args.request_timeout_s,
+                             rate_limit_per_minute=args.rate_limit_per_minute, jit_compile=args.xla or None)
+    run(model_dir, cfg)
+    return 0
