@@ -89,10 +89,18 @@ class Engine:
     def start(self, warmup: bool = True) -> Engine:
         self._thread = threading.Thread(target=self._loop, name="seekline-engine", daemon=True)
         self._thread.start()
-        if warmup:   # trace prefill / insert / select / step before the first client waits on them
-            done = threading.Event()
-            self.submit(Request([self.pad_id], Params(max_tokens=2), lambda t: t.finish and done.set()))
-            done.wait()
+        if warmup:
+            # Trace prefill / insert / select / step before the first client waits on them: one
+            # short prompt alone, then two of another length bucket together, so the traces relax
+            # to any batch size and prompt length (reduce_retracing) instead of retracing later.
+            for prompts in ([[self.pad_id]], [[self.pad_id] * 33] * 2):
+                if len(prompts[0]) + 2 > self.s:
+                    break
+                left = threading.Semaphore(0)
+                for p in prompts:
+                    self.submit(Request(p, Params(max_tokens=2), lambda t, left=left: t.finish and left.release()))
+                for _ in prompts:
+                    left.acquire()
         return self
 
     def stop(self) -> None:
