@@ -165,3 +165,17 @@ def test_settings_and_keys(monkeypatch):
     with pytest.raises(ConfigError, match="server setting bogus"):
         ServerConfig.build(bogus=1)
     assert os.environ["SEEKLINE_API_KEYS"] == "k1,k2"
+
+
+def test_serving_imports_only_model_and_common():
+    """serving <- model (docs/architecture): no components, training, pipelines or configs
+    (common/layering_test.py does not list serving yet; this is its rule for this package)."""
+    from common.layering_test import REPO, _sources, imported_modules
+
+    forbidden = {"components", "training", "pipelines", "configs", "sandbox"}
+    bad = []
+    for path, module, is_package in _sources("serving"):
+        with open(path, encoding="utf-8") as f:
+            names = imported_modules(f.read(), module, is_package)
+        bad += [f"{os.path.relpath(path, REPO)} imports {n}" for n in sorted(names) if n.split(".")[0] in forbidden]
+    assert bad == []
