@@ -180,6 +180,43 @@ def test_concurrent_requests_share_batches_and_equal_generate_alone(client, ref,
     assert steps < tokens * 0.6     # rows were decoded together, not one request at a time
 
 
+def test_streamed_n_choices_and_prompt_lists(client, ref):
+    msgs = [{"role": "user", "content": "7*3="}]
+    kw = dict(model=NAME, messages=msgs, max_tokens=8, temperature=0.7, seed=9, n=2)
+    full = client.chat.completions.create(**kw)
+    parts = {0: "", 1: ""}
+    finish = {}
+    for ch in client.chat.completions.create(**kw, stream=True):
+        for c in ch.choices:
+            parts[c.index] += c.delta.content or ""
+            if c.finish_reason:
+                finish[c.index] = c.finish_reason
+    assert [parts[i] for i in (0, 1)] == [c.message.content for c in full.choices]
+    assert [finish[i] for i in (0, 1)] == [c.finish_reason for c in full.choices]
+    # several prompts in one /v1/completions request: n choices per prompt, in prompt order
+    prompts = ["1+1=", "2+3="]
+    r = client.completions.create(model=NAME, prompt=prompts, max_tokens=6, temperature=0, n=2)
+    assert [c.index for c in r.choices] == [0, 1, 2, 3]
+    for i, p in enumerate(prompts):
+        want, _ = ref.generate(ref.text_ids(p), 6, (ref.eos,))
+        assert r.choices[2 * i].text == r.choices[2 * i + 1].text == ref.decode(want)
+    assert r.usage.prompt_tokens == sum(len(ref.text_ids(p)) for p in prompts)
+    ids = ref.text_ids("1+1=")     # token ids are a prompt too
+    assert client.completions.create(model=NAME, prompt=ids, max_tokens=6, temperature=0).choices[0].text \
+        == r.choices[0].text
+
+
+def test_full_queue_is_503_with_retry_after(server):
+    engine = server.svc.engine
+    old, engine.max_queue = engine.max_queue, 0
+    try:
+        r = _raw(server, "/v1/completions", {"model": NAME, "prompt": "1+", "max_tokens": 4})
+    finally:
+        engine.max_queue = old
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+    assert r.json()["error"]["code"] == "server_busy"
+
+
 def test_stop_sequence_cuts_text(client):
     kw = dict(model=NAME, prompt="3*4=", max_tokens=16, temperature=0)
     free = client.completions.create(**kw).choices[0].text
