@@ -82,7 +82,9 @@ class Engine:
         self._stop = False
         self._thread: threading.Thread | None = None
         self.slots: list[Request | None] = [None] * self.b
-        self.stats = {"steps": 0, "prefills": 0, "tokens": 0, "admitted": 0, "busy_s": 0.0}
+        self.stats = {"steps": 0, "rows_stepped": 0, "prefills": 0, "tokens": 0, "admitted": 0, "busy_s": 0.0}
+        # Decode batch sizes: powers of two below B, and B (one compiled step each).
+        self.buckets = sorted({min(2 ** k, self.b) for k in range(self.b.bit_length() + 1)})
         self._reset_state()
 
     # ------------------------------------------------------------------ public
@@ -101,6 +103,9 @@ class Engine:
                     self.submit(Request(p, Params(max_tokens=2), lambda t, left=left: t.finish and left.release()))
                 for _ in prompts:
                     left.acquire()
+            with self._cv:      # the engine is idle now: trace the decode step of every row bucket
+                for rows in self.buckets:
+                    self._decode(rows)
         return self
 
     def stop(self) -> None:
@@ -238,12 +243,23 @@ class Engine:
             if r is not None and r.cancelled:
                 self._finish(i, "cancelled")
 
+    def _decode(self, rows: int):
+        """One decode step of the first `rows` slots -> (tok, logprob, top values, top ids) of those
+        rows, and the new cache / key_valid (all B rows)."""
+        n = rows
+        return slot_step(self.model, self.tok[:n], self.cache, self.write[:n], self.pos[:n], self.key_valid,
+                         self.temp[:n], self.top_k[:n], self.top_p[:n], self.seeds[:n], self.steps[:n],
+                         jit_compile=self.jit, rows=None if rows == self.b else rows)
+
     def _step(self):
-        tok, lp, top_v, top_i, self.cache, self.key_valid = slot_step(
-            self.model, self.tok, self.cache, self.write, self.pos, self.key_valid, self.temp,
-            self.top_k, self.top_p, self.seeds, self.steps, jit_compile=self.jit)
+        # Step only the smallest bucket of leading slots that holds every active row (admission
+        # fills the lowest free slots): a lone request does not pay for B rows of compute.
+        top = max(i for i, r in enumerate(self.slots) if r is not None) + 1
+        rows = next(b for b in self.buckets if b >= top)
+        tok, lp, top_v, top_i, self.cache, self.key_valid = self._decode(rows)
         self.stats["steps"] += 1
-        for i, r in enumerate(self.slots):
+        self.stats["rows_stepped"] += rows
+        for i, r in enumerate(self.slots[:rows]):
             if r is not None:
                 self.write[i] += 1
                 self.pos[i] += 1

@@ -99,31 +99,52 @@ def _params(temperature, top_k, top_p, seeds, steps):
             tf.constant(np.asarray(steps, np.int32)))
 
 
-def _slot_step_fn(model, absorb: bool, jit: bool):
-    inner = _step_fn(model, absorb, jit)
+def _slot_step_fn(model, absorb: bool, jit: bool, rows: int | None):
+    inner = _step_fn(model, absorb, jit) if rows is None else None
 
     def make(ref):
-        del ref  # the model is reached through `inner`
+        # rows: step only the first `rows` slots of the cache (static, so MoE layers pick their
+        # expert path for that batch size, and XLA sees fixed shapes); the other rows pass through.
+        sub = inner or _fresh_step(ref, absorb, jit)
 
         def step(tok, cache, write, pos, key_valid, temperature, top_k, top_p, seeds, steps):
-            # tok/write/pos (B,): the row's last token, the cache row it goes to, its rope position.
+            # tok/write/pos (R,): the row's last token, the cache row it goes to, its rope position.
+            full_cache, full_kv = cache, key_valid
+            if rows is not None:
+                cache = [tuple(t[:rows] for t in layer) for layer in cache]          # (R, S, ...)
+                key_valid = key_valid[:rows]                                         # (R, S)
             s = tf.shape(key_valid)[1]
-            written = tf.cast(tf.range(s)[None, :] == write[:, None], key_valid.dtype)   # (B, S)
+            written = tf.cast(tf.range(s)[None, :] == write[:, None], key_valid.dtype)   # (R, S)
             key_valid = tf.maximum(key_valid, written)
-            logits, cache = inner(tok[:, None], cache, write, pos, key_valid)    # (B, V)
+            logits, cache = sub(tok[:, None], cache, write, pos, key_valid)          # (R, V)
             nxt = select_next_rows(logits, temperature, top_k, top_p, seeds, steps)
+            if rows is not None:
+                cache = [tuple(tf.concat([n, f[rows:]], 0) for n, f in zip(new, old, strict=True))
+                         for new, old in zip(cache, full_cache, strict=True)]
+                key_valid = tf.concat([key_valid, full_kv[rows:]], 0)
             return (nxt, *token_logprobs(logits, nxt), cache, key_valid)
-        return tf.function(step, reduce_retracing=True)
-    return _cached_fn(model, ("slots_step", absorb, jit), make)
+        return tf.function(step, reduce_retracing=rows is None)
+    return _cached_fn(model, ("slots_step", absorb, jit, rows), make)
+
+
+def _fresh_step(ref, absorb: bool, jit: bool):
+    """A model step of its own (not generate's shared, shape-relaxed one): one per row count, so
+    each keeps its static batch size."""
+    def step(token, cache, write_pos, position, key_valid):
+        logits, cache = ref().call_cached(token, cache, write_pos[:, None], position[:, None], key_valid,
+                                          absorb=absorb, last_only=True, fixed_shape=jit)
+        return logits[:, -1, :], cache
+    return tf.function(step, jit_compile=jit) if jit else step
 
 
 def slot_step(model, tok, cache, write, pos, key_valid, temperature, top_k, top_p, seeds, steps,
-              absorb: bool = True, jit_compile: bool = False):
-    """One decode step of every slot row. tok, write, pos, steps: (B,) numpy int; key_valid
-    (B, S) tensor; cache: model.init_cache layout. Rows not in use are fed anything in range
-    (their outputs are ignored). Returns (tok (B,), logprob (B,), top values (B, K), top ids
-    (B, K)) as numpy, and the new cache and key_valid tensors."""
-    out = _slot_step_fn(model, absorb, jit_compile)(
+              absorb: bool = True, jit_compile: bool = False, rows: int | None = None):
+    """One decode step of the slot rows. tok, write, pos, steps and the sampling params: (R,)
+    numpy, R = rows (the first `rows` slots; the rest of the cache is untouched) or, with rows
+    None, every slot; key_valid (B, S) tensor; cache: model.init_cache layout (B rows). Rows not
+    in use are fed anything in range (their outputs are ignored). Returns (tok (R,), logprob (R,),
+    top values (R, K), top ids (R, K)) as numpy, and the new (B-row) cache and key_valid."""
+    out = _slot_step_fn(model, absorb, jit_compile, rows)(
         tf.constant(np.asarray(tok, np.int32)), cache, tf.constant(np.asarray(write, np.int32)),
         tf.constant(np.asarray(pos, np.int32)), key_valid,
         *_params(temperature, top_k, top_p, seeds, steps))

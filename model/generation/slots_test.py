@@ -2,6 +2,7 @@
 different steps, in different slots, with different sampling settings, each produce exactly
 what generate() produces for that prompt alone."""
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from model.conftest import load_fixture_model
@@ -26,7 +27,7 @@ def test_select_next_rows_equals_select_next_per_row():
     assert got[3] == int(np.argmax(logits.numpy()[3]))   # top-k 1 is greedy
 
 
-def _run_slots(m, jobs, n_slots, s_max):
+def _run_slots(m, jobs, n_slots, s_max, bucketed=False):
     """Drive the slot functions the way serving/engine.py does. jobs: (arrive_step, prompt, n_new,
     temperature, top_p, seed). Each job is prefilled alone when it arrives, copied into the lowest
     free slot, and decoded with everyone else. -> {job index: generated ids}."""
@@ -61,23 +62,29 @@ def _run_slots(m, jobs, n_slots, s_max):
             if len(out[owner[i]]) == jobs[owner[i]][2]:
                 owner[i] = None
         if any(o is not None for o in owner):
-            nxt, _, _, _, cache, key_valid = slot_step(m, tok, cache, write, pos, key_valid, temp,
-                                                       np.zeros(n_slots, np.int32), top_p, seeds, steps)
-            for i, o in enumerate(owner):
+            # bucketed: step only the leading slots that hold every active row (as the engine does)
+            r = max(i for i, o in enumerate(owner) if o is not None) + 1 if bucketed else n_slots
+            r = 1 if r == 1 else (2 if r == 2 else n_slots)
+            nxt, _, _, _, cache, key_valid = slot_step(m, tok[:r], cache, write[:r], pos[:r], key_valid, temp[:r],
+                                                       np.zeros(r, np.int32), top_p[:r], seeds[:r], steps[:r],
+                                                       rows=None if r == n_slots else r)
+            assert cache[0][0].shape[0] == n_slots and key_valid.shape[0] == n_slots
+            for i, o in enumerate(owner[:r]):
                 if o is not None:
                     out[o].append(int(nxt[i]))
-            tok, write, pos, steps = nxt, write + 1, pos + 1, steps + 1
+            tok[:r], write[:r], pos[:r], steps[:r] = nxt, write[:r] + 1, pos[:r] + 1, steps[:r] + 1
         step += 1
     return out
 
 
-def test_rows_joining_a_running_batch_equal_generate_alone():
+@pytest.mark.parametrize("bucketed", [False, True])
+def test_rows_joining_a_running_batch_equal_generate_alone(bucketed):
     m = load_fixture_model("dsv3_qlora")
     jobs = [(0, [5, 9, 13, 200, 7, 3], 7, 0.0, 1.0, 0),
             (2, [42, 17], 5, 0.0, 1.0, 0),              # joins mid-run
             (3, [100, 4, 8], 6, 0.9, 0.8, 11),           # sampled, own seed
             (4, [7, 7, 7], 4, 0.0, 1.0, 0)]              # waits for a free slot
-    got = _run_slots(m, jobs, n_slots=3, s_max=24)
+    got = _run_slots(m, jobs, n_slots=3, s_max=24, bucketed=bucketed)
     for j, (_, prompt, n, t, p, seed) in enumerate(jobs):
         want = generate(m, [prompt], GenerationConfig(max_new_tokens=n, temperature=t, top_p=p, seed=seed))
         assert got[j] == want.sequences[0], j
