@@ -307,24 +307,33 @@ def create_app(svc: Service) -> FastAPI:
     async def guarded(request: Request, endpoint: str, handler):
         t0 = time.perf_counter()
         rid = uuid.uuid4().hex[:24]
-        who, status, info = "?", 200, {}
+        who, status, info, streaming = "?", 200, {}, False
+
+        def log_line():
+            fields = {k: v for k, v in info.items() if not k.startswith("_")}
+            logs.event("request", id=rid, endpoint=endpoint, status=status, who=_mask(who),
+                       ms=logs.now_ms(t0), **fields)
         try:
             who = svc.authenticate(request)
             svc.rate_limit(who)
             body = await svc.read_body(request)
             resp = await handler(request, body, t0, rid, info)
             status = resp.status_code
+            streaming = isinstance(resp, StreamingResponse)
+            info["_log"] = log_line      # a stream logs when it ends (tokens, finish, disconnect)
             return resp
         except APIError as e:
             status = e.status
             info["error"] = e.message
             raise
+        except Exception:
+            status = 500
+            raise
         finally:
             svc.m_requests.labels(endpoint, str(status)).inc()
-            if "stream" not in info:
+            if not streaming:
                 svc.m_latency.labels(endpoint).observe(time.perf_counter() - t0)
-            logs.event("request", id=rid, endpoint=endpoint, status=status, who=_mask(who),
-                       ms=logs.now_ms(t0), **info)
+                log_line()
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
@@ -430,6 +439,15 @@ async def _collect(svc: Service, choices, queue, request, t0, info) -> None:
 async def _stream(svc, choices, queue, request, t0, info, req, delta_chunk, finish_chunk, base, obj):
     """SSE body: content deltas (and their logprobs), one finish chunk per choice, the usage chunk
     when stream_options.include_usage, then [DONE]."""
+    try:
+        async for data in _stream_events(svc, choices, queue, request, t0, info, req, delta_chunk, finish_chunk,
+                                         base, obj):
+            yield data
+    finally:
+        info.get("_log", lambda: None)()
+
+
+async def _stream_events(svc, choices, queue, request, t0, info, req, delta_chunk, finish_chunk, base, obj):
     want_lp = req.logprobs not in (None, False)
     try:
         async for c, delta, entry in svc.events(choices, queue, request, t0):

@@ -399,3 +399,29 @@ def test_request_timeout_504_frees_the_slot(server, long_prompt):
         svc.cfg = old
     assert _wait_idle(svc.engine, 5.0)
     assert svc.engine.stats["tokens"] - generated_then < 100
+
+
+def test_structured_logs_one_json_line_per_request(client, server):
+    import io
+    import logging
+
+    from serving import logs
+
+    buf = io.StringIO()
+    h = logging.StreamHandler(buf)
+    h.setFormatter(logs.JsonFormatter())
+    log = logging.getLogger(logs.LOGGER)
+    old_level = log.level
+    log.addHandler(h)
+    log.setLevel(logging.INFO)
+    try:
+        list(client.completions.create(model=NAME, prompt="1+1=", max_tokens=5, temperature=0, stream=True))
+        _raw(server, "/v1/completions", {"model": "nope", "prompt": "x"})
+    finally:
+        log.removeHandler(h)
+        log.setLevel(old_level)
+    lines = [json.loads(x) for x in buf.getvalue().splitlines()]
+    reqs = [x for x in lines if x["msg"] == "request"]
+    assert [(x["endpoint"], x["status"]) for x in reqs] == [("completions", 200), ("completions", 404)]
+    assert reqs[0]["completion_tokens"] >= 1 and reqs[0]["stream"] is True and reqs[0]["who"] == "key:…"
+    assert "does not exist" in reqs[1]["error"] and reqs[1]["ms"] >= 0
