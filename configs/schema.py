@@ -30,6 +30,7 @@ from configs.overrides import (
 
 # Training sections live in their own module; re-exported here with the rest of the tree.
 from configs.training import (  # noqa: F401
+    AgentConfig,
     BlessingConfig,
     ContextExtensionConfig,
     DistillConfig,
@@ -45,7 +46,8 @@ DEFAULT_PRESET = "tiny"
 
 # Component ids in the DAG; resources, node selectors and tolerations are keyed by these.
 COMPONENT_IDS = ("ingest", "tokenizer", "pack", "statistics", "schema", "validate", "pretrain",
-                 "context_extension", "sft", "grpo", "distill", "evaluate")
+                 "context_extension", "sft", "grpo", "distill", "agent_trajectories", "agent_distill",
+                 "evaluate")
 
 _CPU_RE = re.compile(r"^\d+(\.\d+)?m?$")
 _MEM_RE = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
@@ -357,6 +359,7 @@ class SeeklineConfig(_Strict):
     sft: SFTConfig = SFTConfig()
     grpo: GRPOConfig = GRPOConfig()
     distill: DistillConfig = DistillConfig()
+    agent: AgentConfig = AgentConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     resources: ResourcesConfig = ResourcesConfig()
     kubeflow: KubeflowConfig = KubeflowConfig()
@@ -369,17 +372,21 @@ class SeeklineConfig(_Strict):
     def enabled_components(self) -> tuple[str, ...]:
         """The DAG's component ids under this config (optional phases switched off are left out;
         GRPO starts from the SFT model and distill's teacher is the GRPO (else the SFT) model, so
-        both go when SFT does; evaluate scores the newest model — the student, else the GRPO or
-        SFT model, else the base model)."""
+        both go when SFT does; the agent phases continue the distilled student, so they go with
+        distill; evaluate scores the newest model — the agent student, else the student, else the
+        GRPO or SFT model, else the base model)."""
         skip = set()
         if not self.context_extension.enabled:
             skip.add("context_extension")
+        agent = {"agent_trajectories", "agent_distill"}
         if not self.sft.enabled:
-            skip |= {"sft", "grpo", "distill"}
+            skip |= {"sft", "grpo", "distill"} | agent
         if not self.grpo.enabled:
             skip.add("grpo")
         if not self.distill.enabled:
-            skip.add("distill")
+            skip |= {"distill"} | agent
+        if not self.agent.enabled:
+            skip |= agent
         if not self.evaluate.enabled:
             skip.add("evaluate")
         return tuple(c for c in COMPONENT_IDS if c not in skip)

@@ -223,6 +223,74 @@ class DistillConfig(_Strict):
     trainer: TrainerConfig = TrainerConfig(steps=200, warmup_steps=20, lr=1e-3)
 
 
+class AgentTeacherConfig(_Strict):
+    """Who writes the agent trajectories: an OpenAI-compatible chat-completions endpoint
+    (components/agent/teacher.OpenAITeacher), or — base_url unset — the pipeline's own teacher
+    model (GRPO, else SFT) run in process (ModelTeacher)."""
+
+    base_url: str | None = None
+    model: str | None = None
+    # The environment variable with the API key; None: an endpoint that checks no key.
+    api_key_env: str | None = "OPENAI_API_KEY"
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(6, ge=0)
+
+    @model_validator(mode="after")
+    def _both_or_neither(self):
+        if (self.base_url is None) != (self.model is None):
+            raise ValueError("agent.teacher: give both base_url and model (a remote endpoint), or neither "
+                             "(the pipeline's own model in process)")
+        if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"agent.teacher.base_url {self.base_url!r}: expected an http(s):// base URL")
+        return self
+
+
+class AgentConfig(_Strict):
+    """Agent distillation (components/agent): the teacher solves tool-using tasks as Thought /
+    Action / Observation trajectories, which are segmented into REASON / ACT spans and tokenized
+    with the process-step fields; then the distilled student continues training on them with the
+    SAD + process-step objective (`distill`, a full distill section: its teacher for the KL is
+    the pipeline's teacher model; loss=ce trains on the trajectory text without a KL)."""
+
+    enabled: bool = True
+    teacher: AgentTeacherConfig = AgentTeacherConfig()
+    # Tasks (training split of each source): the first N HumanEval problems, N procedural coding
+    # and N arithmetic tasks (components/grpo/tasks.py).
+    humaneval: int = Field(0, ge=0)
+    coding: int = Field(16, ge=0)
+    arithmetic: int = Field(16, ge=0)
+    samples_per_task: int = Field(1, ge=1)
+    max_steps: int = Field(8, ge=1)            # teacher replies per trajectory
+    max_tokens: int = Field(512, ge=1)         # tokens per teacher reply
+    temperature: float = Field(0.0, ge=0)
+    seed: int = 0
+    # The retrieve tool searches the pipeline's ingested corpus (BM25); off = python + finish only.
+    retrieval: bool = True
+    # Keep only successful trajectories (finished, verified where checkable, no format or tool
+    # errors) in the training rows; the quality report always counts every trajectory.
+    require_success: bool = True
+    # Fail the phase when the teacher's success rate is below this (the seed's target: 0.9).
+    min_success_rate: float = Field(0.0, ge=0, le=1)
+    seq_len: int = Field(1024, ge=16)
+    eval_fraction: float = Field(0.1, gt=0, lt=1)
+    # The tool-name / JSON-argument / integration fields (--no-process-supervision when false).
+    process_supervision: bool = True
+    # The labels between spans ("Thought:", "Action:", the "Observation:" that ends a turn) are
+    # targets of the step they delimit, so the student learns to write the format
+    # (components/agent/dataset.with_format_targets); false = exactly the spans' tokens.
+    format_targets: bool = True
+    distill: DistillConfig = DistillConfig(trainer=TrainerConfig(steps=100, warmup_steps=10, lr=3e-4))
+
+    @model_validator(mode="after")
+    def _some_tasks(self):
+        if self.humaneval + self.coding + self.arithmetic < 2:
+            raise ValueError("agent: humaneval + coding + arithmetic must be at least 2 tasks "
+                             "(one for each of the train and eval splits)")
+        return self
+
+
 class RewardConfig(_Strict):
     """One named, weighted reward function (components/grpo/rewards.py lists them)."""
 

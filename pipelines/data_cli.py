@@ -82,6 +82,9 @@ def add_data_parser(sub) -> None:
     p.add_argument("--eval-fraction", type=float, default=0.1, metavar="F",
                    help="share of tasks in Split-eval, by a hash of the task id (default 0.1)")
     p.add_argument("--require-success", action="store_true", help="keep only trajectories whose success is true")
+    p.add_argument("--no-format-targets", action="store_true",
+                   help="masks exactly the spans' tokens: the labels (Thought:, Action:, the Observation: that ends a "
+                   "turn) get no loss, so a student does not learn to write the format")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="split hash and train-order seed (default 0)")
     p.set_defaults(fn=cmd_agent_dataset)
 
@@ -250,7 +253,8 @@ def cmd_agent_dataset(args: argparse.Namespace) -> int:
     report = build_agent_dataset_files(args.input, args.out_dir, tokenizer_path=args.tokenizer_path,
                                        seq_len=args.seq_len, process_supervision=not args.no_process_supervision,
                                        eval_fraction=args.eval_fraction, seed=args.seed,
-                                       require_success=args.require_success)
+                                       require_success=args.require_success,
+                                       format_targets=not args.no_format_targets)
     for e in report["malformed"]["first"]:
         print(e, file=sys.stderr)
     for split in ("train", "eval"):

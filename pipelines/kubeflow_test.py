@@ -34,8 +34,8 @@ def test_spec_parses_and_has_every_component(compiled):
     # KFP's compiler turns the latest-blessed-model resolver into two resolver tasks
     resolvers = {f"{BASELINE_RESOLVER_ID}-model-resolver", f"{BASELINE_RESOLVER_ID}-model-blessing-resolver"}
     assert set(spec.root.dag.tasks) == {"ingest", "tokenizer", "pack", "statistics", "schema", "validate",
-                                        "pretrain", "context_extension", "sft", "grpo", "distill", "evaluate",
-                                        *resolvers}
+                                        "pretrain", "context_extension", "sft", "grpo", "distill",
+                                        "agent_trajectories", "agent_distill", "evaluate", *resolvers}
     # every task but the resolvers (metadata queries, no pod of their own) can be given resources
     assert set(COMPONENT_IDS) == set(spec.root.dag.tasks) - resolvers
     assert spec.default_pipeline_root == cfg.kubeflow.pipeline_root
@@ -44,14 +44,16 @@ def test_spec_parses_and_has_every_component(compiled):
     assert set(spec.root.dag.tasks["pretrain"].dependent_tasks) == {"pack", "tokenizer", "validate"}
     assert set(spec.root.dag.tasks["context_extension"].dependent_tasks) == {"pretrain", "ingest", "tokenizer"}
     # post-training: SFT on the extended model, GRPO on the SFT model, which teaches the distilled
-    # student on the SFT rows
+    # student on the SFT rows and then, as an agent, on its own trajectories
     assert set(spec.root.dag.tasks["sft"].dependent_tasks) == {"context_extension", "ingest", "tokenizer"}
     assert set(spec.root.dag.tasks["grpo"].dependent_tasks) == {"sft"}
     assert set(spec.root.dag.tasks["distill"].dependent_tasks) == {"grpo", "sft"}
+    assert set(spec.root.dag.tasks["agent_trajectories"].dependent_tasks) == {"grpo", "ingest"}
+    assert set(spec.root.dag.tasks["agent_distill"].dependent_tasks) == {"grpo", "sft", "distill", "agent_trajectories"}
     # the student is evaluated against its teacher and the latest blessed model (cluster preset)
     producers = {k: a.task_output_artifact.producer_task
                  for k, a in spec.root.dag.tasks["evaluate"].inputs.artifacts.items()}
-    assert producers == {"candidate": "distill", "teacher": "grpo",
+    assert producers == {"candidate": "agent_distill", "teacher": "grpo",
                          "baseline_model": f"{BASELINE_RESOLVER_ID}-model-resolver",
                          "baseline_blessing": f"{BASELINE_RESOLVER_ID}-model-blessing-resolver"}
     ev = spec.components[spec.root.dag.tasks["evaluate"].component_ref.name]

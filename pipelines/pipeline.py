@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from tfx import v1 as tfx
 
+from components.agent.component import AgentTrajectories
 from components.context_extension.component import ExtendContext
 from components.distill.component import Distill
 from components.evaluate.component import Evaluate
@@ -118,7 +119,7 @@ def create_pipeline(
         components.append(base)
     # Post-training: SFT on the newest base model (context-extended when enabled), GRPO on the
     # SFT model, then the newest of the two as the teacher of a smaller student trained on the
-    # SFT rows.
+    # SFT rows, which then learns to act as a tool-using agent from the teacher's trajectories.
     candidate, teacher = base, None
     if config.sft.enabled:
         sft = SupervisedFineTune(
@@ -143,6 +144,23 @@ def create_pipeline(
                 config_json=config.distill.model_dump_json(),
             ).with_id("distill")
             components.append(candidate)
+            if config.agent.enabled:
+                # Agent distillation: the teacher (or agent.teacher's endpoint) writes tool-using
+                # trajectories (retrieval over the ingested corpus); the distilled student
+                # continues on them with SAD + process-step supervision, KL to the same teacher.
+                trajectories = AgentTrajectories(
+                    teacher=teacher.outputs["model"],
+                    corpus=ingest.outputs["examples"] if config.agent.retrieval else None,
+                    config_json=config.agent.model_dump_json(),
+                ).with_id("agent_trajectories")
+                candidate = Distill(
+                    teacher=teacher.outputs["model"],
+                    sft_model=sft.outputs["model"],
+                    student=candidate.outputs["model"],
+                    agent_data=trajectories.outputs["trajectories"],
+                    config_json=config.agent.distill.model_dump_json(),
+                ).with_id("agent_distill")
+                components += [trajectories, candidate]
     # Evaluation of the newest model (the student, compared with its teacher); its blessing is
     # what a serving export is gated on (tfx.dsl.Cond, docs/evaluation.md).
     if config.evaluate.enabled:

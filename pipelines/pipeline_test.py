@@ -8,10 +8,12 @@ from pipelines.pipeline import create_pipeline
 @pytest.mark.parametrize("sets,want_missing", [
     ([], set()),
     (["context_extension.enabled=false"], {"context_extension"}),
-    (["sft.enabled=false"], {"sft", "grpo", "distill"}),
+    (["sft.enabled=false"], {"sft", "grpo", "distill", "agent_trajectories", "agent_distill"}),
     (["grpo.enabled=false"], {"grpo"}),
-    (["distill.enabled=false"], {"distill"}),
-    (["context_extension.enabled=false", "distill.enabled=false"], {"context_extension", "distill"}),
+    (["distill.enabled=false"], {"distill", "agent_trajectories", "agent_distill"}),
+    (["agent.enabled=false"], {"agent_trajectories", "agent_distill"}),
+    (["context_extension.enabled=false", "distill.enabled=false"],
+     {"context_extension", "distill", "agent_trajectories", "agent_distill"}),
     (["evaluate.enabled=false"], {"evaluate"}),
 ])
 def test_dag_components_follow_the_enabled_phases(tmp_path, sets, want_missing):
@@ -31,8 +33,9 @@ def _evaluate_inputs(cfg, tmp_path):
 
 
 @pytest.mark.parametrize("sets,want", [
-    ([], {"candidate": "distill", "teacher": "grpo"}),
-    (["grpo.enabled=false"], {"candidate": "distill", "teacher": "sft"}),
+    ([], {"candidate": "agent_distill", "teacher": "grpo"}),
+    (["agent.enabled=false"], {"candidate": "distill", "teacher": "grpo"}),
+    (["grpo.enabled=false"], {"candidate": "agent_distill", "teacher": "sft"}),
     (["distill.enabled=false"], {"candidate": "grpo"}),
     (["distill.enabled=false", "grpo.enabled=false"], {"candidate": "sft"}),
     (["sft.enabled=false"], {"candidate": "context_extension"}),
@@ -50,7 +53,7 @@ def test_baseline_comes_from_the_latest_blessed_model_resolver(tmp_path):
 
     cfg = load_config("tiny", ["evaluate.blessing.require_no_worse_than_baseline=true"])
     p, inputs = _evaluate_inputs(cfg, tmp_path)
-    assert inputs == {"candidate": "distill", "teacher": "grpo", "baseline_model": BASELINE_RESOLVER_ID,
+    assert inputs == {"candidate": "agent_distill", "teacher": "grpo", "baseline_model": BASELINE_RESOLVER_ID,
                       "baseline_blessing": BASELINE_RESOLVER_ID}
     [resolver] = [c for c in p.components if c.id == BASELINE_RESOLVER_ID]
     assert tfx.dsl.experimental.LatestBlessedModelStrategy in resolver.exec_properties.values()
@@ -66,3 +69,13 @@ def test_distill_learns_from_the_grpo_model_on_the_sft_rows(tmp_path):
     assert {k: ch.producer_component_id for k, ch in by_id["grpo"].inputs.items()} == {"sft_model": "sft"}
     assert {k: ch.producer_component_id for k, ch in by_id["distill"].inputs.items()} == \
         {"teacher": "grpo", "sft_model": "sft"}
+
+
+@pytest.mark.parametrize("sets,corpus", [([], "ingest"), (["agent.retrieval=false"], None)])
+def test_agent_student_continues_the_distilled_student_on_the_teachers_trajectories(tmp_path, sets, corpus):
+    p = create_pipeline(load_config("tiny", sets), pipeline_root=str(tmp_path))
+    by_id = {c.id: c for c in p.components}
+    want = {"teacher": "grpo"} | ({"corpus": corpus} if corpus else {})
+    assert {k: ch.producer_component_id for k, ch in by_id["agent_trajectories"].inputs.items()} == want
+    assert {k: ch.producer_component_id for k, ch in by_id["agent_distill"].inputs.items()} == \
+        {"teacher": "grpo", "sft_model": "sft", "student": "distill", "agent_data": "agent_trajectories"}

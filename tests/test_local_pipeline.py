@@ -21,7 +21,7 @@ from pipelines.runs import list_runs
 
 pytestmark = pytest.mark.slow
 COMPONENTS = ["ingest", "tokenizer", "pack", "statistics", "schema", "validate", "pretrain", "context_extension",
-              "sft", "grpo", "distill", "evaluate"]
+              "sft", "grpo", "agent_trajectories", "distill", "agent_distill", "evaluate"]
 # Training here only proves the DAG wiring (the learning checks are tests/test_learning_checks.py):
 # a few steps of each phase, with a smaller model.
 TRAIN_FAST = (
@@ -38,6 +38,9 @@ TRAIN_FAST = (
     "grpo.rollout_jit_compile=false",
     "distill.trainer.steps=2", "distill.trainer.micro_batch_size=2", "distill.trainer.warmup_steps=1",
     "distill.trainer.eval_batches=1",
+    "agent.coding=1", "agent.arithmetic=2", "agent.max_steps=1", "agent.max_tokens=16",
+    "agent.distill.trainer.steps=2", "agent.distill.trainer.micro_batch_size=2",
+    "agent.distill.trainer.warmup_steps=1", "agent.distill.trainer.eval_batches=1",
     "evaluate.max_problems=2", "evaluate.n_samples=2", "evaluate.k=[1, 2]", "evaluate.max_new_tokens=32",
 )
 PACKED_FEATURES = {"input_ids", "segment_ids", "positions", "num_tokens", "num_segments", "segment_lengths", "sources"}
@@ -131,10 +134,24 @@ def test_first_run_executes_every_component(workdir, capsys):
     assert st_report["data"] == str(sft / "data") and st_report["eval_kl_to_teacher"] >= 0
     student = json.loads((st / "final" / "config.json").read_text())
     assert student["num_hidden_layers"] < json.loads((sft / "final" / "config.json").read_text())["num_hidden_layers"]
-    # evaluation: the student against its teacher on 2 HumanEval problems, 2 samples each, and a blessing
+    # agent distillation: the GRPO model in process writes trajectories (3 tasks, 1 reply each; a
+    # 2-step model writes no valid step, so every one fails and all are kept: tiny's
+    # require_success=false), the distilled student continues on them with SAD + process supervision
+    at = next(out.glob("pipeline/agent_trajectories/trajectories/*"))
+    at_report = json.loads((at / "report.json").read_text())
+    assert at_report["teacher"] == "local:" + str(gr / "final") and at_report["tasks"] == 3
+    assert at_report["tools"] == ["python", "retrieve", "finish"]          # retrieval over the ingested corpus
+    assert at_report["quality"]["trajectories"] == 3 and (at / "agent_quality.png").stat().st_size > 0
+    assert len((at / "trajectories.jsonl").read_text().splitlines()) == 3
+    ag = next(out.glob("pipeline/agent_distill/model/*"))
+    ag_report = json.loads((ag / "report.json").read_text())
+    assert ag_report["loss"] == "agent" and ag_report["steps"] == 2 and ag_report["data"] == str(at / "data")
+    assert ag_report["teacher"] == str(gr / "final") and ag_report["student_parameters"] == st_report["student_parameters"]
+    assert json.loads((ag / "config.json").read_text())["student_init"] == str(st / "final")
+    # evaluation: the agent student against its teacher on 2 HumanEval problems, 2 samples each, and a blessing
     ev = next(out.glob("pipeline/evaluate/evaluation/*"))
     summary = json.loads((ev / "summary.json").read_text())
-    assert summary["candidate"]["model"] == str(st / "final") and summary["teacher"]["model"] == str(gr / "final")
+    assert summary["candidate"]["model"] == str(ag / "final") and summary["teacher"]["model"] == str(gr / "final")
     assert summary["problems"] == ["HumanEval/0", "HumanEval/1"]
     assert summary["candidate"]["samples"] == summary["teacher"]["samples"] == 4
     assert {"pass@1", "pass@2"} <= set(summary["candidate"]) and summary["candidate"]["prompt_mode"] == "chat"
@@ -152,10 +169,10 @@ def test_first_run_executes_every_component(workdir, capsys):
     conn.sqlite.filename_uri = str(out / "metadata.sqlite")
     store = mlmd.MetadataStore(conn)
     [b] = store.get_artifacts_by_type("ModelBlessing")
-    [student_model] = [a for a in store.get_artifacts_by_type("Model") if a.uri == str(st)]
+    [student_model] = [a for a in store.get_artifacts_by_type("Model") if a.uri == str(ag)]
     assert b.custom_properties["blessed"].int_value == int(summary["blessing"]["blessed"])
     assert b.custom_properties["current_model_id"].int_value == student_model.id
-    assert b.custom_properties["current_model"].string_value == str(st)
+    assert b.custom_properties["current_model"].string_value == str(ag)
 
 
 def test_second_run_is_served_from_cache(workdir, capsys):

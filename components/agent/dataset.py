@@ -7,8 +7,10 @@ token counts in a mask when its character range overlaps a span of that kind (a 
 a span edge counts; zero-width tokens never do). Features (all int64, `seq_len` long, padded):
 
   input_ids, segment_ids (1 on tokens, 0 on padding), positions (0, 1, …; 0 on padding)
-  reason_mask        tokens overlapping a REASON span
-  action_mask        tokens overlapping an ACT span
+  reason_mask        tokens overlapping a REASON span (with format_targets, the default, also the
+                     "Thought:" label before it: with_format_targets)
+  action_mask        tokens overlapping an ACT span (with format_targets also "Action:" before it
+                     and the "\nObservation:" after it, which ends the teacher's turn)
   loss_mask          reason_mask OR action_mask — what plain SFT / distillation trains on
   Observation tokens get no loss: a token overlapping an OBSERVATION span is 0 in every mask,
   whatever else it overlaps (the loop wrote it, not the teacher).
@@ -40,7 +42,7 @@ import numpy as np
 
 from common.errors import ConfigError, InputDataError
 from components.agent.process import DEFAULT_TOOLS, extract_process_spans
-from components.agent.segment import LABELS, segment, validate_spans
+from components.agent.segment import ACT, LABELS, REASON, segment, validate_spans
 from training import agent_losses as al
 
 BASE_FEATURES = ("input_ids", "segment_ids", "positions", "loss_mask")
@@ -52,6 +54,29 @@ def default_prompt(record: dict) -> str:
     task = record.get("task")
     prompt = task.get("prompt") if isinstance(task, dict) else None
     return f"{prompt.rstrip()}\n" if isinstance(prompt, str) and prompt.strip() else ""
+
+
+def with_format_targets(spans: Sequence, n_chars: int) -> list[list]:
+    """spans plus the characters no span covers (the labels "Thought:", "Action:", the line breaks
+    and "Observation:"), each gap given to the step it delimits, so a student learns to write the
+    format and to end its turn, not only the contents:
+      a gap followed by a REASON or ACT span goes to that span ("Thought: ", "\\nAction: ");
+      a gap followed by an OBSERVATION span, or at the end, goes to the span before it when that
+      is REASON or ACT ("\\nObservation: " after an Action: writing it is how a turn ends — the
+      agent loop stops the teacher there), else to nothing (the line break after an Observation).
+    Observation contents stay without a target."""
+    spans = sorted((list(sp) for sp in spans), key=lambda sp: sp[0])
+    out, pos, prev = list(spans), 0, None
+    for i in range(len(spans) + 1):
+        start = spans[i][0] if i < len(spans) else n_chars
+        nxt = spans[i][2] if i < len(spans) else None
+        if start > pos:
+            owner = nxt if nxt in (REASON, ACT) else (prev if prev in (REASON, ACT) else None)
+            if owner is not None:
+                out.append([pos, start, owner])
+        if i < len(spans):
+            pos, prev = max(pos, spans[i][1]), spans[i][2]
+    return sorted(out, key=lambda sp: sp[0])
 
 
 def _char_values(n: int, spans: Iterable[tuple[int, int, int]]) -> np.ndarray:
@@ -98,7 +123,8 @@ class _Report:
 
 
 def _row(record: dict, tokenizer, seq_len: int, pad_id: int, process_supervision: bool,
-         segmenter: Callable | None, tool_names: Sequence[str], prompt_fn: Callable, rep: _Report) -> dict | None:
+         segmenter: Callable | None, tool_names: Sequence[str], prompt_fn: Callable, rep: _Report,
+         format_targets: bool = True) -> dict | None:
     where = f"record {record.get('id', '?')}"
     text = record.get("text")
     if not isinstance(text, str) or not text:
@@ -118,7 +144,8 @@ def _row(record: dict, tokenizer, seq_len: int, pad_id: int, process_supervision
     off = len(prefix)
     ids, offsets = _encode(tokenizer, prefix + text)
     n_chars = off + len(text)
-    kind = {lab: _char_values(n_chars, [(off + a, off + b, 1) for a, b, la in spans if la == lab]) for lab in LABELS}
+    targets = with_format_targets(spans, len(text)) if format_targets else spans
+    kind = {lab: _char_values(n_chars, [(off + a, off + b, 1) for a, b, la in targets if la == lab]) for lab in LABELS}
     tok = {lab: token_values(v, offsets) > 0 for lab, v in kind.items()}
     keep = ~tok["OBSERVATION"]                                              # (N,) teacher-written tokens
     feats = {al.REASON_MASK: tok["REASON"] & keep, al.ACTION_MASK: tok["ACT"] & keep}
@@ -164,8 +191,11 @@ def _row(record: dict, tokenizer, seq_len: int, pad_id: int, process_supervision
 
 def build_agent_dataset(records: Iterable[dict], tokenizer, *, seq_len: int, process_supervision: bool = True,
                         segmenter: Callable[[str], Sequence] | None = None, tool_names: Sequence[str] = DEFAULT_TOOLS,
-                        pad_id: int = 0, prompt_fn: Callable[[dict], str] = default_prompt) -> tuple[list[dict], dict]:
+                        pad_id: int = 0, prompt_fn: Callable[[dict], str] = default_prompt,
+                        format_targets: bool = True) -> tuple[list[dict], dict]:
     """(rows, report): one row {feature: (seq_len,) int64} per usable trajectory record, in order.
+    format_targets: the label / line-break characters between spans are targets of the step they
+    delimit (with_format_targets); off = the masks are exactly the spans' tokens.
 
     tokenizer: a `tokenizers.Tokenizer` (offsets are taken from its encoding). Records use their
     "spans" when present, else `segmenter(text)`; a record with neither is skipped (counted)."""
@@ -178,7 +208,8 @@ def build_agent_dataset(records: Iterable[dict], tokenizer, *, seq_len: int, pro
         if not isinstance(rec, dict):
             rep.skip(f"record #{rep.c['records']}: not a JSON object")
             continue
-        row = _row(rec, tokenizer, seq_len, pad_id, process_supervision, segmenter, tool_names, prompt_fn, rep)
+        row = _row(rec, tokenizer, seq_len, pad_id, process_supervision, segmenter, tool_names, prompt_fn, rep,
+                   format_targets)
         if row is not None:
             rows.append(row)
     return rows, rep.to_dict()
@@ -235,7 +266,7 @@ def build_agent_dataset_files(in_jsonl: str, out_dir: str, *, tokenizer_path: st
                               process_supervision: bool = True, segmenter: Callable[[str], Sequence] | None = segment,
                               tool_names: Sequence[str] = DEFAULT_TOOLS, eval_fraction: float = 0.1, seed: int = 0,
                               require_success: bool = False, prompt_fn: Callable[[dict], str] = default_prompt,
-                              rows_per_shard: int = 20_000) -> dict:
+                              rows_per_shard: int = 20_000, format_targets: bool = True) -> dict:
     """Trajectory JSONL → `out_dir` (Split-train, Split-eval, config.json, report.json); returns the
     report. Records without "spans" (the agent loop writes none) are segmented with `segmenter`
     (default components/agent/segment.segment). Splits by a hash of (seed, task_id) so all samples of a task land together; with
@@ -266,7 +297,8 @@ def build_agent_dataset_files(in_jsonl: str, out_dir: str, *, tokenizer_path: st
     for split, want in (("train", False), ("eval", True)):
         rows, rep = build_agent_dataset([r for r, e in zip(records, is_eval, strict=True) if e == want], tok,
                                         seq_len=seq_len, process_supervision=process_supervision,
-                                        segmenter=segmenter, tool_names=tool_names, pad_id=pad_id, prompt_fn=prompt_fn)
+                                        segmenter=segmenter, tool_names=tool_names, pad_id=pad_id, prompt_fn=prompt_fn,
+                                        format_targets=format_targets)
         report[split] = rep
         if not rows:
             first = (rep["skipped_reasons"] or malformed or ["no records"])[0]
@@ -277,6 +309,7 @@ def build_agent_dataset_files(in_jsonl: str, out_dir: str, *, tokenizer_path: st
     order = {"train": rng.permutation(len(rows_by_split["train"])), "eval": np.arange(len(rows_by_split["eval"]))}
     features = list(BASE_FEATURES) + list(al.SPAN_FEATURES) + (list(al.PROCESS_FEATURES) if process_supervision else [])
     config = {"seq_len": seq_len, "pad_id": pad_id, "process_supervision": process_supervision,
+              "format_targets": format_targets,
               "tool_names": list(tool_names), "features": features, "seed": seed, "eval_fraction": eval_fraction,
               "tokenizer_path": tokenizer_path}
 

@@ -69,7 +69,7 @@ def test_masks_token_by_token_on_a_word_level_tokenizer(word_tok):
     assert enc.tokens == TOKENS
     n = len(TOKENS)
     seq_len = 60
-    rows, rep = build_agent_dataset([_record()], word_tok, seq_len=seq_len, pad_id=0)
+    rows, rep = build_agent_dataset([_record()], word_tok, seq_len=seq_len, pad_id=0, format_targets=False)
     assert rep["rows"] == 1 and rep["skipped"] == 0 and rep["truncated"] == 0
     r = rows[0]
     reason = _ones(n, [7, 32, 33])
@@ -100,12 +100,42 @@ def test_masks_token_by_token_on_a_word_level_tokenizer(word_tok):
     assert sorted(plain[0]) == ["action_mask", "input_ids", "loss_mask", "positions", "reason_mask", "segment_ids"]
 
 
+def test_format_targets_give_labels_and_turn_ends_to_their_step(word_tok):
+    """By hand on TOKENS: "Thought :" (5-6, 30-31) go to the REASON after them, "Action :" (8-9,
+    34-35) to the ACT after them, "Observation :" (27-28) to the ACT before it (writing it ends
+    the turn); the observed "2" (29) and the prompt (0-4) stay without a target."""
+    n = len(TOKENS)
+    rows, _ = build_agent_dataset([_record()], word_tok, seq_len=n)
+    r = rows[0]
+    reason = _ones(n, [5, 6, 7, 30, 31, 32, 33])
+    action = _ones(n, [*range(8, 29), *range(34, 51)])
+    np.testing.assert_array_equal(r["reason_mask"], reason)
+    np.testing.assert_array_equal(r["action_mask"], action)
+    np.testing.assert_array_equal(r["loss_mask"], reason | action)
+    assert r["loss_mask"][29] == 0 and not r["loss_mask"][:5].any()
+    # process-step fields are the spans' own (unchanged by format targets)
+    np.testing.assert_array_equal(r["tool_name_mask"], _ones(n, [14, 40]))
+
+
+def test_with_format_targets_rules():
+    from components.agent.dataset import with_format_targets
+
+    # leading label → next span; gap before an OBSERVATION → the ACT before it; gap after an
+    # OBSERVATION before a REASON → that REASON; a trailing gap after an OBSERVATION → nobody
+    spans = [[2, 4, "REASON"], [6, 8, "ACT"], [10, 12, "OBSERVATION"], [14, 16, "REASON"], [17, 19, "OBSERVATION"]]
+    assert with_format_targets(spans, 21) == [
+        [0, 2, "REASON"], [2, 4, "REASON"], [4, 6, "ACT"], [6, 8, "ACT"], [8, 10, "ACT"], [10, 12, "OBSERVATION"],
+        [12, 14, "REASON"], [14, 16, "REASON"], [16, 17, "REASON"], [17, 19, "OBSERVATION"]]
+    assert with_format_targets([[0, 3, "ACT"]], 5) == [[0, 3, "ACT"], [3, 5, "ACT"]]
+    assert with_format_targets([], 4) == []
+
+
 def test_truncation_segmenter_and_skipped_records(word_tok):
-    rows, rep = build_agent_dataset([_record()], word_tok, seq_len=20)
+    rows, rep = build_agent_dataset([_record()], word_tok, seq_len=20, format_targets=False)
     assert rep["truncated"] == 1 and len(rows[0]["input_ids"]) == 20
     np.testing.assert_array_equal(rows[0]["action_mask"], _ones(20, range(10, 20)))
     # a row cut before any target is dropped
-    _, rep = build_agent_dataset([_record()], word_tok, seq_len=7)
+    _, rep = build_agent_dataset([_record()], word_tok, seq_len=5)   # the prompt only
     assert rep["rows"] == 0 and rep["no_targets"] == 1
     # spans from the segmenter when the record has none; records it cannot use are skipped
     seg_rows, _ = build_agent_dataset([_record(spans=None)], word_tok, seq_len=60, segmenter=_spans)
@@ -132,7 +162,7 @@ def test_overlap_rule_on_byte_level_tokenizers(make, tmp_path):
     tok = load(make(str(tmp_path)))
     text = TEXT.replace("add", "añadir ünïcode 数") + "\n"
     spans = [[9, 9 + len("añadir ünïcode 数"), "REASON"], *_spans(text)[1:]]
-    rows, _ = build_agent_dataset([_record(text=text, spans=spans)], tok, seq_len=400)
+    rows, _ = build_agent_dataset([_record(text=text, spans=spans)], tok, seq_len=400, format_targets=False)
     full = PROMPT + "\n" + text
     enc = tok.encode(full, add_special_tokens=False)
     n = len(enc.ids)

@@ -10,7 +10,8 @@ Steps (run_distill):
      shared engine with the distillation task (training/distill_task.py), the same numbers after;
      agent rows (config.json lists reason_mask / action_mask, components/agent/dataset.py) with
      distill.process_supervision.enabled train with the agent task instead
-     (training/agent_task.py: SAD + tool-name / JSON-argument CE; online teacher) and report
+     (training/agent_task.py: SAD + tool-name / JSON-argument CE; online teacher, or with
+     loss=ce the span-weighted CE on the trajectory text, no teacher) and report
      its held-out sad, tool_loss, json_loss, tool_name_acc, json_token_acc before and after;
   4. HF export of the student to OUTPUT/final/, report.json and the loss curve.
 """
@@ -48,6 +49,19 @@ def student_config(cfg: DistillConfig, teacher_cfg, seq_len: int):
     base.update(vocab_size=teacher_cfg.vocab_size, bos_token_id=t["bos_token_id"], eos_token_id=t["eos_token_id"])
     base["max_position_embeddings"] = max(int(over.get("max_position_embeddings", 0)), seq_len)
     return ModelConfig.from_hf_dict(base, source="distill.student_model")
+
+
+def continue_from(cfg: DistillConfig, student_dir: str) -> DistillConfig:
+    """cfg with the student taken from an HF-layout student folder (architecture and weights):
+    a later distillation stage (agent distillation) continues the distilled student."""
+    if not os.path.exists(os.path.join(student_dir, "config.json")):
+        raise InputDataError(f"{student_dir}: not an HF-layout student model folder (no config.json)")
+    with open(os.path.join(student_dir, "config.json"), encoding="utf-8") as f:
+        context = int(json.load(f).get("max_position_embeddings", 0))
+    # its own context is kept (student_config would otherwise size it to the rows)
+    return cfg.model_copy(update={"student_model": os.path.join(student_dir, "config.json"),
+                                  "student_overrides": {"max_position_embeddings": context},
+                                  "student_init": student_dir})
 
 
 def distill_spec(cfg: DistillConfig):
@@ -108,8 +122,9 @@ def run_distill(cfg: DistillConfig, teacher_dir: str | None, data_dir: str, toke
         check_teacher_data(tdir, data_dir, vocab_size=teacher_cfg.vocab_size, k=cfg.teacher_topk,
                            temperature=cfg.temperature)
         data = open_packed(tdir)
-    else:
-        # Online; with loss=ce the teacher still runs for the reported KL-to-teacher numbers.
+    elif not (agent and cfg.loss == "ce"):
+        # Online; with loss=ce the teacher still runs for the reported KL-to-teacher numbers
+        # (agent rows with loss=ce: SAD is the span-weighted CE on the teacher's text, no KL).
         with rt.strategy.scope():
             teacher = model_core.load_hf_checkpoint(teacher_dir)
 
