@@ -23,14 +23,14 @@ def add_serve_parser(sub, config_args) -> None:
                    help="model folder (config.json + model.safetensors + tokenizer.json); default: the newest "
                    "blessed model of the config's local pipeline")
     config_args(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--model-name", help="the model id clients send (default: from the folder)")
-    p.add_argument("--max-batch-size", type=int, help="rows decoded together (default 8)")
-    p.add_argument("--max-seq-len", type=int, help="cache rows per request, prompt + completion "
+    p.add_argument("--host", default="127.0.0.1", metavar="ADDR", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=8000, metavar="N", help="port (default 8000)")
+    p.add_argument("--model-name", metavar="NAME", help="the model id clients send (default: from the folder)")
+    p.add_argument("--max-batch-size", type=int, metavar="N", help="rows decoded together (default 8)")
+    p.add_argument("--max-seq-len", type=int, metavar="N", help="cache rows per request, prompt + completion "
                    "(default: min(context, 2048))")
-    p.add_argument("--timeout", type=float, dest="request_timeout_s", help="seconds per request (default 300)")
-    p.add_argument("--rate-limit", type=float, dest="rate_limit_per_minute",
+    p.add_argument("--timeout", type=float, dest="request_timeout_s", metavar="SECONDS", help="seconds per request (default 300)")
+    p.add_argument("--rate-limit", type=float, dest="rate_limit_per_minute", metavar="PER_MINUTE",
                    help="requests per minute per API key (default 600; 0 = off)")
     p.add_argument("--xla", action="store_true", help="XLA-compile the decode step")
     p.set_defaults(fn=cmd_serve)
