@@ -349,7 +349,7 @@ def create_app(svc: Service) -> FastAPI:
         if not req.messages:
             raise bad_request("messages must contain at least one message", param="messages")
         msgs = [_message(m, i) for i, m in enumerate(req.messages)]
-        prompt = svc.fmt.chat_ids(msgs)
+        prompt = await asyncio.to_thread(svc.fmt.chat_ids, msgs)      # a 1 MB body: keep the loop free
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         mt_param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         budget = svc.budget([prompt], max_tokens, "messages", mt_param)
@@ -389,7 +389,7 @@ def create_app(svc: Service) -> FastAPI:
     async def _completions(request, body, t0, rid, info):
         req = parse(body, CompletionRequest)
         svc.check_model(req.model)
-        prompts = _prompts(req.prompt, svc)
+        prompts = await asyncio.to_thread(_prompts, req.prompt, svc)
         budget = svc.budget(prompts, req.max_tokens, "prompt", "max_tokens")
         svc.check_n(req.n * len(prompts))
         top_n = req.logprobs or 0
