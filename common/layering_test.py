@@ -27,6 +27,7 @@ FORBIDDEN = {
     "configs": {"components", "pipelines", "model", "training", "serving"},
     "model": {"components", "pipelines", "training"},
     "training": {"components", "pipelines", "serving", "tfx"},
+    "serving": {"components", "training", "pipelines", "configs"},
 }
 
 
