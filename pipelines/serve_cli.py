@@ -33,6 +33,12 @@ def add_serve_parser(sub, config_args) -> None:
     p.add_argument("--rate-limit", type=float, dest="rate_limit_per_minute", metavar="PER_MINUTE",
                    help="requests per minute per API key (default 600; 0 = off)")
     p.add_argument("--xla", action="store_true", help="XLA-compile the decode step")
+    p.add_argument("--corpus", metavar="DIR", help="agent mode: folder the retrieve tool searches (ingest output "
+                   "or .txt/.md/.py files); without it the agent has python and finish only")
+    p.add_argument("--agent-max-steps", type=int, dest="agent_max_steps", metavar="N",
+                   help="agent mode: steps per request, default and limit (default 8)")
+    p.add_argument("--agent-time-limit", type=float, dest="agent_time_limit_s", metavar="SECONDS",
+                   help="agent mode: wall time per request, default and limit (default 120)")
     p.set_defaults(fn=cmd_serve)
 
 
@@ -41,6 +47,7 @@ examples:
   seekline serve                                         # newest blessed model of the tiny pipeline
   seekline serve outputs/tiny/pipeline/grpo/model/51/final --port 8080
   SEEKLINE_API_KEYS=key1,key2 seekline serve MODEL_DIR --host 0.0.0.0
+  seekline serve MODEL_DIR --corpus docs/ --agent-max-steps 12  # POST /v1/agent/completions with retrieve
 
 then any OpenAI client:  OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="key1")
 """
@@ -73,8 +80,9 @@ def newest_blessed_model(metadata_path: str, pipeline_name: str) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from serving.agent.config import AgentConfig
+    from serving.agent.serve import run
     from serving.config import ServerConfig
-    from serving.server import run
 
     model_dir = args.model_dir
     if model_dir is None:
@@ -89,5 +97,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len,
                              request_timeout_s=args.request_timeout_s,
                              rate_limit_per_minute=args.rate_limit_per_minute, jit_compile=args.xla or None)
-    run(model_dir, cfg)
+    if args.corpus is not None and not os.path.isdir(args.corpus):
+        raise UserError(f"{args.corpus}: --corpus must be a folder (ingest output or .txt/.md/.py files)")
+    agent = AgentConfig.build(corpus=args.corpus, max_steps=args.agent_max_steps,
+                              time_limit_s=args.agent_time_limit_s)
+    run(model_dir, cfg, agent)
     return 0

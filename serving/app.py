@@ -1,7 +1,9 @@
 """The FastAPI app: OpenAI-compatible endpoints over the continuous-batching engine.
 
 POST /v1/chat/completions, POST /v1/completions (both non-streaming and SSE streaming ending
-with `data: [DONE]`), GET /v1/models[/{id}], GET /health, GET /metrics (Prometheus).
+with `data: [DONE]`), GET /v1/models[/{id}], GET /health, GET /metrics (Prometheus); the agent
+features (POST /v1/agent/completions, chat `tools` / `tool_calls`, the `seekline` verify mode)
+are handled in serving/agent/http.py over this module's Service.
 Every refusal is a 4xx (or 503 busy / 504 timeout) JSON body in OpenAI's error shape; the body is
 read and parsed here (not by FastAPI's validation) so bad JSON, invalid UTF-8 and wrong types
 get a 400 naming the field rather than a 422. Checks, in order: API key (401), rate limit (429 +
@@ -29,6 +31,9 @@ from prometheus_client import (
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving import logs
+from serving.agent.api import split_chat_body
+from serving.agent.config import AgentConfig, build_agent_tools
+from serving.agent.loop import ContextFullError
 from serving.config import ServerConfig
 from serving.engine import Engine, Params, QueueFullError, Token
 from serving.engine import Request as EngineRequest
@@ -41,12 +46,21 @@ from serving.text import TextStream
 SEED_MOD = 2**31 - 1
 
 
-class _DisconnectedError(Exception):
-    pass
+class DisconnectedError(Exception):
+    """The client went away while its request was generating."""
 
 
-class _TimeoutError(Exception):
-    pass
+class RequestTimeoutError(Exception):
+    """A generation ran past its deadline (the request timeout, or an agent request's time limit)."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Per-row sampling of an internal generation (agent steps, self-checks)."""
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
 
 
 @dataclass
@@ -63,8 +77,13 @@ class _Choice:
 class Service:
     """Everything a request needs: engine, prompt format, settings, limits, metrics."""
 
-    def __init__(self, engine: Engine, fmt: PromptFormat, cfg: ServerConfig, model_name: str, context: int):
+    def __init__(self, engine: Engine, fmt: PromptFormat, cfg: ServerConfig, model_name: str, context: int,
+                 agent: AgentConfig | None = None, agent_tools: dict | None = None):
         self.engine, self.fmt, self.cfg, self.name = engine, fmt, cfg, model_name
+        # Agent mode: settings and the tools (python + finish, + retrieve over a --corpus), built
+        # once; without a corpus the default tools cost nothing until a request runs one.
+        self.agent = agent or AgentConfig()
+        self.agent_tools = agent_tools if agent_tools is not None else build_agent_tools(self.agent)
         self.context = min(context, engine.s)
         self.created = int(time.time())
         self.limiter = RateLimiter(cfg.rate_limit_per_minute, cfg.rate_limit_burst)
@@ -150,7 +169,8 @@ class Service:
 
     # ------------------------------------------------------------------ generation
     def start(self, prompts: list[list[int]], n: int, req, max_tokens: int, stops: list[str], stop_ids):
-        """Submit n choices per prompt to the engine -> (choices, event queue)."""
+        """Submit n choices per prompt to the engine -> (choices, event queue). `req`: anything
+        with temperature / top_p / top_k / seed (a request body, or Sampling)."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         choices, submitted = [], []
@@ -177,10 +197,11 @@ class Service:
         self.m_prompt.inc(sum(len(p) for p in prompts) * n)
         return choices, queue
 
-    async def events(self, choices, queue, request: Request, t0: float):
+    async def events(self, choices, queue, request: Request, t0: float, deadline: float | None = None):
         """Yield (choice, text delta, token entry | None) until every choice has finished; cancels
-        the engine rows on disconnect, timeout or a stop string."""
-        deadline = t0 + self.cfg.request_timeout_s
+        the engine rows on disconnect, timeout (t0 + request_timeout_s, or an earlier `deadline`)
+        or a stop string."""
+        deadline = min(t0 + self.cfg.request_timeout_s, deadline if deadline is not None else float("inf"))
         watcher = asyncio.ensure_future(_wait_disconnect(request))
         try:
             while any(c.finish is None for c in choices):
@@ -189,7 +210,7 @@ class Service:
                                              return_when=asyncio.FIRST_COMPLETED)
                 if get not in done:
                     get.cancel()
-                    raise _DisconnectedError() if watcher in done else _TimeoutError()
+                    raise DisconnectedError() if watcher in done else RequestTimeoutError()
                 i, t = get.result()
                 c = choices[i]
                 if c.finish is not None:        # already ended by a stop string
@@ -223,6 +244,35 @@ class Service:
         prompt = sum(c.prompt_len for c in choices[::n])
         completion = sum(c.req.generated for c in choices)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    # ------------------------------------------------------------------ internal generations
+    async def complete_messages(self, messages: list[Message], *, max_tokens: int, sampling: Sampling,
+                                stops: list[str], request: Request, t0: float, deadline: float,
+                                usage: dict) -> tuple[str, str]:
+        """One chat generation for the agent loop / self-verification -> (text, finish).
+        Raises ContextFullError when the conversation leaves no room to generate (max_tokens is
+        cut to the room left), RequestTimeoutError past `deadline`, DisconnectedError."""
+        prompt = await asyncio.to_thread(self.fmt.chat_ids, messages)
+        room = self.context - len(prompt)
+        if room < 1:
+            raise ContextFullError(f"the conversation has {len(prompt)} tokens; the context is {self.context}")
+        choices, queue = self.start([prompt], 1, sampling, min(max_tokens, room), stops, self.fmt.chat_stop_ids)
+        usage["prompt_tokens"] += len(prompt)
+        try:
+            async for _ in self.events(choices, queue, request, t0, deadline):
+                pass
+        finally:
+            usage["completion_tokens"] += choices[0].req.generated
+        return choices[0].text.text, choices[0].finish
+
+    def clean(self, text: str) -> str:
+        """Text the server writes into a conversation (tool output, a model's step) with every
+        chat-template control string broken by a zero-width space: a program that prints
+        "<|user|>" must not forge a turn, nor make the next request a 400."""
+        for c in self.fmt.controls:
+            if c in text:
+                text = text.replace(c, c[:1] + "\u200b" + c[1:])
+        return text
 
     # ------------------------------------------------------------------ logprobs shapes
     def chat_logprobs(self, entries, top_n: int) -> dict:
@@ -261,6 +311,8 @@ def _sse(obj) -> bytes:
 
 
 def create_app(svc: Service) -> FastAPI:
+    from serving.agent import http as agent_http  # imported here: it uses this module's helpers
+
     app = FastAPI(title="seekline", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = svc
 
@@ -343,12 +395,23 @@ def create_app(svc: Service) -> FastAPI:
     async def completions(request: Request):
         return await guarded(request, "completions", _completions)
 
+    @app.post("/v1/agent/completions")
+    async def agent(request: Request):
+        return await guarded(request, "agent", lambda *a: agent_http.agent_completions(svc, *a))
+
     async def _chat(request, body, t0, rid, info):
+        # tools / tool_choice / seekline are this server's agent features (serving/agent/http.py):
+        # taken out of the body before the plain chat checks, which refuse `tools`.
+        body, ext = split_chat_body(body)
         req = parse(body, ChatRequest)
         svc.check_model(req.model)
         if not req.messages:
             raise bad_request("messages must contain at least one message", param="messages")
-        msgs = [_message(m, i) for i, m in enumerate(req.messages)]
+        if ext.tools and ext.tool_choice != "none":
+            return await agent_http.chat_with_tools(svc, req, ext, request, t0, rid, info)
+        if ext.seekline is not None:
+            return await agent_http.chat_verify(svc, req, ext, request, t0, rid, info)
+        msgs = [chat_message(m, i) for i, m in enumerate(req.messages)]
         prompt = await asyncio.to_thread(svc.fmt.chat_ids, msgs)      # a 1 MB body: keep the loop free
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         mt_param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
@@ -377,7 +440,7 @@ def create_app(svc: Service) -> FastAPI:
                                           lambda c: chunk(c, {}, None, c.finish), base, "chat.completion.chunk"):
                     yield data
             return StreamingResponse(gen(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        await _collect(svc, choices, queue, request, t0, info)
+        await collect(svc, choices, queue, request, t0, info)
         out = []
         for c in choices:
             ch = {"index": c.index, "message": {"role": "assistant", "content": c.text.text},
@@ -411,7 +474,7 @@ def create_app(svc: Service) -> FastAPI:
                                           base, "text_completion"):
                     yield data
             return StreamingResponse(gen(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        await _collect(svc, choices, queue, request, t0, info)
+        await collect(svc, choices, queue, request, t0, info)
         out = [{"index": c.index, "text": c.text.text,
                 "logprobs": svc.completion_logprobs(c.tokens, top_n) if want_lp else None,
                 "finish_reason": c.finish} for c in choices]
@@ -422,14 +485,14 @@ def create_app(svc: Service) -> FastAPI:
 
 
 
-async def _collect(svc: Service, choices, queue, request, t0, info) -> None:
+async def collect(svc: Service, choices, queue, request, t0, info) -> None:
     try:
         async for _ in svc.events(choices, queue, request, t0):
             pass
-    except _TimeoutError:
+    except RequestTimeoutError:
         raise APIError(504, f"the request did not finish within {svc.cfg.request_timeout_s:g} s",
                        code="timeout", type_="timeout_error") from None
-    except _DisconnectedError:
+    except DisconnectedError:
         info["disconnected"] = True
         raise APIError(499, "client closed the request", code="client_closed") from None
     info.update(completion_tokens=sum(c.req.generated for c in choices),
@@ -458,11 +521,11 @@ async def _stream_events(svc, choices, queue, request, t0, info, req, delta_chun
         if (req.stream_options or {}).get("include_usage"):
             yield _sse({**base, "object": obj, "choices": [], "usage": svc.usage(choices, req.n)})
         info.update(completion_tokens=sum(c.req.generated for c in choices), finish=[c.finish for c in choices])
-    except _TimeoutError:
+    except RequestTimeoutError:
         info["timeout"] = True
         yield _sse(error_body(f"the request did not finish within {svc.cfg.request_timeout_s:g} s",
                               "timeout_error", None, "timeout"))
-    except _DisconnectedError:
+    except DisconnectedError:
         info["disconnected"] = True
         return
     except RuntimeError as e:
@@ -471,7 +534,7 @@ async def _stream_events(svc, choices, queue, request, t0, info, req, delta_chun
     svc.m_latency.labels("stream").observe(time.perf_counter() - t0)
 
 
-def _message(m, i: int) -> Message:
+def chat_message(m, i: int) -> Message:
     content = m.content
     if isinstance(content, list):
         content = "".join(p.text for p in content)

@@ -10,6 +10,10 @@ Action label, read with json.loads. Parsed steps are written to the trajectory `
 canonical form (``Thought: …\\nAction: <json.dumps>\\nObservation: …\\n``) so that spans and the
 student's target are clean; a reply that cannot be parsed is kept verbatim (stripped) and
 answered with an error Observation. See docs/agent.md, "Agent loop and tools".
+
+The protocol pieces (STOP, SYSTEM_PROMPT, parse_reply, balanced_object, neutralise_labels,
+step_text) live in serving/agent/protocol.py, which the server's agent mode shares; they are
+importable from here as before.
 """
 
 from __future__ import annotations
@@ -22,23 +26,22 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, is_dataclass
 
 from common.errors import ConfigError, InputDataError, UserError
-from components.agent.segment import _INLINE_ACTION, _LINE_LABEL
 from components.agent.tools import build_tools, call_tool, describe_tools
 from components.grpo.rewards import answers_match, extract_answer
 
-STOP = ["\nObservation:"]
+# The protocol lives in serving/agent/protocol.py (the server's agent mode shares it); the names
+# stay importable from here.
+from serving.agent.protocol import FENCE as _FENCE
+from serving.agent.protocol import (
+    STOP,
+    SYSTEM_PROMPT,
+    balanced_object,  # noqa: F401 - re-exported
+    neutralise_labels,
+    parse_reply,
+    step_text,
+)
+
 TASK_FIELDS = ("task_id", "kind", "prompt", "answer", "tests", "test", "entry_point")
-
-SYSTEM_PROMPT = """You solve tasks step by step, using tools. Every reply is exactly one step:
-Thought: <your reasoning>
-Action: {{"name": "<tool>", "arguments": {{...}}}}
-The Action is one JSON object on the line after "Action:". After it, stop: the tool's output comes
-back as "Observation: ...". When you know the final answer, call finish:
-Action: {{"name": "finish", "arguments": {{"answer": "<final answer>"}}}}
-
-Tools:
-{tools}"""
-
 
 # ---- tasks ----
 
@@ -84,95 +87,6 @@ def load_tasks(*, humaneval: int = 0, coding: int = 0, arithmetic: int = 0, seed
     tasks += [task_dict(t) for t in coding_tasks(coding, seed=seed, split=split)]
     tasks += [task_dict(t) for t in arithmetic_tasks(arithmetic, seed=seed, split=split)]
     return tasks
-
-
-# ---- parsing one reply ----
-
-_FENCE = re.compile(r"^[ \t]*```[\w+-]*[ \t]*$", re.M)
-_LABEL = r"^[ \t>*_#]*{}[ \t*_]*:[ \t*_]*"
-_THOUGHT = re.compile(_LABEL.format("thought"), re.I | re.M)
-_ACTION = re.compile(_LABEL.format("action"), re.I | re.M)
-_OBSERVATION = re.compile(r"^[ \t>*_#]*observation[ \t*_]*:", re.I | re.M)
-
-
-def balanced_object(text: str, start: int = 0) -> tuple[int, int] | None:
-    """(begin, end) of the first balanced {...} at or after `start` (braces inside JSON strings
-    ignored), end exclusive; None when there is none or it never closes."""
-    begin = text.find("{", start)
-    if begin < 0:
-        return None
-    depth, in_str, esc = 0, False, False
-    for i in range(begin, len(text)):
-        c = text[i]
-        if in_str:
-            if esc:
-                esc = False
-            elif c == "\\":
-                esc = True
-            elif c == '"':
-                in_str = False
-        elif c == '"':
-            in_str = True
-        elif c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return begin, i + 1
-    return None
-
-
-def parse_reply(reply: str) -> tuple[str, dict | None, str | None]:
-    """(thought, action, error) from one teacher reply. action = {"name": str, "arguments": dict}
-    or None with a one-line error saying what was wrong with the format."""
-    text = _FENCE.sub("", reply)
-    obs = _OBSERVATION.search(text)
-    if obs:  # the teacher wrote an observation itself: ignore it and everything after
-        text = text[:obs.start()]
-    act = _ACTION.search(text)
-    head = text[:act.start()] if act else text
-    th = _THOUGHT.search(head)
-    thought = (head[th.end():] if th else head).strip()
-    if not act:
-        # no label keyword followed by a colon in this message: it lands in an Observation, and
-        # the segmenter must not take it for a step
-        return thought, None, "no Action line; reply with a Thought line, then an Action line holding one JSON tool call"
-    span = balanced_object(text, act.end())
-    if span is None:
-        return thought, None, "the Action is not a complete JSON object ({...} with balanced braces)"
-    try:
-        obj = json.loads(text[span[0]:span[1]])
-    except json.JSONDecodeError as e:
-        return thought, None, f"the Action is not valid JSON: {e.msg} at column {e.colno}"
-    if not isinstance(obj.get("name"), str):
-        return thought, None, 'the Action JSON needs a string "name"'
-    args = obj.get("arguments", {})
-    if isinstance(args, str):  # OpenAI tool calls carry arguments as a JSON string
-        try:
-            args = json.loads(args)
-        except json.JSONDecodeError:
-            pass
-    if not isinstance(args, dict):
-        return thought, None, 'the Action JSON needs "arguments" to be an object'
-    return thought, {"name": obj["name"], "arguments": args}, None
-
-
-def neutralise_labels(observation: str) -> str:
-    """Tool output with every label the segmenter would read (a line starting with Thought: /
-    Action: / Observation:, any case, markdown around it, or an inline "Action: {") broken by a
-    "|" right before the keyword, so a tool that prints "Thought: ..." cannot split the
-    Observation into a fake step. The segmenter's own patterns decide, so the two cannot drift;
-    a plain space would not do (its labels may be indented), nor "| " before an Action line
-    (that is an inline Action to it)."""
-    cuts = {m.start("kw") for m in _LINE_LABEL.finditer(observation)}
-    cuts |= {m.start("kw") for m in _INLINE_ACTION.finditer(observation)}
-    for i in sorted(cuts, reverse=True):
-        observation = observation[:i] + "|" + observation[i:]
-    return observation
-
-
-def step_text(thought: str, action: dict) -> str:
-    return f"Thought: {thought}\nAction: {json.dumps(action, ensure_ascii=False)}\n"
 
 
 # ---- verification ----

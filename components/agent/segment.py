@@ -40,6 +40,7 @@ import numpy as np
 
 from common import fileio
 from common.errors import InputDataError
+from serving.agent.protocol import INLINE_ACTION, LINE_LABEL
 
 REASON, ACT, OBSERVATION = "REASON", "ACT", "OBSERVATION"
 LABELS = (REASON, ACT, OBSERVATION)
@@ -50,23 +51,9 @@ def _kind(keyword: str) -> str:
     return REASON if keyword.startswith("thought") else OBSERVATION if keyword == "observation" else ACT
 
 _WS = " \t\r"
-# A label at the start of a line. Group "kw" is the keyword; the match ends where content starts
-# (after the separator, closing emphasis and same-line blanks).
-_LINE_LABEL = re.compile(
-    r"""^[ \t\r]*(?:[-#>]+[ \t]*)?                   # markdown: heading, quote, bullet
-        (?P<em>\*\*|__|\*|_)?[ \t]*                 # emphasis: **Thought:** / *Action*:
-        (?P<kw>thoughts?|action(?:[ \t]*input)?|observation)\b  # ReAct's "Action Input:" too
-        (?:[ \t]*\d+)?                               # numbered steps: "Thought 2:"
-        [ \t]*(?(em)(?:\*\*|__|\*|_)?)[ \t]*         # emphasis closed before the separator
-        (?:(?::+|：|[-–—](?=\s|$))                     # separator ("Thought-process" is no label)
-          |(?=[ \t\r]*(?(em)(?:\*\*|__|\*|_)?)[ \t\r]*$))  # or the label alone on its line
-        (?(em)(?:[ \t]*(?:\*\*|__|\*|_))?)            # emphasis closed after it: **Thought:**
-        [ \t\r]*""",
-    re.IGNORECASE | re.MULTILINE | re.VERBOSE)
-# "... Action: {" in the middle of a line: only with a JSON object or a fence right after it.
-_INLINE_ACTION = re.compile(
-    r"(?<=\S)[ \t]+(?:\*\*|__)?(?P<kw>action)(?:\*\*|__)?[ \t]*[:：](?:[ \t]*(?:\*\*|__))?[ \t]*(?=\{|```)",
-    re.IGNORECASE)
+# The label patterns (a line-start label; an inline "Action: {") live in serving/agent/protocol.py,
+# shared with neutralise_labels there, so the loop and the segmenter cannot drift apart.
+_LINE_LABEL, _INLINE_ACTION = LINE_LABEL, INLINE_ACTION
 # An unlabelled tool call inside a Thought: a line starting with "{" (optionally in a fence).
 _BARE_CALL = re.compile(r"^[ \t]*(?:```[A-Za-z]*[ \t\r]*\n[ \t]*)?(?=\{)", re.MULTILINE)
 _FENCE_OPEN = re.compile(r"```[\w+-]*[ \t\r]*\n?")  # ```json\n, ```\n, ```json {...
