@@ -63,7 +63,16 @@ def server(model_dir, corpus):
     svc = build_service(model_dir, cfg)
     svc.agent = AgentConfig(corpus=corpus, max_steps=6, time_limit_s=60, step_max_tokens=12)
     svc.agent_tools = build_agent_tools(svc.agent)        # what `seekline serve --corpus` does
+    # Record the prompt ids the engine is given (the real engine still runs them): the tests
+    # compare them with components' chat template on the conversation written out by hand.
+    prompts, submit = [], svc.engine.submit
+
+    def recording_submit(req):
+        prompts.append(list(req.prompt))
+        return submit(req)
+    svc.engine.submit = recording_submit
     with ThreadServer(svc, cfg) as srv:
+        srv.prompts = prompts
         yield srv
     svc.engine.stop()
 
@@ -111,6 +120,7 @@ def _error(r, status, param=None, code=None):
 
 # ---------------------------------------------------------------------------- agent endpoint
 def test_agent_step_limit_structure_and_first_step_equals_the_teacher(client, server, teacher):
+    server.prompts.clear()
     res = client.post("/agent/completions", cast_to=object,
                       body={"model": NAME, "messages": TASK, "max_steps": 3, "max_tokens": 10, "seed": 1})
     assert res["object"] == "agent.completion" and res["model"] == NAME
@@ -126,16 +136,22 @@ def test_agent_step_limit_structure_and_first_step_equals_the_teacher(client, se
     assert res["usage"]["completion_tokens"] <= 30 and res["usage"]["prompt_tokens"] > 3 * 600
     # step 0 is the model's greedy reply to the agent conversation (system prompt with the three
     # tools, then the task), as components' in-process teacher generates it
-    want = teacher.complete([_system(TOOLS_DESC), *TASK], max_tokens=10, temperature=0.0, stop=STOP)
+    convo = [_system(TOOLS_DESC), *TASK]
+    want = teacher.complete(convo, max_tokens=10, temperature=0.0, stop=STOP)
     thought, action, err = parse_reply(want)
     assert (steps[0]["thought"], steps[0]["action"], steps[0]["error"]) == (thought, action, err)
     if action is None:
         assert res["messages"][0]["content"] == want.strip()
+    # each step's prompt: the conversation so far, the earlier steps and observations included
+    assert len(server.prompts) == 3
+    for k in range(3):
+        assert server.prompts[k] == teacher.encode(convo + res["messages"][:2 * k]), k
 
 
 def test_agent_multi_turn_history_reaches_the_model(server, teacher):
     first = _agent(server, max_steps=1, max_tokens=6)
     history = TASK + first["messages"] + [{"role": "user", "content": "Now 7*8?"}]
+    server.prompts.clear()
     second = _post(server, "/v1/agent/completions",
                    {"model": NAME, "messages": [{"role": "system", "content": "Be brief."}, *history],
                     "max_steps": 1, "max_tokens": 6, "tools": ["python", "finish"]}).json()
@@ -144,6 +160,7 @@ def test_agent_multi_turn_history_reaches_the_model(server, teacher):
     sys["content"] += "\n\nBe brief."
     want = teacher.complete([sys, *history], max_tokens=6, temperature=0.0, stop=STOP)
     assert second["steps"][0]["thought"] == parse_reply(want)[0]
+    assert server.prompts == [teacher.encode([sys, *history])]
 
 
 def test_agent_stream_sends_each_step_then_the_result(server):
@@ -163,8 +180,9 @@ def test_agent_stream_sends_each_step_then_the_result(server):
 def test_agent_time_limit_stops_mid_step_and_frees_the_slot(server):
     t = time.perf_counter()
     res = _agent(server, max_steps=6, max_tokens=400, time_limit_s=0.05, temperature=1.0, seed=5)
-    assert res["stop_reason"] == "time_limit" and res["answer"] is None
-    assert len(res["steps"]) <= 1 and time.perf_counter() - t < 10
+    # the limit cut the first generation (its row cancelled), not a check between steps
+    assert res["stop_reason"] == "time_limit" and res["answer"] is None and res["steps"] == []
+    assert res["usage"]["completion_tokens"] < 400 and time.perf_counter() - t < 10
     for _ in range(100):
         h = httpx.get(server.url + "/health").json()
         if h["active"] == 0:
@@ -198,10 +216,12 @@ def test_agent_request_errors(server):
 
 
 # ---------------------------------------------------------------------------- OpenAI tools on chat
-def test_tools_prompt_and_answer_shape(client, teacher):
+def test_tools_prompt_and_answer_shape(client, server, teacher):
+    server.prompts.clear()
     r = client.chat.completions.create(model=NAME, messages=TASK, tools=[WEATHER], max_tokens=12, temperature=0)
     c = r.choices[0]
     want = teacher.complete([_system(WEATHER_DESC), *TASK], max_tokens=12, temperature=0.0, stop=STOP)
+    assert server.prompts == [teacher.encode([_system(WEATHER_DESC), *TASK])]
     thought, action, _ = parse_reply(want)
     if action is not None and action["name"] == "get_weather":          # (a random model seldom manages)
         assert c.finish_reason == "tool_calls" and c.message.tool_calls[0].function.name == "get_weather"
@@ -211,16 +231,18 @@ def test_tools_prompt_and_answer_shape(client, teacher):
     assert r.usage.completion_tokens <= 12
 
 
-def test_tool_result_round_trip_is_written_as_an_observation(client, teacher):
+def test_tool_result_round_trip_is_written_as_an_observation(client, server, teacher):
     call = {"id": "call_abc", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
     msgs = [{"role": "user", "content": "Weather in Oslo?"},
             {"role": "assistant", "content": "I look it up", "tool_calls": [call]},
             {"role": "tool", "tool_call_id": "call_abc", "content": "rain, 4 C"}]
+    server.prompts.clear()
     r = client.chat.completions.create(model=NAME, messages=msgs, tools=[WEATHER], max_tokens=12, temperature=0)
     convo = [_system(WEATHER_DESC), msgs[0],
              {"role": "assistant", "content": 'Thought: I look it up\nAction: {"name": "get_weather", '
                                               '"arguments": {"city": "Oslo"}}'},
              {"role": "user", "content": "Observation: rain, 4 C"}]
+    assert server.prompts == [teacher.encode(convo)]
     want = teacher.complete(convo, max_tokens=12, temperature=0.0, stop=STOP)
     if parse_reply(want)[1] is None:
         assert r.choices[0].message.content == want.strip()
@@ -263,8 +285,9 @@ def test_tools_request_errors(server):
 
 
 # ---------------------------------------------------------------------------- self-verification
-def test_verify_mode_reports_attempts_confidences_and_correction(client, teacher):
+def test_verify_mode_reports_attempts_confidences_and_correction(client, server, teacher):
     msgs = [{"role": "user", "content": "2+2="}]
+    server.prompts.clear()
     r = client.chat.completions.create(model=NAME, messages=msgs, max_tokens=8, temperature=0, seed=11,
                                        extra_body={"seekline": {"mode": "verify", "threshold": 0.7,
                                                                 "max_attempts": 3, "check_max_tokens": 8}})
@@ -281,12 +304,15 @@ def test_verify_mode_reports_attempts_confidences_and_correction(client, teacher
     # attempt 0 is the greedy answer to the conversation with the reasoning instruction
     from serving.agent.verify import CHECK_PROMPT, COT_INSTRUCTION
 
-    want = teacher.complete([{"role": "system", "content": COT_INSTRUCTION}, *msgs], max_tokens=8, temperature=0.0)
+    cot = [{"role": "system", "content": COT_INSTRUCTION}, *msgs]
+    want = teacher.complete(cot, max_tokens=8, temperature=0.0)
     assert v["attempts"][0]["answer"] == want
-    check = teacher.complete([{"role": "system", "content": COT_INSTRUCTION}, *msgs,
-                              {"role": "assistant", "content": want}, {"role": "user", "content": CHECK_PROMPT}],
-                             max_tokens=8, temperature=0.0)
+    checking = [*cot, {"role": "assistant", "content": want}, {"role": "user", "content": CHECK_PROMPT}]
+    check = teacher.complete(checking, max_tokens=8, temperature=0.0)
     assert v["attempts"][0]["check"] == check
+    # answer and check prompts alternate; every answer prompt is the same conversation
+    assert len(server.prompts) == 2 * n
+    assert server.prompts[0::2] == [teacher.encode(cot)] * n and server.prompts[1] == teacher.encode(checking)
     assert r.usage.completion_tokens <= n * 16
 
 

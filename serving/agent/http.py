@@ -239,8 +239,9 @@ async def chat_verify(svc, req, ext: ChatExtensions, request: Request, t0: float
     msgs = [chat_message(m, i) for i, m in enumerate(req.messages)]
     if any(m.tool_calls or m.role == "tool" for m in msgs):
         raise bad_request("seekline.mode 'verify' takes system / user / assistant text turns", param="messages")
-    convo = with_cot([{"role": m.role, "content": m.content} for m in msgs])
-    prompt = await asyncio.to_thread(svc.fmt.chat_ids, _messages(convo))
+    convo = [{"role": m.role, "content": m.content} for m in msgs]
+    # the first answer's prompt (self_verify adds the instruction itself) must fit: a 400 now
+    prompt = await asyncio.to_thread(svc.fmt.chat_ids, _messages(with_cot(convo)))
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     mt_param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     budget = svc.budget([prompt], max_tokens, "messages", mt_param)
