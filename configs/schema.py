@@ -35,6 +35,7 @@ from configs.training import (  # noqa: F401
     ContextExtensionConfig,
     DistillConfig,
     EvaluateConfig,
+    ExportConfig,
     GRPOConfig,
     PretrainConfig,
     RewardConfig,
@@ -47,7 +48,7 @@ DEFAULT_PRESET = "tiny"
 # Component ids in the DAG; resources, node selectors and tolerations are keyed by these.
 COMPONENT_IDS = ("ingest", "tokenizer", "pack", "statistics", "schema", "validate", "pretrain",
                  "context_extension", "sft", "grpo", "distill", "agent_trajectories", "agent_distill",
-                 "evaluate")
+                 "evaluate", "export")
 
 _CPU_RE = re.compile(r"^\d+(\.\d+)?m?$")
 _MEM_RE = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
@@ -361,6 +362,7 @@ class SeeklineConfig(_Strict):
     distill: DistillConfig = DistillConfig()
     agent: AgentConfig = AgentConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    export: ExportConfig = ExportConfig()
     resources: ResourcesConfig = ResourcesConfig()
     kubeflow: KubeflowConfig = KubeflowConfig()
 
@@ -388,7 +390,9 @@ class SeeklineConfig(_Strict):
         if not self.agent.enabled:
             skip |= agent
         if not self.evaluate.enabled:
-            skip.add("evaluate")
+            skip |= {"evaluate", "export"}      # the export is gated on evaluate's blessing
+        if not self.export.enabled:
+            skip.add("export")
         return tuple(c for c in COMPONENT_IDS if c not in skip)
 
 

@@ -143,7 +143,7 @@ def test_data_sections_validate_their_invariants():
 def test_every_component_id_is_known_to_resources():
     assert COMPONENT_IDS == ("ingest", "tokenizer", "pack", "statistics", "schema", "validate", "pretrain",
                              "context_extension", "sft", "grpo", "distill", "agent_trajectories", "agent_distill",
-                             "evaluate")
+                             "evaluate", "export")
     cfg = load_config("cluster")
     assert cfg.resources.for_component("pack").cpu == "16"
 

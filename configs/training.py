@@ -187,6 +187,9 @@ class ProcessSupervisionConfig(_Strict):
     lambda_act: float = Field(1.0, ge=0)
     tool_weight: float = Field(0.7, ge=0)
     json_weight: float = Field(0.3, ge=0)
+    # span: the tool / JSON terms share the SAD term's denominator (an emphasis on those targets);
+    # term: each is a mean over its own targets (training/agent_losses.py has the measurements).
+    normalize: Literal["span", "term"] = "span"
 
     @model_validator(mode="after")
     def _some_span_weight(self):
@@ -419,3 +422,16 @@ class EvaluateConfig(_Strict):
         if not self.k or bad:
             raise ValueError(f"evaluate.k values must be in [1, n_samples={self.n_samples}] (got {self.k})")
         return self
+
+
+class ExportConfig(_Strict):
+    """Serving export of the blessed model (components/export): a TF Serving SavedModel with
+    `generate` and `logits` signatures in a numeric version folder, the HF files, a manifest."""
+
+    enabled: bool = True
+    # generate's decode loop runs in the graph over a cache of prompt + this many rows; a request
+    # asking for more new tokens is clipped to it.
+    max_new_tokens_cap: int = Field(256, ge=1)
+    # The model base path TF Serving watches (it serves the highest numeric version there); each
+    # export is copied to <push_dir>/<version>. None = <pipeline.output_dir>/serving/<pipeline name>.
+    push_dir: str | None = None

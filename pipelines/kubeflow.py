@@ -107,6 +107,15 @@ def portability_warnings(config: SeeklineConfig) -> list[str]:
             f"validate.frozen_dir resolves to {frozen}, which tf.io.gfile cannot write in the "
             "container; set validate.frozen_dir to a gs:// URI or a path on a mounted volume"
         )
+    if config.export.enabled and config.evaluate.enabled:
+        from pipelines.pipeline import export_push_dir
+
+        push = export_push_dir(config, config.kubeflow.pipeline_root)
+        if "://" in push and not push.startswith(GFILE_SCHEMES):
+            warnings.append(
+                f"export.push_dir resolves to {push}, which tf.io.gfile cannot write in the container; "
+                "set export.push_dir to a gs:// URI or a path on a mounted volume (TF Serving's model base path)"
+            )
     return warnings
 
 

@@ -35,7 +35,7 @@ def test_spec_parses_and_has_every_component(compiled):
     resolvers = {f"{BASELINE_RESOLVER_ID}-model-resolver", f"{BASELINE_RESOLVER_ID}-model-blessing-resolver"}
     assert set(spec.root.dag.tasks) == {"ingest", "tokenizer", "pack", "statistics", "schema", "validate",
                                         "pretrain", "context_extension", "sft", "grpo", "distill",
-                                        "agent_trajectories", "agent_distill", "evaluate", *resolvers}
+                                        "agent_trajectories", "agent_distill", "evaluate", "export", *resolvers}
     # every task but the resolvers (metadata queries, no pod of their own) can be given resources
     assert set(COMPONENT_IDS) == set(spec.root.dag.tasks) - resolvers
     assert spec.default_pipeline_root == cfg.kubeflow.pipeline_root
@@ -56,6 +56,11 @@ def test_spec_parses_and_has_every_component(compiled):
     assert producers == {"candidate": "agent_distill", "teacher": "grpo",
                          "baseline_model": f"{BASELINE_RESOLVER_ID}-model-resolver",
                          "baseline_blessing": f"{BASELINE_RESOLVER_ID}-model-blessing-resolver"}
+    # the export runs only when KFP's trigger policy finds the blessing's `blessed` == 1
+    export = spec.root.dag.tasks["export"]
+    assert set(export.dependent_tasks) == {"agent_distill", "evaluate"}
+    assert export.trigger_policy.condition == \
+        "(inputs.artifacts['_evaluate.blessing'].artifacts[0].metadata['blessed'] == 1.0)"
     ev = spec.components[spec.root.dag.tasks["evaluate"].component_ref.name]
     assert set(ev.output_definitions.artifacts) == {"evaluation", "blessing"}
     assert "title: tfx.ModelBlessing" in ev.output_definitions.artifacts["blessing"].artifact_type.instance_schema
@@ -210,10 +215,13 @@ def test_summary_is_json():
 
 def test_portability_warning_for_paths_the_container_cannot_write():
     # tiny's Kubeflow pipeline root is minio://, which tf.io.gfile cannot write from a pod
-    [w] = kf.portability_warnings(load_config("tiny"))
+    w, e = kf.portability_warnings(load_config("tiny"))
     assert "validate.frozen_dir" in w and "minio://mlpipeline/seekline-tiny/frozen" in w
+    assert "export.push_dir" in e and "minio://mlpipeline/serving/seekline-tiny" in e
     assert kf.portability_warnings(load_config("cluster")) == []
-    assert kf.portability_warnings(load_config("tiny", ["validate.frozen_dir=/mnt/shared/frozen"])) == []
+    assert kf.portability_warnings(load_config("tiny", ["validate.frozen_dir=gs://b/f", "export.push_dir=gs://b/s"])) == []
+    assert kf.portability_warnings(load_config("tiny", ["validate.frozen_dir=/mnt/shared/frozen",
+                                                        "export.push_dir=/mnt/shared/serving"])) == []
 
 
 def test_rescheduling_replaces_the_recurring_run_of_the_same_name(fake, package):

@@ -12,6 +12,7 @@ from components.agent.component import AgentTrajectories
 from components.context_extension.component import ExtendContext
 from components.distill.component import Distill
 from components.evaluate.component import Evaluate
+from components.export.component import Export
 from components.grpo.component import GroupRelativePolicyOptimization
 from components.ingest.component import Ingest
 from components.pack.component import PackSequences
@@ -45,6 +46,31 @@ def evaluate_nodes(config: SeeklineConfig, candidate, teacher) -> list:
         inputs["baseline_blessing"] = resolver.outputs["model_blessing"]
     nodes.append(Evaluate(config_json=config.evaluate.model_dump_json(), **inputs).with_id("evaluate"))
     return nodes
+
+
+def export_push_dir(config: SeeklineConfig, pipeline_root: str) -> str:
+    """Where exports are published for TF Serving: export.push_dir, else a `serving/<pipeline
+    name>` folder beside the pipeline root."""
+    if config.export.push_dir:
+        return config.export.push_dir
+    parent = pipeline_root.rstrip("/").rsplit("/", 1)[0] if "/" in pipeline_root.rstrip("/") else "."
+    return f"{parent}/serving/{config.pipeline.name}"
+
+
+def export_node(config: SeeklineConfig, candidate, evaluate, pipeline_root: str):
+    """The export of the evaluated model, run only when evaluate blessed it (tfx.dsl.Cond on the
+    blessing's `blessed` property, as TFX's Pusher is gated on its Evaluator)."""
+    blessing = evaluate.outputs["blessing"]
+    with tfx.dsl.Cond(blessing.future()[0].custom_property("blessed") == 1):
+        node = Export(
+            model=candidate.outputs["model"],
+            blessing=blessing,
+            evaluation=evaluate.outputs["evaluation"],
+            config_json=config.export.model_dump_json(),
+            push_dir=export_push_dir(config, pipeline_root),
+            pipeline_name=config.pipeline.name,
+        ).with_id("export")
+    return node
 
 
 def create_pipeline(
@@ -164,7 +190,10 @@ def create_pipeline(
     # Evaluation of the newest model (the student, compared with its teacher); its blessing is
     # what a serving export is gated on (tfx.dsl.Cond, docs/evaluation.md).
     if config.evaluate.enabled:
-        components.extend(evaluate_nodes(config, candidate, teacher))
+        nodes = evaluate_nodes(config, candidate, teacher)
+        components.extend(nodes)
+        if config.export.enabled:
+            components.append(export_node(config, candidate, nodes[-1], pipeline_root))
 
     if with_platform_resources:
         for c in components:

@@ -14,7 +14,8 @@ from pipelines.pipeline import create_pipeline
     (["agent.enabled=false"], {"agent_trajectories", "agent_distill"}),
     (["context_extension.enabled=false", "distill.enabled=false"],
      {"context_extension", "distill", "agent_trajectories", "agent_distill"}),
-    (["evaluate.enabled=false"], {"evaluate"}),
+    (["evaluate.enabled=false"], {"evaluate", "export"}),
+    (["export.enabled=false"], {"export"}),
 ])
 def test_dag_components_follow_the_enabled_phases(tmp_path, sets, want_missing):
     from configs.schema import COMPONENT_IDS
@@ -79,3 +80,23 @@ def test_agent_student_continues_the_distilled_student_on_the_teachers_trajector
     assert {k: ch.producer_component_id for k, ch in by_id["agent_trajectories"].inputs.items()} == want
     assert {k: ch.producer_component_id for k, ch in by_id["agent_distill"].inputs.items()} == \
         {"teacher": "grpo", "sft_model": "sft", "student": "distill", "agent_data": "agent_trajectories"}
+
+
+def test_export_runs_only_under_the_blessing_condition(tmp_path):
+    from tfx.dsl.experimental.conditionals import conditional
+
+    from pipelines.pipeline import export_push_dir
+
+    cfg = load_config("tiny", [])
+    p = create_pipeline(cfg, pipeline_root=str(tmp_path / "pipeline"))
+    [ex] = [c for c in p.components if c.id == "export"]
+    assert {k: ch.producer_component_id for k, ch in ex.inputs.items()} == \
+        {"model": "agent_distill", "blessing": "evaluate", "evaluation": "evaluate"}
+    # one Cond: evaluate's blessing, custom property `blessed` == 1
+    [pred] = conditional.get_predicates(ex, p.dsl_context_registry)
+    enc = " ".join(str(pred.encode()).split())
+    for part in ('key: "_evaluate.blessing"', 'key: "blessed"', "is_custom_property: true", "int_value: 1",
+                 "op: EQUAL"):
+        assert part in enc, part
+    assert ex.exec_properties["push_dir"] == str(tmp_path / "serving" / "seekline-tiny")
+    assert export_push_dir(load_config("tiny", ["export.push_dir=/srv/models/x"]), "r") == "/srv/models/x"

@@ -21,7 +21,7 @@ from pipelines.runs import list_runs
 
 pytestmark = pytest.mark.slow
 COMPONENTS = ["ingest", "tokenizer", "pack", "statistics", "schema", "validate", "pretrain", "context_extension",
-              "sft", "grpo", "agent_trajectories", "distill", "agent_distill", "evaluate"]
+              "sft", "grpo", "agent_trajectories", "distill", "agent_distill", "evaluate", "export"]
 # Training here only proves the DAG wiring (the learning checks are tests/test_learning_checks.py):
 # a few steps of each phase, with a smaller model.
 TRAIN_FAST = (
@@ -41,6 +41,7 @@ TRAIN_FAST = (
     "agent.coding=1", "agent.arithmetic=2", "agent.max_steps=1", "agent.max_tokens=16",
     "agent.distill.trainer.steps=2", "agent.distill.trainer.micro_batch_size=2",
     "agent.distill.trainer.warmup_steps=1", "agent.distill.trainer.eval_batches=1",
+    "export.max_new_tokens_cap=16",
     "evaluate.max_problems=2", "evaluate.n_samples=2", "evaluate.k=[1, 2]", "evaluate.max_new_tokens=32",
 )
 PACKED_FEATURES = {"input_ids", "segment_ids", "positions", "num_tokens", "num_segments", "segment_lengths", "sources"}
@@ -173,6 +174,22 @@ def test_first_run_executes_every_component(workdir, capsys):
     assert b.custom_properties["blessed"].int_value == int(summary["blessing"]["blessed"])
     assert b.custom_properties["current_model_id"].int_value == student_model.id
     assert b.custom_properties["current_model"].string_value == str(ag)
+    # blessed (tiny's floor is 0), so the export ran: SavedModel + HF files + manifest, published
+    # into TF Serving's version layout beside the pipeline
+    assert summary["blessing"]["blessed"], summary["blessing"]
+    ex = next(out.glob("pipeline/export/pushed_model/*"))
+    manifest = json.loads((ex / "manifest.json").read_text())
+    version = str(manifest["version"])
+    assert manifest["model"]["uri"] == str(ag) and manifest["blessing"]["blessed"] is True
+    assert manifest["evaluation"]["candidate"] == {k: v for k, v in summary["candidate"].items() if k.startswith("pass@")}
+    assert manifest["pushed_to"] == str(out / "serving" / "seekline-tiny" / version)
+    assert (ex / "saved_model" / version / "saved_model.pb").exists() and (ex / "hf" / "model.safetensors").exists()
+    assert sorted(p.name for p in (out / "serving" / "seekline-tiny").iterdir()) == [version]
+    import tensorflow as tf
+    sig = tf.saved_model.load(manifest["pushed_to"]).signatures["generate"]
+    res = sig(input_ids=tf.constant([[5, 6, 7]]), attention_mask=tf.constant([[1, 1, 1]]),
+              max_new_tokens=tf.constant(4), temperature=tf.constant(0.0), top_p=tf.constant(1.0), seed=tf.constant(0))
+    assert res["sequences"].shape == (1, 16)
 
 
 def test_second_run_is_served_from_cache(workdir, capsys):
@@ -184,6 +201,21 @@ def test_second_run_is_served_from_cache(workdir, capsys):
     assert main(["runs", *overrides(workdir)]) == 0
     table = capsys.readouterr().out
     assert first.run_id[:16] in table and second.run_id[:16] in table and "CACHED" in table
+
+
+def test_an_unblessed_model_is_not_exported(workdir):
+    """A floor no model reaches: evaluate re-runs and refuses the blessing; the export's Cond is
+    false, so nothing new is exported or published."""
+    out = workdir / "out"
+    before = sorted(p.name for p in (out / "serving" / "seekline-tiny").iterdir())
+    assert main(["run", *overrides(workdir, "evaluate.blessing.min_pass_at_1=1.0")]) == 0
+    last = runs(workdir)[-1]
+    states = {e.component: e.state for e in last.executions}
+    assert states["evaluate"] == "COMPLETE" and states.get("export") != "COMPLETE", states
+    newest = max(out.glob("pipeline/evaluate/blessing/*"), key=lambda p: int(p.name))
+    assert (newest / "NOT_BLESSED").exists()
+    assert sorted(p.name for p in (out / "serving" / "seekline-tiny").iterdir()) == before
+    assert len(list(out.glob("pipeline/export/pushed_model/*"))) == 1
 
 
 def test_no_worse_than_baseline_resolves_the_latest_blessed_model(workdir):

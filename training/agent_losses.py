@@ -9,15 +9,24 @@ SAD (arXiv 2505.13820), with m_r / m_a the reason / action masks of the targets:
   w(i)      = λ_r · m_r(i) + λ_a · m_a(i)          (a token in both spans gets λ_r + λ_a)
   KL form   L = Σ_i w(i) · KL(p_T(i) ‖ p_S(i)) / Σ_i w(i)   (both at temperature τ, no τ² factor)
   CE form   L = Σ_i w(i) · −log p_S(t_{i+1} | i) / Σ_i w(i)   (only teacher *text* available)
+  With a teacher the SAD term is α · KL form + (1 − α) · CE form (alpha, default 1 = the KL
+  form alone; the distill phase passes distill.alpha, as logit KD mixes its KL with CE).
   Normalised by the total weight Σ_i w(i), so L is a weighted mean per target token: it stays on
   the scale of a plain CE / KL whatever the span lengths, and λ_r : λ_a sets how much one
   reason token counts against one action token (scaling both λ by c leaves L unchanged).
   Observation tokens are in neither mask: they get no loss. No target at all gives L = 0.
-Process-step supervision (seed "Knowledge Distillation Guide"):
-  tool-selection  L_tool = mean over targets in tool_name_mask of −log p_S(t_{i+1} | i)
-  JSON validity   L_json = mean over targets in mask_valid_json_tokens of −log p_S(t_{i+1} | i)
+Process-step supervision (seed "Knowledge Distillation Guide"), with ℓ(i) = −log p_S(t_{i+1} | i):
+  tool-selection  on the targets in tool_name_mask (weight tool_weight, default 0.7)
+  JSON validity   on the targets in mask_valid_json_tokens (weight json_weight, default 0.3)
+  normalize="span" (default): each term is Σ_mask ℓ(i) / Σ_i w(i) — the SAD term's own
+      denominator, so a tool-name target counts (its SAD weight + tool_weight) against the span
+      tokens' w: an emphasis inside one per-target mean.
+  normalize="term": each term is its own mean, Σ_mask ℓ(i) / Σ_mask 1 — a tool-name target then
+      weighs tool_weight / (tool-name targets in the batch), tens of times a span token
+      (docs/agent.md, "Learning check", has what each choice did to a student).
   (0 when the batch has no such target or does not carry the mask).
-Combined: L = L_SAD + tool_weight · L_tool + json_weight · L_json (defaults 0.7 and 0.3).
+Combined: L = L_SAD + tool_weight · L_tool + json_weight · L_json. Reported metrics tool_loss /
+json_loss are the plain means over their targets, whichever normalisation trains.
 """
 from __future__ import annotations
 
@@ -53,6 +62,8 @@ class AgentLossSpec:
     tool_weight: float = 0.7      # tool-selection CE
     json_weight: float = 0.3      # JSON-validity CE
     temperature: float = 1.0      # τ of both distributions in the SAD KL
+    alpha: float = 1.0            # with a teacher: SAD = α·KL form + (1 − α)·CE form (1 = KL only)
+    normalize: str = "span"       # process terms over Σ w ("span") or over their own targets ("term")
 
     def __post_init__(self):
         for k in ("lambda_reason", "lambda_act", "tool_weight", "json_weight"):
@@ -61,6 +72,10 @@ class AgentLossSpec:
                 raise ConfigError(f"agent loss {k}: must be a number >= 0, got {v!r}")
         if self.lambda_reason + self.lambda_act <= 0:
             raise ConfigError("agent loss lambda_reason + lambda_act: must be > 0 (the SAD term would be empty)")
+        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or not 0 <= self.alpha <= 1:
+            raise ConfigError(f"agent loss alpha: must be in [0, 1], got {self.alpha!r}")
+        if self.normalize not in ("span", "term"):
+            raise ConfigError(f"agent loss normalize: 'span' or 'term', got {self.normalize!r}")
         if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
             raise ConfigError(f"agent loss temperature: must be > 0, got {self.temperature!r}")
 
@@ -138,26 +153,39 @@ def masked_accuracy(student_logits, input_ids, mask, segment_ids=None):
 
 def agent_distill_loss(student_logits, batch, spec: AgentLossSpec = AgentLossSpec(), teacher_logits=None):
     """(total loss, metrics) of one batch: SAD (KL form with teacher_logits (B, T, V), else the CE
-    form) + tool_weight · L_tool + json_weight · L_json. A batch without tool_name_mask /
+    form) + tool_weight · L_tool + json_weight · L_json (normalised as spec.normalize says). A batch without tool_name_mask /
     mask_valid_json_tokens (process supervision off) gets 0 for that term.
 
     metrics: sad, tool_loss, json_loss (unweighted terms), tool_name_acc, json_token_acc (argmax
     accuracy on those targets; 0 without them)."""
     ids, seg = batch["input_ids"], batch.get("segment_ids")
-    if teacher_logits is not None:
-        sad = sad_kl_loss(student_logits, teacher_logits, ids, batch[REASON_MASK], batch[ACTION_MASK], seg,
-                          lambda_reason=spec.lambda_reason, lambda_act=spec.lambda_act,
-                          temperature=spec.temperature)
-    else:
-        sad = sad_ce_loss(student_logits, ids, batch[REASON_MASK], batch[ACTION_MASK], seg,
+    ce_form = sad_ce_loss(student_logits, ids, batch[REASON_MASK], batch[ACTION_MASK], seg,
                           lambda_reason=spec.lambda_reason, lambda_act=spec.lambda_act)
+    if teacher_logits is not None:
+        kl_form = sad_kl_loss(student_logits, teacher_logits, ids, batch[REASON_MASK], batch[ACTION_MASK], seg,
+                              lambda_reason=spec.lambda_reason, lambda_act=spec.lambda_act,
+                              temperature=spec.temperature)
+        sad = spec.alpha * kl_form + (1.0 - spec.alpha) * ce_form if spec.alpha < 1 else kl_form
+    else:
+        sad = ce_form
     zero = tf.constant(0.0)
     tool = tool_selection_loss(student_logits, ids, batch[TOOL_NAME_MASK], seg) if TOOL_NAME_MASK in batch else zero
     js = json_validity_loss(student_logits, ids, batch[JSON_MASK], seg) if JSON_MASK in batch else zero
+    train_tool, train_js = tool, js
+    if spec.normalize == "span":
+        w_sum = tf.reduce_sum(sad_weights(ids, batch[REASON_MASK], batch[ACTION_MASK], seg,
+                                          lambda_reason=spec.lambda_reason, lambda_act=spec.lambda_act))
+        ce = _token_ce(student_logits, ids)                                  # (B, T)
+
+        def over_w(mask_key):
+            if mask_key not in batch:
+                return zero
+            return tf.math.divide_no_nan(tf.reduce_sum(ce * target_mask(ids, batch[mask_key], seg)), w_sum)
+        train_tool, train_js = over_w(TOOL_NAME_MASK), over_w(JSON_MASK)
     metrics = {
         "sad": sad, "tool_loss": tool, "json_loss": js,
         "tool_name_acc": masked_accuracy(student_logits, ids, batch[TOOL_NAME_MASK], seg)
         if TOOL_NAME_MASK in batch else zero,
         "json_token_acc": masked_accuracy(student_logits, ids, batch[JSON_MASK], seg) if JSON_MASK in batch else zero,
     }
-    return sad + spec.tool_weight * tool + spec.json_weight * js, metrics
+    return sad + spec.tool_weight * train_tool + spec.json_weight * train_js, metrics

@@ -73,14 +73,26 @@ def test_tool_and_json_losses_are_ce_on_their_targets():
 def test_agent_distill_loss_combines_the_terms_with_configurable_weights():
     batch = {"input_ids": IDS, "segment_ids": tf.ones_like(IDS), al.REASON_MASK: REASON, al.ACTION_MASK: ACTION,
              al.TOOL_NAME_MASK: tf.constant([[0, 1, 0, 0]]), al.JSON_MASK: tf.constant([[0, 0, 0, 1]])}
-    sad = (LN(2) + LN(4) + LN(8 / 5)) / 3                      # λ_r = λ_a = 1
+    sad = (LN(2) + LN(4) + LN(8 / 5)) / 3                      # λ_r = λ_a = 1, Σ w = 3
+    # default: weights 0.7 / 0.3 over the SAD term's Σ w — one target each, so / 3
     total, m = al.agent_distill_loss(STUDENT, batch)
-    close(total, sad + 0.7 * LN(2) + 0.3 * LN(8 / 5))           # default weights 0.7 / 0.3
+    close(total, sad + (0.7 * LN(2) + 0.3 * LN(8 / 5)) / 3)
     close(m["sad"], sad)
+    close(m["tool_loss"], LN(2))                                 # reported: the plain means
+    close(m["json_loss"], LN(8 / 5))
     close(m["tool_name_acc"], 1.0)
-    spec = al.AgentLossSpec(lambda_reason=2.0, lambda_act=1.0, tool_weight=1.5, json_weight=0.0)
+    # normalize="term": each process term is a mean over its own targets
+    total, _ = al.agent_distill_loss(STUDENT, batch, al.AgentLossSpec(normalize="term"))
+    close(total, sad + 0.7 * LN(2) + 0.3 * LN(8 / 5))
+    spec = al.AgentLossSpec(lambda_reason=2.0, lambda_act=1.0, tool_weight=1.5, json_weight=0.0, normalize="term")
     total, _ = al.agent_distill_loss(STUDENT, batch, spec)
     close(total, (2 * LN(2) + LN(4) + LN(8 / 5)) / 4 + 1.5 * LN(2))
+    # "span" with λ_r = 2: Σ w = 4, two tool targets at pos 0 and 2 → (ln 2 + ln 8/5) / 4
+    two = {**batch, al.TOOL_NAME_MASK: tf.constant([[0, 1, 0, 1]])}
+    spec = al.AgentLossSpec(lambda_reason=2.0, lambda_act=1.0, tool_weight=1.5, json_weight=0.0)
+    total, m = al.agent_distill_loss(STUDENT, two, spec)
+    close(total, (2 * LN(2) + LN(4) + LN(8 / 5)) / 4 + 1.5 * (LN(2) + LN(8 / 5)) / 4)
+    close(m["tool_loss"], (LN(2) + LN(8 / 5)) / 2)
     # without process-supervision fields the extra terms are 0
     plain = {k: batch[k] for k in ("input_ids", "segment_ids", al.REASON_MASK, al.ACTION_MASK)}
     total, m = al.agent_distill_loss(STUDENT, plain)
@@ -93,6 +105,11 @@ def test_agent_distill_loss_uses_the_kl_form_with_teacher_logits():
     total, m = al.agent_distill_loss(STUDENT, batch, teacher_logits=STUDENT)
     close(total, 0.0)                                           # teacher = student: KL 0
     assert np.isfinite(float(m["json_token_acc"]))
+    # α mixes the KL form with the CE form: KL 0 here, so (1 − α) · the span CE remains
+    sad_ce = (LN(2) + LN(4) + LN(8 / 5)) / 3
+    total, m = al.agent_distill_loss(STUDENT, batch, al.AgentLossSpec(alpha=0.25), teacher_logits=STUDENT)
+    close(total, 0.75 * sad_ce)
+    close(m["sad"], 0.75 * sad_ce)
 
 
 def test_gradient_flows_only_through_weighted_positions():
@@ -104,7 +121,8 @@ def test_gradient_flows_only_through_weighted_positions():
 
 
 @pytest.mark.parametrize("kw", [{"tool_weight": -0.1}, {"lambda_reason": 0.0, "lambda_act": 0.0},
-                                {"temperature": 0.0}, {"json_weight": "0.3"}])
+                                {"temperature": 0.0}, {"json_weight": "0.3"}, {"normalize": "mean"},
+                                {"alpha": 1.5}])
 def test_bad_weights_are_config_errors(kw):
     with pytest.raises(ConfigError):
         al.AgentLossSpec(**kw)

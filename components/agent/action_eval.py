@@ -80,7 +80,7 @@ def parse_action_line(text: str, tool_names: Sequence[str] = DEFAULT_TOOLS) -> t
     return obj, valid
 
 
-def evaluate_actions(model, tokenizer, records: Sequence[dict], *, max_new_tokens: int = 96, batch_size: int = 16,
+def evaluate_actions(model, tokenizer, records: Sequence[dict], *, max_new_tokens: int = 96, batch_size: int = 128,
                      pad_id: int = 0, tool_names: Sequence[str] = DEFAULT_TOOLS,
                      prompt_fn: Callable[[dict], str] = default_prompt) -> dict:
     """The three rates (None without probes), the probe count and per-tool accuracy."""
@@ -88,7 +88,9 @@ def evaluate_actions(model, tokenizer, records: Sequence[dict], *, max_new_token
     from model.generation.generate import generate
 
     context = model.cfg.max_position_embeddings
-    ps = probes(records, tokenizer, prompt_fn=prompt_fn, max_prompt_tokens=context - max_new_tokens)
+    # longest first: each batch pads to similar lengths, and few distinct shapes are traced
+    ps = sorted(probes(records, tokenizer, prompt_fn=prompt_fn, max_prompt_tokens=context - max_new_tokens),
+                key=lambda p: -len(p.prompt_ids))
     newline = [i for t, i in tokenizer.get_vocab().items() if "\n" in tokenizer.decode([i])]
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, pad_token_id=pad_id,
                            stop_token_ids=tuple(sorted(newline)))

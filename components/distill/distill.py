@@ -74,7 +74,8 @@ def agent_spec(cfg: DistillConfig):
     from training.agent_losses import AgentLossSpec
     ps = cfg.process_supervision
     return AgentLossSpec(lambda_reason=ps.lambda_reason, lambda_act=ps.lambda_act, tool_weight=ps.tool_weight,
-                         json_weight=ps.json_weight, temperature=cfg.temperature)
+                         json_weight=ps.json_weight, temperature=cfg.temperature, normalize=ps.normalize,
+                         alpha=cfg.alpha)
 
 
 def uses_agent_task(cfg: DistillConfig, data) -> bool:
