@@ -26,7 +26,8 @@ therefore constant: the prompt's left-padding mask, 1 everywhere after the promp
 
 Batches: each row keeps its own write row / rope position and accepts its own count; finished
 rows stop advancing (they rewrite the same rows, ignored). Greedy only: temperature > 0 is an
-error (rejection sampling is not implemented).
+error (rejection sampling is not implemented); top_k / top_p / seed do not apply, and
+GenerationConfig.jit_compile is not used (the round runs in graph mode).
 """
 from __future__ import annotations
 
@@ -230,7 +231,7 @@ def speculative_generate(model, prompts: Sequence[Sequence[int]],
                     break
             if len(out[i]) >= n:
                 done[i] = True
-    res = _collect(np.array([row + [-1] * (n - len(row)) for row in out]) if b else out, stops)
-    # rows cut short by a stop token were padded with -1 past it; _collect cuts at the stop
+    # rows cut short by a stop token are padded with -1 (never an id) past it; _collect cuts there
+    res = _collect(np.array([row + [-1] * (n - len(row)) for row in out]), stops)
     return SpeculativeResult(res.sequences, res.finish_reasons, res.stop_tokens, rounds=rounds,
                              drafted=drafted, accepted=accepted, accepted_per_row=acc_rows)
