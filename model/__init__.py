@@ -11,6 +11,7 @@ Public API:
     import_hf_checkpoint(hf_dir, out_dir, dtype="auto") -> dict
     count_params(config_json_path_or_dict) -> {"total", "activated", "mtp"}
     generate(model, prompts, GenerationConfig) / GenerationConfig   (model.generation)
+    speculative_generate(model, prompts, GenerationConfig, num_draft=k)   (greedy, MTP drafts)
 """
 from model.config import ModelConfig, RopeScaling, list_presets
 from model.errors import CheckpointError, ConfigError, GenerationError
@@ -18,7 +19,8 @@ from model.params import count_params
 
 __all__ = ["ModelConfig", "RopeScaling", "list_presets", "ConfigError", "CheckpointError",
            "GenerationError", "count_params", "build_model", "load_hf_checkpoint",
-           "save_hf_checkpoint", "import_hf_checkpoint", "generate", "GenerationConfig"]
+           "save_hf_checkpoint", "import_hf_checkpoint", "generate", "GenerationConfig",
+           "speculative_generate"]
 
 _LAZY = {
     "build_model": ("model.decoder", "build_model"),
@@ -28,6 +30,7 @@ _LAZY = {
     "import_hf_checkpoint": ("model.checkpoint.hf", "import_hf_checkpoint"),
     "generate": ("model.generation", "generate"),
     "GenerationConfig": ("model.generation", "GenerationConfig"),
+    "speculative_generate": ("model.generation", "speculative_generate"),
 }
 
 

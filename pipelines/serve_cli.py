@@ -53,8 +53,29 @@ then any OpenAI client:  OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="ke
 """
 
 
+def _newest_export(store, pipeline_name: str) -> str | None:
+    """hf/ of the PushedModel of the newest finished `export` execution (an export only runs
+    for a blessed model), or None when the pipeline has none."""
+    from ml_metadata.proto import metadata_store_pb2
+
+    ctx = store.get_context_by_type_and_name("node", f"{pipeline_name}.export")
+    done = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
+    execs = [e for e in (store.get_executions_by_context(ctx.id) if ctx else []) if e.last_known_state in done]
+    for ex in sorted(execs, key=lambda e: (e.create_time_since_epoch, e.id), reverse=True):
+        events = store.get_events_by_execution_ids([ex.id])
+        outs = [ev.artifact_id for ev in events if ev.type == metadata_store_pb2.Event.OUTPUT
+                and ev.path.steps and ev.path.steps[0].key == "pushed_model"]
+        for art in store.get_artifacts_by_id(outs):
+            hf = os.path.join(art.uri, "hf")
+            if os.path.exists(os.path.join(hf, "config.json")):
+                return hf
+    return None
+
+
 def newest_blessed_model(metadata_path: str, pipeline_name: str) -> str:
-    """The HF-layout folder of the candidate of the newest blessed `evaluate` execution."""
+    """The newest blessed export's HF folder (export/pushed_model/N/hf); without any export (the
+    phase switched off), the HF-layout folder of the candidate of the newest blessed `evaluate`
+    execution."""
     from ml_metadata.proto import metadata_store_pb2
 
     from pipelines.runs import open_store
@@ -63,6 +84,9 @@ def newest_blessed_model(metadata_path: str, pipeline_name: str) -> str:
     if not os.path.exists(metadata_path):
         raise UserError(f"{metadata_path}: no local pipeline runs here yet {how}")
     store = open_store(metadata_path)
+    exported = _newest_export(store, pipeline_name)
+    if exported is not None:
+        return exported
     ctx = store.get_context_by_type_and_name("node", f"{pipeline_name}.evaluate")
     done = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
     execs = [e for e in (store.get_executions_by_context(ctx.id) if ctx else []) if e.last_known_state in done]

@@ -56,6 +56,27 @@ def test_newest_blessed_candidate_wins(store_path, tmp_path):
     assert newest_blessed_model(path, "p") == os.path.join(new, "final")
 
 
+def test_the_newest_export_wins_over_evaluate_candidates(store_path, tmp_path):
+    path, store, _ = store_path
+    store.put_execution_type(pb.ExecutionType(name="Export"))
+    store.put_artifact_type(pb.ArtifactType(name="PushedModel"))
+    [ctx] = store.put_contexts([pb.Context(type_id=store.get_context_type("node").id, name="p.export")])
+    ctx = store.get_contexts_by_id([ctx])[0]
+    _evaluate(store, store.get_context_by_type_and_name("node", "p.evaluate"), 1, _model(tmp_path, "cand"), True)
+    for t, name, state in ((1, "e1", pb.Execution.COMPLETE), (2, "e2", pb.Execution.COMPLETE),
+                           (3, "e3", pb.Execution.FAILED)):
+        hf = tmp_path / name / "hf"
+        hf.mkdir(parents=True)
+        (hf / "config.json").write_text("{}")
+        ex = pb.Execution(type_id=store.get_execution_type("Export").id, last_known_state=state,
+                          create_time_since_epoch=t)
+        ev = pb.Event(type=pb.Event.OUTPUT)
+        ev.path.steps.add().key = "pushed_model"
+        store.put_execution(ex, [(pb.Artifact(type_id=store.get_artifact_type("PushedModel").id,
+                                              uri=str(tmp_path / name)), ev)], [ctx])
+    assert newest_blessed_model(path, "p") == str(tmp_path / "e2" / "hf")     # e3 failed
+
+
 def test_no_blessed_model_is_one_line_error(store_path, tmp_path):
     path, store, ctx = store_path
     _evaluate(store, ctx, 1, _model(tmp_path, "m"), blessed=False)
