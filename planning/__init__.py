@@ -1,0 +1,1 @@
+"""Capacity planning: memory per GPU, step time and the parallelism a model needs (plan.py)."""
