@@ -380,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_parser(sub)
     from pipelines.serve_cli import add_serve_parser
     add_serve_parser(sub, _config_args)
+    from pipelines.plan_cli import add_plan_parser
+    add_plan_parser(sub, _config_args)
 
     m = sub.add_parser("model", help="model checkpoints: import HF safetensors, count parameters")
     msub = m.add_subparsers(dest="model_command", metavar="MODEL_COMMAND", required=True)
