@@ -380,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_parser(sub)
     from pipelines.serve_cli import add_serve_parser
     add_serve_parser(sub, _config_args)
+    from pipelines.doctor_cli import add_doctor_parsers
+    add_doctor_parsers(sub, _config_args)
     from pipelines.plan_cli import add_plan_parser
     add_plan_parser(sub, _config_args)
 
