@@ -42,6 +42,10 @@ PATTERNS: tuple[Pattern, ...] = (
             r"non-finite steps in a row|loss/gradients are NaN"),
     Pattern("a TFJob stays Pending: `0/N nodes are available: … Insufficient nvidia.com/gpu`",
             r"Insufficient nvidia\.com/gpu"),
+    Pattern("`seekline: error: TFJob … failed` / `did not start within …`",
+            r"TFJob \S+ .*(failed|did not start|never started|timed out|was deleted)"),
+    Pattern("`ImagePullBackOff` / `ErrImagePull` on a pipeline or TFJob pod",
+            r"ImagePullBackOff|ErrImagePull|Failed to pull image"),
     Pattern("`could not select device driver \"\" with capabilities: [[gpu]]` / "
             "`Could not load dynamic library 'libcudart`", r"could not select device driver|"
             r"Could not load dynamic library 'lib(cudart|cudnn|cublas)|Cannot dlopen some GPU libraries"),
@@ -84,7 +88,7 @@ PATTERNS: tuple[Pattern, ...] = (
     Pattern("`seekline: error: data validation found N anomalies … delete … frozen`",
             r"data validation found \d+ anomal"),
     # -- runs / config -------------------------------------------------------------------
-    Pattern("`seekline runs` shows ABANDONED", r"\bABANDONED\b"),
+    Pattern("`seekline runs` shows ABANDONED", r"(?-i:\bABANDONED\b)"),
     Pattern("`seekline: error: no runs of pipeline 'X' in …; pipelines with runs there: …`",
             r"no runs of pipeline|no ML Metadata store at|no local pipeline runs here yet|has no \S+ step yet|"
             r"no blessed model yet|no finished \S+ execution"),

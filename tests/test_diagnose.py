@@ -43,6 +43,12 @@ SAMPLES = {
     "a TFJob stays Pending: `0/N nodes are available: … Insufficient nvidia.com/gpu`": [
         "  Warning  FailedScheduling  12s  default-scheduler  0/4 nodes are available: 4 Insufficient "
         "nvidia.com/gpu. preemption: 0/4 nodes are available"],
+    "`seekline: error: TFJob … failed` / `did not start within …`": [
+        "seekline: error: TFJob seekline-pretrain-abc failed: worker-1 exited with code 1 (Error)",
+        "seekline: error: TFJob seekline-pretrain-abc did not start within 600s: Insufficient cpu"],
+    "`ImagePullBackOff` / `ErrImagePull` on a pipeline or TFJob pod": [
+        "  Warning  Failed  3s  kubelet  Failed to pull image \"ghcr.io/x/seekline:v9\": not found",
+        "seekline-pretrain-worker-0   0/1     ImagePullBackOff   0          2m"],
     "`could not select device driver \"\" with capabilities: [[gpu]]` / `Could not load dynamic library "
     "'libcudart`": [
         "docker: Error response from daemon: could not select device driver \"\" with capabilities: [[gpu]].",
