@@ -18,7 +18,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROJECT = ("common", "sandbox", "configs", "model", "components", "training", "pipelines",
-           "serving")
+           "serving", "planning")
 
 # package -> top-level project packages it must not import
 FORBIDDEN = {
@@ -27,7 +27,8 @@ FORBIDDEN = {
     "configs": {"components", "pipelines", "model", "training", "serving"},
     "model": {"components", "pipelines", "training"},
     "training": {"components", "pipelines", "serving", "tfx"},
-    "serving": {"components", "training", "pipelines", "configs"},
+    "serving": {"components", "training", "pipelines", "configs", "planning"},
+    "planning": {"components", "training", "pipelines", "serving", "tfx"},
 }
 
 
