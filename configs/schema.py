@@ -286,6 +286,51 @@ class Toleration(_Strict):
         return self
 
 
+class PvcMount(_Strict):
+    """An existing PersistentVolumeClaim mounted into the pod (datasets, a shared pipeline root)."""
+
+    claim: str
+    mount_path: str
+
+    @field_validator("claim")
+    @classmethod
+    def _claim(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(f"{v!r} is not a Kubernetes object name (lowercase letters, digits, '-')")
+        return v
+
+    @field_validator("mount_path")
+    @classmethod
+    def _abs(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"mount_path {v!r} must be an absolute path")
+        return v
+
+
+class SecretEnv(_Strict):
+    """One key of a Kubernetes Secret as an environment variable (teacher API keys, KFP_TOKEN)."""
+
+    secret: str
+    key: str
+    env: str
+    # true: the pod starts without it (the variable is then unset) instead of failing to start
+    optional: bool = False
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(f"{v!r} is not a Kubernetes object name (lowercase letters, digits, '-')")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", v):
+            raise ValueError(f"{v!r} is not an environment variable name")
+        return v
+
+
 class ResourceSpec(_Strict):
     """Kubernetes resources of one component's pod (ignored by the local runner)."""
 
@@ -295,6 +340,21 @@ class ResourceSpec(_Strict):
     gpu_type: str = "nvidia.com/gpu"  # the Kubernetes extended-resource name on OSS KFP
     node_selector: dict[str, str] = {}
     tolerations: list[Toleration] = []
+    # The container image of this component's pod (None = kubeflow.default_image): e.g. a CUDA
+    # image for the GPU phases and a slim one for data.
+    image: str | None = None
+    # /dev/shm as an in-memory emptyDir of this size (data-loader / NCCL shared memory; a pod's
+    # default /dev/shm is 64 MiB).
+    shm_size: str | None = None
+    pvc_mounts: list[PvcMount] = []
+    secret_env: list[SecretEnv] = []
+
+    @field_validator("shm_size")
+    @classmethod
+    def _shm(cls, v: str | None) -> str | None:
+        if v is not None and not _MEM_RE.match(v):
+            raise ValueError(f"{v!r} is not a memory quantity like '16Gi' or '512Mi'")
+        return v
 
     @field_validator("cpu")
     @classmethod

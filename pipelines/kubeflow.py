@@ -67,11 +67,19 @@ def build_pipeline_spec(config: SeeklineConfig) -> dict[str, Any]:
     # steps re-run only when its output is new.
     for task_id in UNCACHED_ON_KUBEFLOW:
         spec["root"]["dag"]["tasks"][task_id]["cachingOptions"] = {"enableCache": False}
+    # per-component images (resources.components.<id>.image), e.g. CUDA for the GPU phases
+    executors = spec["deploymentSpec"]["executors"]
+    for cid in COMPONENT_IDS:
+        image = config.resources.for_component(cid).image
+        if image and executor_label(cid) in executors:
+            executors[executor_label(cid)]["container"]["image"] = image
     return spec
 
 
 def kubernetes_platform_spec(config: SeeklineConfig, spec: dict[str, Any]) -> dict[str, Any] | None:
-    """kfp-kubernetes' platform document: nodeSelector / tolerations per executor."""
+    """kfp-kubernetes' platform document per executor: nodeSelector, tolerations, /dev/shm as a
+    memory emptyDir, PVC mounts, Secret keys as env (field names of kfp-kubernetes'
+    KubernetesExecutorConfig)."""
     executors: dict[str, Any] = {}
     known = set(spec["deploymentSpec"]["executors"])
     for cid in COMPONENT_IDS:
@@ -86,6 +94,21 @@ def kubernetes_platform_spec(config: SeeklineConfig, spec: dict[str, Any]) -> di
             entry["tolerations"] = [
                 {k: v for k, v in t.model_dump().items() if v is not None} for t in res.tolerations
             ]
+        if res.shm_size:
+            # a memory-backed emptyDir over /dev/shm (kfp-kubernetes EmptyDirMount)
+            entry["emptyDirMounts"] = [{"volumeName": "dshm", "mountPath": "/dev/shm", "medium": "Memory",
+                                        "sizeLimit": res.shm_size}]
+        if res.pvc_mounts:
+            # both spellings: `constant` for KFP backends before 2.4, the parameter form after
+            entry["pvcMount"] = [{"constant": m.claim, "pvcNameParameter": {"runtimeValue": {"constant": m.claim}},
+                                  "mountPath": m.mount_path} for m in res.pvc_mounts]
+        if res.secret_env:
+            by_secret: dict[tuple[str, bool], list[dict[str, str]]] = {}
+            for e in res.secret_env:
+                by_secret.setdefault((e.secret, e.optional), []).append({"secretKey": e.key, "envVar": e.env})
+            entry["secretAsEnv"] = [
+                {"secretName": name, "secretNameParameter": {"runtimeValue": {"constant": name}}, "keyToEnv": keys,
+                 **({"optional": True} if optional else {})} for (name, optional), keys in by_secret.items()]
         if entry:
             executors[label] = entry
     if not executors:

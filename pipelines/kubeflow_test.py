@@ -118,6 +118,49 @@ def test_node_selectors_and_tolerations_in_kubernetes_platform_spec(compiled):
     assert set(executors) <= set(spec.deployment_spec["executors"])
 
 
+def test_profile_volumes_secrets_and_images_reach_the_compiled_spec(tmp_path):
+    cfg = load_config("cluster", [
+        "resources.components.pretrain.image=ghcr.io/acme/seekline-gpu:1",
+        "resources.components.pack.pvc_mounts=[{claim: corpus-pvc, mount_path: /data}]",
+        "resources.components.evaluate.secret_env=[{secret: kfp, key: token, env: KFP_TOKEN},"
+        " {secret: kfp, key: host, env: KFP_HOST}]"])
+    spec, extra = kf.load_pipeline_spec(kf.compile_pipeline(cfg, tmp_path / "p.yaml"))
+    from google.protobuf import json_format
+
+    deploy = json_format.MessageToDict(spec.deployment_spec)
+    images = {k: v["container"]["image"] for k, v in deploy["executors"].items() if "container" in v}
+    assert images["pretrain_executor"] == "ghcr.io/acme/seekline-gpu:1"
+    assert images["sft_executor"] == cfg.kubeflow.default_image            # the default elsewhere
+    ex = extra[0]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    # the cluster preset's /dev/shm on the 8-GPU training pods, as a memory-backed emptyDir
+    for cid in ("pretrain", "sft", "grpo", "distill", "agent_distill"):
+        assert ex[f"{cid}_executor"]["emptyDirMounts"] == [
+            {"volumeName": "dshm", "mountPath": "/dev/shm", "medium": "Memory", "sizeLimit": "32Gi"}], cid
+    assert "emptyDirMounts" not in ex["ingest_executor"]
+    assert ex["pack_executor"]["pvcMount"] == [{"constant": "corpus-pvc", "mountPath": "/data",
+                                               "pvcNameParameter": {"runtimeValue": {"constant": "corpus-pvc"}}}]
+    assert ex["evaluate_executor"]["secretAsEnv"] == [
+        {"secretName": "kfp", "secretNameParameter": {"runtimeValue": {"constant": "kfp"}},
+         "keyToEnv": [{"secretKey": "token", "envVar": "KFP_TOKEN"}, {"secretKey": "host", "envVar": "KFP_HOST"}]}]
+    # the preset's optional teacher key for the agent trajectories
+    assert ex["agent_trajectories_executor"]["secretAsEnv"][0]["optional"] is True
+    assert ex["agent_trajectories_executor"]["secretAsEnv"][0]["keyToEnv"] == [
+        {"secretKey": "api-key", "envVar": "OPENAI_API_KEY"}]
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("resources.default.pvc_mounts=[{claim: Bad_Name, mount_path: /d}]", "not a Kubernetes object name"),
+    ("resources.default.pvc_mounts=[{claim: ok, mount_path: data}]", "must be an absolute path"),
+    ("resources.default.secret_env=[{secret: s, key: k, env: 1BAD}]", "not an environment variable name"),
+    ("resources.default.shm_size=lots", "not a memory quantity"),
+])
+def test_bad_profile_settings_are_config_errors(setting, message):
+    from common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config("cluster", [setting])
+
+
 def test_no_platform_document_without_selectors(tmp_path):
     path = kf.compile_pipeline(load_config("tiny"), tmp_path / "p.yaml")
     docs = list(yaml.safe_load_all(path.read_text()))
