@@ -58,6 +58,10 @@ class TrainerConfig(_Strict):
     # auto = MultiWorkerMirroredStrategy when TF_CONFIG names more than one worker,
     # MirroredStrategy with more than one GPU, else the default (one device).
     strategy: Literal["auto", "one_device", "mirrored", "multi_worker"] = "auto"
+    # Pods of a multi-node run: > 1 makes the phase's pipeline step launch a Kubeflow TFJob (one
+    # Chief + workers-1 Workers, each with the component's resources; components/common/tfjob.py)
+    # instead of training in its own pod. `seekline train` ignores it (TF_CONFIG decides there).
+    workers: int = Field(1, ge=1)
     # TF op determinism: on CPU a resumed run ends bit-identical to an uninterrupted one.
     deterministic: bool = True
     # Compile the train step with XLA (jit_compile); off by default (CPU XLA is slower here).

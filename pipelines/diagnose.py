@@ -44,6 +44,8 @@ PATTERNS: tuple[Pattern, ...] = (
             r"Insufficient nvidia\.com/gpu"),
     Pattern("`seekline: error: TFJob … failed` / `did not start within …`",
             r"TFJob \S+ .*(failed|did not start|never started|timed out|was deleted)"),
+    Pattern("`seekline: error: … trainer.workers > 1 …` (a multi-node step cannot launch its TFJob)",
+            r"trainer\.workers (>|is) \S+"),
     Pattern("`ImagePullBackOff` / `ErrImagePull` on a pipeline or TFJob pod",
             r"ImagePullBackOff|ErrImagePull|Failed to pull image"),
     Pattern("`could not select device driver \"\" with capabilities: [[gpu]]` / "

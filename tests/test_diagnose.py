@@ -46,6 +46,13 @@ SAMPLES = {
     "`seekline: error: TFJob … failed` / `did not start within …`": [
         "seekline: error: TFJob seekline-pretrain-abc failed: worker-1 exited with code 1 (Error)",
         "seekline: error: TFJob seekline-pretrain-abc did not start within 600s: Insufficient cpu"],
+    "`seekline: error: … trainer.workers > 1 …` (a multi-node step cannot launch its TFJob)": [
+        "seekline: error: trainer.workers > 1 needs a Kubeflow pipeline compiled with the TFJob launch context "
+        "($SEEKLINE_TFJOB is not set in this step); the local runner trains in one process: set trainer.workers=1, "
+        "or run `seekline train` in each worker yourself",
+        "seekline: error: pretrain.trainer.workers > 1: the TFJob's output outputs/x is neither an object-store URI "
+        "(gs://, s3://) nor under a PVC mount of resources.components.pretrain.pvc_mounts: the worker pods cannot "
+        "see it (set kubeflow.pipeline_root to shared storage)"],
     "`ImagePullBackOff` / `ErrImagePull` on a pipeline or TFJob pod": [
         "  Warning  Failed  3s  kubelet  Failed to pull image \"ghcr.io/x/seekline:v9\": not found",
         "seekline-pretrain-worker-0   0/1     ImagePullBackOff   0          2m"],

@@ -6,6 +6,7 @@ from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArti
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types.standard_artifacts import Examples, Model
 
+from components.common.tfjob import launch_phase
 from components.distill.distill import continue_from, run_distill
 from components.sft.sft import DATA_DIR
 from configs.training import DistillConfig
@@ -34,7 +35,10 @@ def Distill(  # noqa: N802
     data = os.path.join(agent_data.uri, AGENT_DATA_DIR) if agent_data is not None else \
         os.path.join(sft_model.uri, DATA_DIR)
     final = os.path.join(teacher.uri, "final")
-    report = run_distill(cfg, final, data, final, model.uri, progress=False)
+    if cfg.trainer.workers > 1:  # multi-node: a TFJob runs `seekline train distill` (components/common/tfjob.py)
+        report = launch_phase("distill", cfg, model.uri, data=data, tokenizer=final, init=final)
+    else:
+        report = run_distill(cfg, final, data, final, model.uri, progress=False)
     model.set_int_custom_property("steps", int(report["steps"]))
     model.set_int_custom_property("student_parameters", int(report["student_parameters"]))
     for key in ("eval_loss", "eval_kl_to_teacher", "eval_ce", "eval_tool_name_acc", "eval_json_token_acc"):

@@ -6,6 +6,7 @@ from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArti
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types.standard_artifacts import Model
 
+from components.common.tfjob import launch_phase
 from components.grpo.grpo import run_grpo
 from configs.training import GRPOConfig
 
@@ -20,7 +21,10 @@ def GroupRelativePolicyOptimization(  # noqa: N802
     exact answers, format, ...); the Model artifact holds the checkpoints, the rollout samples
     (rollouts/), the HF export (final/), the report, the reward and loss curves."""
     cfg = GRPOConfig.model_validate_json(config_json)
-    report = run_grpo(cfg, os.path.join(sft_model.uri, "final"), model.uri, progress=False)
+    if cfg.trainer.workers > 1:  # multi-node: a TFJob runs `seekline train grpo` (components/common/tfjob.py)
+        report = launch_phase("grpo", cfg, model.uri, init=None if cfg.init else os.path.join(sft_model.uri, "final"))
+    else:
+        report = run_grpo(cfg, os.path.join(sft_model.uri, "final"), model.uri, progress=False)
     model.set_int_custom_property("steps", int(report["steps"]))
     for key in ("eval_reward_mean", "eval_success_rate", "eval_kl_to_reference", "eval_reward_improvement"):
         if report.get(key) is not None:

@@ -4,6 +4,7 @@ from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArti
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types.standard_artifacts import Examples, Model
 
+from components.common.tfjob import launch_phase
 from components.pretrain.pretrain import run_pretrain
 from components.tokenizer.component import TokenizerArtifact
 from configs.training import PretrainConfig
@@ -19,7 +20,10 @@ def Pretrain(  # noqa: N802
     """Trains the causal LM on the packed rows; the Model artifact holds checkpoints, the HF
     export (final/), the phase config, the report and the loss curve."""
     cfg = PretrainConfig.model_validate_json(config_json)
-    report = run_pretrain(cfg, examples.uri, tokenizer.uri, model.uri, progress=False)
+    if cfg.trainer.workers > 1:  # multi-node: a TFJob runs `seekline train pretrain` (components/common/tfjob.py)
+        report = launch_phase("pretrain", cfg, model.uri, data=examples.uri, tokenizer=tokenizer.uri)
+    else:
+        report = run_pretrain(cfg, examples.uri, tokenizer.uri, model.uri, progress=False)
     model.set_int_custom_property("steps", int(report["steps"]))
     for key in ("eval_loss", "eval_perplexity", "eval_unigram_entropy"):
         if report.get(key) is not None:

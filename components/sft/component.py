@@ -6,6 +6,7 @@ from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArti
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types.standard_artifacts import Examples, Model
 
+from components.common.tfjob import launch_phase
 from components.sft.sft import run_sft
 from components.tokenizer.component import TokenizerArtifact
 from configs.training import SFTConfig
@@ -23,8 +24,12 @@ def SupervisedFineTune(  # noqa: N802
     optional LoRA); the Model artifact holds the SFT rows (data/), checkpoints, the adapters when
     LoRA is on, the merged HF export (final/), the report and the loss curve."""
     cfg = SFTConfig.model_validate_json(config_json)
-    report = run_sft(cfg, os.path.join(base_model.uri, "final"), examples.uri, tokenizer.uri, model.uri,
-                     progress=False)
+    if cfg.trainer.workers > 1:  # multi-node: a TFJob runs `seekline train sft` (components/common/tfjob.py)
+        report = launch_phase("sft", cfg, model.uri, data=examples.uri, tokenizer=tokenizer.uri,
+                              init=os.path.join(base_model.uri, "final"))
+    else:
+        report = run_sft(cfg, os.path.join(base_model.uri, "final"), examples.uri, tokenizer.uri, model.uri,
+                         progress=False)
     model.set_int_custom_property("steps", int(report["steps"]))
     model.set_int_custom_property("lora", int(bool(report["lora"])))
     for key in ("eval_loss", "eval_loss_improvement"):
