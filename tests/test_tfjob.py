@@ -338,6 +338,20 @@ def test_missing_context_is_a_clear_error():
     assert ctx.image == "img:2" and ctx.resources.gpu == 8
 
 
+def test_launch_env_carries_the_components_image_and_resources(cluster_cfg):
+    """What the compiled pipeline puts in a multi-node step's env: that component's resources from
+    the same config (and only for phases with workers > 1)."""
+    cfg = load_config("cluster", ["pretrain.trainer.workers=4", "agent.distill.trainer.workers=2",
+                                  "resources.components.pretrain.image=r.example/seekline:cuda"])
+    envs = tfjob.launch_envs(cfg)
+    assert sorted(envs) == ["agent_distill", "pretrain"]
+    ctx = tfjob.load_context({envs["pretrain"]["name"]: envs["pretrain"]["value"]})
+    assert ctx.image == "r.example/seekline:cuda"
+    assert ctx.resources == cfg.resources.for_component("pretrain") and ctx.resources.gpu == 8
+    assert tfjob.load_context({tfjob.CONTEXT_ENV: envs["agent_distill"]["value"]}).image == cfg.kubeflow.default_image
+    assert tfjob.launch_envs(load_config("cluster")) == {}   # the default: every phase in one pod
+
+
 def test_every_launcher_message_has_a_troubleshooting_row():
     for msg in ["TFJob X failed at creation in namespace X: X", "TFJob X: reading its status failed: X",
                 "TFJob X was deleted while the step waited for it", "TFJob X succeeded but its chief failed to write X",

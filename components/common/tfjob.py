@@ -54,6 +54,26 @@ def context_env(image: str, resources: ResourceSpec, **kw: Any) -> dict[str, str
     return {"name": CONTEXT_ENV, "value": TFJobContext(image=image, resources=resources, **kw).model_dump_json()}
 
 
+# The training components (pipeline component id → the config section they train; agent_distill
+# runs the Distill component on agent.distill, launched as `seekline train distill`).
+TRAINING_SECTIONS = {"pretrain": ("pretrain",), "context_extension": ("context_extension",), "sft": ("sft",),
+                     "grpo": ("grpo",), "distill": ("distill",), "agent_distill": ("agent", "distill")}
+
+
+def launch_envs(config) -> dict[str, dict[str, str]]:
+    """{component id: env entry} for the training steps of `config` (a SeeklineConfig) whose
+    trainer.workers > 1: what the pipeline compiler adds to those executors' container env."""
+    out = {}
+    for cid, path in TRAINING_SECTIONS.items():
+        section = config
+        for key in path:
+            section = getattr(section, key)
+        if section.trainer.workers > 1:
+            res = config.resources.for_component(cid)
+            out[cid] = context_env(res.image or config.kubeflow.default_image, res)
+    return out
+
+
 def job_name(phase: str, output: str) -> str:
     """DNS-1123 name, stable for one output folder (a retried step finds its own job); short enough
     for the operator's pod names (NAME-worker-12) to stay under 63 characters."""
