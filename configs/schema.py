@@ -75,9 +75,17 @@ class _Strict(BaseModel):
 
 
 class BeamConfig(_Strict):
-    """Apache Beam options for the Beam-based components (ingest, TFDV statistics)."""
+    """Apache Beam options for the Beam-based components (ingest, pack, TFDV statistics).
 
-    runner: str = "DirectRunner"
+    ``pipeline_args()`` is the run's beam_pipeline_args: TFX builds each Beam component's
+    pipeline from it, locally and in the compiled Kubeflow spec alike (docs/data.md).
+    """
+
+    # DirectRunner runs Beam inside the component's own process/pod; the others hand the
+    # work to a Dataflow job, a Flink or Spark cluster, or any Beam job service (Portable).
+    runner: Literal["DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner", "PortableRunner"] = (
+        "DirectRunner"
+    )
     # 0 = one worker per CPU core (Beam's own default for the DirectRunner).
     direct_num_workers: int = Field(0, ge=0)
     direct_running_mode: Literal["in_memory", "multi_threading", "multi_processing"] = (
@@ -85,6 +93,32 @@ class BeamConfig(_Strict):
     )
     # Passed through verbatim, e.g. ["--project=x", "--region=y"] for Dataflow.
     extra_args: list[str] = []
+
+    @field_validator("extra_args")
+    @classmethod
+    def _flags_only(cls, v: list[str]) -> list[str]:
+        for a in v:
+            if not a.startswith("--"):
+                raise ValueError(f"{a!r} is not a Beam flag; write each as '--name=value'")
+            if a.split("=", 1)[0] == "--runner":
+                raise ValueError("set the runner with pipeline.beam.runner, not --runner in extra_args")
+        return v
+
+    @model_validator(mode="after")
+    def _runner_needs(self) -> BeamConfig:
+        # Dataflow refuses a job without these; catching it here fails before submission
+        # instead of minutes into the ingest step.
+        if self.runner == "DataflowRunner":
+            given = {a.split("=", 1)[0] for a in self.extra_args}
+            missing = [f for f in ("--project", "--region") if f not in given]
+            if not given & {"--temp_location", "--gcp_temp_location"}:
+                missing.append("--temp_location")
+            if missing:
+                raise ValueError(
+                    "runner DataflowRunner needs " + ", ".join(f"{m}=..." for m in missing)
+                    + " in pipeline.beam.extra_args"
+                )
+        return self
 
     def pipeline_args(self) -> list[str]:
         args = [f"--runner={self.runner}"]
