@@ -376,6 +376,19 @@ def load_context(env: dict[str, str] | None = None) -> TFJobContext:
     return ctx
 
 
+def write_phase_config(phase: str, section: BaseModel, output: str) -> str:
+    """OUTPUT-tfjob-config.yaml next to the output (shared storage): a config whose only
+    non-default section is this phase's, which is the one `seekline train PHASE` reads."""
+    import tensorflow as tf
+    import yaml
+
+    config_uri = output.rstrip("/") + "-tfjob-config.yaml"
+    tf.io.gfile.makedirs(os.path.dirname(config_uri))   # a PVC path's parent may not exist yet
+    with tf.io.gfile.GFile(config_uri, "w") as f:
+        f.write(yaml.safe_dump({phase: section.model_dump(mode="json")}, sort_keys=False))
+    return config_uri
+
+
 def launch_phase(phase: str, section: BaseModel, output: str, *, data: str | None = None,
                  tokenizer: str | None = None, init: str | None = None, api: KubeApi | None = None,
                  context: TFJobContext | None = None, log_sink: Callable[[str], None] = print,
@@ -384,13 +397,9 @@ def launch_phase(phase: str, section: BaseModel, output: str, *, data: str | Non
     storage next to the output, the TFJob, its report. Returns OUTPUT/report.json (what the
     single-pod path's run_* returns), which the chief wrote."""
     import tensorflow as tf
-    import yaml
 
     ctx = context or load_context()
-    config_uri = output.rstrip("/") + "-tfjob-config.yaml"
-    # A full config whose only non-default section is this phase's: `seekline train` reads that one.
-    with tf.io.gfile.GFile(config_uri, "w") as f:
-        f.write(yaml.safe_dump({phase: section.model_dump(mode="json")}, sort_keys=False))
+    config_uri = write_phase_config(phase, section, output)
     manifest = tfjob_manifest(phase, section, ctx.resources, image=ctx.image, config_uri=config_uri,
                               output=output, data=data, tokenizer=tokenizer, init=init,
                               namespace=ctx.namespace or "default", backoff_limit=ctx.backoff_limit,
