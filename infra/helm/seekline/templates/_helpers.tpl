@@ -69,3 +69,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - name: HOME
   value: /tmp
 {{- end }}
+
+{{/* Labels of the serving pods; `component` keeps them apart from the register/retrain Jobs. */}}
+{{- define "seekline.servingSelectorLabels" -}}
+{{ include "seekline.selectorLabels" . }}
+app.kubernetes.io/component: serving
+{{- end }}
+
+{{- define "seekline.servingName" -}}
+{{- printf "%s-serving" (include "seekline.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
