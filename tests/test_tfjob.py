@@ -377,6 +377,67 @@ def test_rbac_grants_only_what_the_launcher_uses():
                      ("", "pods"): {"get", "list"}, ("", "pods/log"): {"get"}}
 
 
+COMPONENTS = {   # phase: (component module, class, input artifacts, expected --data / --tokenizer / --init)
+    "pretrain": ("components.pretrain.component", "Pretrain", ["examples", "tokenizer"],
+                 ("examples", "tokenizer", None)),
+    "context_extension": ("components.context_extension.component", "ExtendContext",
+                          ["pretrained", "examples", "tokenizer"], ("examples", "tokenizer", "pretrained/final")),
+    "sft": ("components.sft.component", "SupervisedFineTune", ["base_model", "examples", "tokenizer"],
+            ("examples", "tokenizer", "base_model/final")),
+    "grpo": ("components.grpo.component", "GroupRelativePolicyOptimization", ["sft_model"],
+             (None, None, "sft_model/final")),
+    "distill": ("components.distill.component", "Distill", ["teacher", "sft_model"],
+                ("sft_model/data", "teacher/final", "teacher/final")),
+}
+
+
+@pytest.mark.parametrize("phase", list(COMPONENTS))
+def test_training_component_launches_a_tfjob_when_workers_gt_1(phase, tmp_path, monkeypatch):
+    """The components' launch branch (the decorated function itself, its TFX artifacts on a
+    shared PVC path): the TFJob's command carries the step's input artifacts, and the Model
+    artifact gets the properties of the report the chief wrote."""
+    import importlib
+
+    from tfx.types import standard_artifacts
+
+    module, cls, inputs, (want_data, want_tok, want_init) = COMPONENTS[phase]
+    fn = getattr(importlib.import_module(module), cls).EXECUTOR_SPEC.executor_class._FUNCTION
+    shared = tmp_path / "pvc"
+    arts = {}
+    for name in inputs:
+        a = standard_artifacts.Model() if name != "examples" else standard_artifacts.Examples()
+        a.uri = str(shared / name)
+        arts[name] = a
+    model = standard_artifacts.Model()
+    model.uri = str(shared / phase / "model")
+    (shared / phase / "model").mkdir(parents=True)
+    (shared / phase / "model" / "report.json").write_text(json.dumps(
+        {"steps": 7, "student_parameters": 1, "lora": False, "extended_context": 256}))
+    section = getattr(load_config("tiny", [f"{phase}.trainer.workers=3"]), phase)
+    ctx = tfjob.context_env("img:gpu", ResourceSpec(gpu=4, pvc_mounts=[{"claim": "shared", "mount_path": str(shared)}]),
+                            namespace=NS)
+    monkeypatch.setenv(ctx["name"], ctx["value"])
+    fake = FakeKube(statuses=[[cond("Created"), cond("Running"), cond("Succeeded")]])
+    host = fake.start()
+    real = tfjob.kube_api
+    monkeypatch.setattr(tfjob, "kube_api", lambda host_=None: real(host))
+    try:
+        fn(model=model, config_json=section.model_dump_json(), **arts)
+    finally:
+        fake.stop()
+    assert model.get_int_custom_property("steps") == 7
+    sent = json.loads(fake.requests[0][3])
+    assert sent["spec"]["tfReplicaSpecs"]["Worker"]["replicas"] == 2
+    c = sent["spec"]["tfReplicaSpecs"]["Chief"]["template"]["spec"]["containers"][0]
+    assert c["image"] == "img:gpu" and c["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    cmd = c["command"]
+    assert cmd[:3] == ["seekline", "train", phase] and cmd[cmd.index("--output") + 1] == model.uri
+    for flag, want in (("--data", want_data), ("--tokenizer", want_tok), ("--init", want_init)):
+        got = cmd[cmd.index(flag) + 1] if flag in cmd else None
+        assert got == (str(shared / want) if want else None), (flag, cmd)
+    assert load_config(cmd[cmd.index("--config") + 1]).model_dump()[phase] == section.model_dump()
+
+
 def _free_port() -> int:
     import socket
 
