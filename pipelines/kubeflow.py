@@ -73,6 +73,13 @@ def build_pipeline_spec(config: SeeklineConfig) -> dict[str, Any]:
         image = config.resources.for_component(cid).image
         if image and executor_label(cid) in executors:
             executors[executor_label(cid)]["container"]["image"] = image
+    # multi-node phases (trainer.workers > 1): the step launches a TFJob and needs the image and
+    # resources its worker pods get (components/common/tfjob.py)
+    from components.common.tfjob import launch_envs
+
+    for cid, env in launch_envs(config).items():
+        if executor_label(cid) in executors:
+            executors[executor_label(cid)]["container"].setdefault("env", []).append(env)
     return spec
 
 

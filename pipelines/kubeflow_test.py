@@ -148,6 +148,20 @@ def test_profile_volumes_secrets_and_images_reach_the_compiled_spec(tmp_path):
         {"secretKey": "api-key", "envVar": "OPENAI_API_KEY"}]
 
 
+def test_multi_node_phase_steps_carry_their_tfjob_context(tmp_path):
+    from google.protobuf import json_format
+
+    from components.common.tfjob import CONTEXT_ENV as ENV_VAR
+
+    cfg = load_config("cluster", ["pretrain.trainer.workers=4"])
+    spec, _ = kf.load_pipeline_spec(kf.compile_pipeline(cfg, tmp_path / "p.yaml"))
+    ex = json_format.MessageToDict(spec.deployment_spec)["executors"]
+    [env] = [e for e in ex["pretrain_executor"]["container"]["env"] if e["name"] == ENV_VAR]
+    ctx = json.loads(env["value"])
+    assert ctx["image"] == cfg.kubeflow.default_image and ctx["resources"]["gpu"] == 8
+    assert not any(e["name"] == ENV_VAR for e in ex["sft_executor"]["container"].get("env", []))
+
+
 @pytest.mark.parametrize("setting,message", [
     ("resources.default.pvc_mounts=[{claim: Bad_Name, mount_path: /d}]", "not a Kubernetes object name"),
     ("resources.default.pvc_mounts=[{claim: ok, mount_path: data}]", "must be an absolute path"),
