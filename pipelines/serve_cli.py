@@ -103,6 +103,15 @@ def newest_blessed_model(metadata_path: str, pipeline_name: str) -> str:
     raise UserError(f"{metadata_path}: pipeline {pipeline_name!r} has no blessed model yet {how}")
 
 
+def resolve_model_dir(path: str) -> str:
+    """A model folder as given, or — for an export push dir (TF Serving's model base path:
+    numeric version folders) — the newest version's hf/ folder."""
+    if os.path.exists(os.path.join(path, "config.json")) or not os.path.isdir(path):
+        return path
+    versions = [d for d in os.listdir(path) if d.isdigit() and os.path.exists(os.path.join(path, d, "hf", "config.json"))]
+    return os.path.join(path, max(versions, key=int), "hf") if versions else path
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from serving.agent.config import AgentConfig
     from serving.agent.serve import run
@@ -115,6 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         config = load_config(args.config, args.overrides)
         model_dir = newest_blessed_model(str(local_paths(config).metadata), config.pipeline.name)
+    model_dir = resolve_model_dir(model_dir)
     if not os.path.isdir(model_dir):
         raise UserError(f"{model_dir}: no such model folder")
     cfg = ServerConfig.build(host=args.host, port=args.port, model_name=args.model_name,

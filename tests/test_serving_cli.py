@@ -8,7 +8,7 @@ from ml_metadata.proto import metadata_store_pb2 as pb
 
 from common.errors import UserError
 from pipelines.cli import main
-from pipelines.serve_cli import newest_blessed_model
+from pipelines.serve_cli import newest_blessed_model, resolve_model_dir
 
 
 def _model(root, name):
@@ -96,3 +96,16 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert len(err) == 3 and all(e.startswith("seekline: error: ") for e in err)
     assert "no such model folder" in err[0] and "no local pipeline runs" in err[1]
     assert "not a seekline model folder" in err[2]
+
+
+def test_a_push_dir_resolves_to_the_newest_versions_hf_folder(tmp_path):
+    push = tmp_path / "serving"
+    for v in ("9", "10", "11"):
+        (push / v / "hf").mkdir(parents=True)
+        if v != "11":                                    # 11 was published without hf/: skipped
+            (push / v / "hf" / "config.json").write_text("{}")
+    (push / ".12.staging" / "hf").mkdir(parents=True)     # a half-published version: not numeric
+    assert resolve_model_dir(str(push)) == str(push / "10" / "hf")        # numerically newest, not "9"
+    model = _model(tmp_path, "m")
+    assert resolve_model_dir(os.path.join(model, "final")) == os.path.join(model, "final")
+    assert resolve_model_dir(str(tmp_path / "missing")) == str(tmp_path / "missing")

@@ -7,7 +7,9 @@ run_export(cfg, model_dir, output_dir, push_dir, provenance):
   OUTPUT/manifest.json            what was exported from where: the source model, its evaluation
                                   and blessing (pass@k, rules), the pipeline and the MLMD ids
   <push_dir>/<version>/           the SavedModel again, published whole (staged, then renamed), so
-                                  TF Serving watching push_dir never sees a half-written version
+                                  TF Serving watching push_dir never sees a half-written version;
+                                  with hf/ inside it (TF Serving ignores it; `seekline serve
+                                  PUSH_DIR` serves the newest version's hf/)
 The version is the export time in seconds (TF Serving serves the highest number).
 """
 from __future__ import annotations
@@ -53,14 +55,18 @@ def _copy_tree_gfile(src: str, dst: str) -> None:
             tf.io.gfile.copy(os.path.join(root, f), f"{target}/{f}", overwrite=True)
 
 
-def _publish(src: str, push_dir: str, version: str) -> str:
-    """Copy src to push_dir/version through a staging name in the same folder, then rename (an
-    object store — gs://, s3:// — has no atomic folder rename: there the version folder is
-    written in place, its saved_model.pb last, which is the file TF Serving waits for)."""
+def _publish(src: str, push_dir: str, version: str, hf: str | None = None) -> str:
+    """Copy src (and the HF folder as <version>/hf: TF Serving reads only saved_model.pb,
+    variables/ and assets/, and `seekline serve PUSH_DIR` serves the newest version's hf/) to
+    push_dir/version through a staging name in the same folder, then rename (an object store —
+    gs://, s3:// — has no atomic folder rename: there the version folder is written in place, its
+    saved_model.pb last, which is the file TF Serving waits for)."""
     if "://" in push_dir:
         import tensorflow as tf
 
         final = f"{push_dir.rstrip('/')}/{version}"
+        if hf:
+            _copy_tree_gfile(hf, f"{final}/{HF_DIR}")
         _copy_tree_gfile(os.path.join(src, "variables"), f"{final}/variables")
         for f in tf.io.gfile.listdir(src):
             if f.rstrip("/") not in ("variables", "saved_model.pb"):
@@ -76,6 +82,8 @@ def _publish(src: str, push_dir: str, version: str) -> str:
     stage = os.path.join(push_dir, f".{version}.staging")
     shutil.rmtree(stage, ignore_errors=True)
     shutil.copytree(src, stage)
+    if hf:
+        shutil.copytree(hf, os.path.join(stage, HF_DIR))
     if os.path.exists(final):
         shutil.rmtree(final)
     os.rename(stage, final)
@@ -100,7 +108,7 @@ def run_export(cfg: ExportConfig, model_dir: str, output_dir: str, push_dir: str
     for f in HF_FILES:
         if os.path.exists(os.path.join(model_dir, f)):
             shutil.copy2(os.path.join(model_dir, f), os.path.join(hf, f))
-    pushed = _publish(sm, push_dir, version) if push_dir else None
+    pushed = _publish(sm, push_dir, version, hf) if push_dir else None
     manifest = {"version": int(version), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "source_model": model_dir, "saved_model": {**info, "path": sm}, "hf": hf, "pushed_to": pushed,
                 **(provenance or {})}

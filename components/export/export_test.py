@@ -119,7 +119,10 @@ def test_hf_files_manifest_and_publish(exported):
     assert manifest["source_model"] == model_dir and manifest["pushed_to"] == os.path.join(push, "7")
     # TF Serving's layout: <base>/<numeric version>/saved_model.pb + variables/, nothing half-written
     assert sorted(os.listdir(push)) == ["7"]
-    assert {"saved_model.pb", "variables"} <= set(os.listdir(os.path.join(push, "7")))
+    assert {"saved_model.pb", "variables", "hf"} <= set(os.listdir(os.path.join(push, "7")))
+    # the hf/ beside it is what `seekline serve PUSH_DIR` serves (tests/test_serving_cli.py)
+    assert open(os.path.join(push, "7", "hf", "model.safetensors"), "rb").read() == \
+        open(os.path.join(model_dir, "model.safetensors"), "rb").read()
 
 
 def test_publish_to_an_object_store_uri(exported):
@@ -130,6 +133,7 @@ def test_publish_to_an_object_store_uri(exported):
     dst = _publish(src, "ram://serving_models/m", "7")             # TF's in-memory filesystem
     assert dst == "ram://serving_models/m/7"
     assert tf.io.gfile.exists(dst + "/saved_model.pb") and tf.io.gfile.listdir(dst + "/variables")
+    assert not tf.io.gfile.exists(dst + "/hf")                       # no hf given
     assert tf.saved_model.load(dst).signatures["logits"] is not None
 
 
