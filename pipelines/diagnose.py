@@ -78,6 +78,10 @@ PATTERNS: tuple[Pattern, ...] = (
             r"is a placeholder \("),
     Pattern("`seekline compile` prints `warning: validate.frozen_dir resolves to minio://…`",
             r"frozen_dir resolves to (minio|s3)://"),
+    Pattern("`seekline compile` / `doctor` warns `X asks for N GPU(s) but runs IMAGE, which looks CPU-only`",
+            r"asks for \d+ GPU\(s\) but runs \S+, which looks CPU-only"),
+    Pattern("`seekline compile` prints `warning: export.push_dir resolves to minio://…`",
+            r"export\.push_dir resolves to (minio|s3)://"),
     # -- data ----------------------------------------------------------------------------
     Pattern("`seekline: error: corpus directory not found: …`", r"corpus directory not found"),
     Pattern("`seekline: error: corpus DIR: none of its N files match include=[…]; it has 120 .jsonl, …`",

@@ -191,6 +191,53 @@ def check_kube(cluster: bool, which=None) -> list[Check]:
     return out
 
 
+def profile_secrets(config) -> list[tuple[str, bool]]:
+    """[(secret name, optional)] the config's pods read as env (resources.default + components)."""
+    from configs.schema import COMPONENT_IDS
+
+    seen: dict[str, bool] = {}
+    for cid in COMPONENT_IDS:
+        for e in config.resources.for_component(cid).secret_env:
+            seen[e.secret] = seen.get(e.secret, True) and e.optional
+    return sorted(seen.items())
+
+
+def check_secrets(config, cluster: bool, which=None) -> list[Check]:
+    """Every Secret the profile mounts as env exists in the current namespace (a missing required
+    one leaves the pod in CreateContainerConfigError); optional ones only warn."""
+    wanted = profile_secrets(config) if config is not None else []
+    if not cluster or not wanted:
+        return []
+    kubectl = (which or shutil.which)("kubectl")
+    if not kubectl:
+        return [Check("secrets", SKIP, "kubectl not found on PATH", "install kubectl to check the cluster from here")]
+    out = []
+    for name, optional in wanted:
+        rc, msg = _kubectl(kubectl, "get", "secret", name, "-o", "name")
+        if rc == 0:
+            out.append(Check(f"secret {name}", PASS, msg or name))
+        else:
+            out.append(Check(f"secret {name}", WARN if optional else FAIL,
+                             (msg.splitlines()[-1] if msg else f"kubectl exit {rc}")
+                             + (" (optional: the pods start without it)" if optional else ""),
+                             f"kubectl create secret generic {name} --from-literal=<key>=<value> (docs/deploy.md)"))
+    return out
+
+
+def check_gpu_images(config) -> list[Check]:
+    """A component asking for GPUs must run an image with CUDA (kubeflow.gpu_image_hint lists the
+    substrings that mark one); the default image is built FROM python:3.10-slim, CPU only."""
+    from pipelines.kubeflow import gpu_image_warnings
+
+    if config is None:
+        return []
+    warnings = gpu_image_warnings(config)
+    if not warnings:
+        return [Check("gpu images", PASS, "every GPU component runs a CUDA image (or none asks for GPUs)")]
+    return [Check("gpu images", WARN, w, "set resources.components.<id>.image to a CUDA build of the image")
+            for w in warnings]
+
+
 def is_cluster_profile(preset: str) -> bool:
     return Path(preset).stem.startswith("cluster")
 
@@ -199,6 +246,7 @@ def run_checks(args: argparse.Namespace) -> list[Check]:
     checks = [check_python(), *check_pins(read_pins())]
     # An invalid config is itself a failed check, not a crash: doctor must run on a broken setup.
     output_dir = "."
+    config = None
     try:
         from configs.schema import load_config
         config = load_config(args.config, args.overrides)
@@ -208,7 +256,10 @@ def run_checks(args: argparse.Namespace) -> list[Check]:
         checks.append(Check("config", FAIL, str(e).splitlines()[0][:200], "fix the config (see the message)"))
     checks += [check_accelerators(), check_disk(output_dir), check_sandbox(),
                check_kfp(os.environ.get("KFP_HOST"), os.environ.get("KFP_TOKEN"))]
-    checks += check_kube(args.cluster or is_cluster_profile(args.config))
+    cluster = args.cluster or is_cluster_profile(args.config)
+    checks += check_kube(cluster)
+    if cluster:
+        checks += check_secrets(config, cluster) + check_gpu_images(config)
     return checks
 
 

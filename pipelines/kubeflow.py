@@ -128,9 +128,29 @@ def kubernetes_platform_spec(config: SeeklineConfig, spec: dict[str, Any]) -> di
 GFILE_SCHEMES = ("gs://", "hdfs://", "ram://")
 
 
+# Substrings that mark a CUDA-capable image name (tensorflow/tensorflow:2.16.2-gpu, nvidia/cuda:…,
+# a registry's …-cuda12 build). The default image (infra/docker/Dockerfile) is CPU-only.
+CUDA_IMAGE_MARKERS = ("gpu", "cuda", "nvidia")
+
+
+def gpu_image_warnings(config: SeeklineConfig) -> list[str]:
+    """Components that ask for GPUs but run an image whose name marks no CUDA build: their pods
+    get GPUs TensorFlow cannot see and train on the CPU."""
+    out = []
+    for cid in config.enabled_components():
+        res = config.resources.for_component(cid)
+        image = res.image or config.kubeflow.default_image
+        if res.gpu > 0 and not any(m in image.lower() for m in CUDA_IMAGE_MARKERS):
+            out.append(f"{cid} asks for {res.gpu} GPU(s) but runs {image}, which looks CPU-only "
+                       f"(no {'/'.join(CUDA_IMAGE_MARKERS)} in its name); set resources.components.{cid}.image "
+                       "to a CUDA build (docs/deploy.md)")
+    return out
+
+
 def portability_warnings(config: SeeklineConfig) -> list[str]:
-    """Config choices that compile fine but would fail inside the cluster's containers."""
-    warnings = []
+    """Config choices that compile fine but would fail (or silently run on the CPU) inside the
+    cluster's containers."""
+    warnings = gpu_image_warnings(config)
     frozen = config.validate_.resolved_frozen_dir(config.kubeflow.pipeline_root)
     if "://" in frozen and not frozen.startswith(GFILE_SCHEMES):
         warnings.append(

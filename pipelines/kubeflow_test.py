@@ -130,7 +130,8 @@ def test_profile_volumes_secrets_and_images_reach_the_compiled_spec(tmp_path):
     deploy = json_format.MessageToDict(spec.deployment_spec)
     images = {k: v["container"]["image"] for k, v in deploy["executors"].items() if "container" in v}
     assert images["pretrain_executor"] == "ghcr.io/acme/seekline-gpu:1"
-    assert images["sft_executor"] == cfg.kubeflow.default_image            # the default elsewhere
+    assert images["sft_executor"] == "ghcr.io/seekline/seekline-gpu:latest"   # the preset's GPU image
+    assert images["ingest_executor"] == cfg.kubeflow.default_image          # the default elsewhere
     ex = extra[0]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     # the cluster preset's /dev/shm on the 8-GPU training pods, as a memory-backed emptyDir
     for cid in ("pretrain", "sft", "grpo", "distill", "agent_distill"):
@@ -158,8 +159,19 @@ def test_multi_node_phase_steps_carry_their_tfjob_context(tmp_path):
     ex = json_format.MessageToDict(spec.deployment_spec)["executors"]
     [env] = [e for e in ex["pretrain_executor"]["container"]["env"] if e["name"] == ENV_VAR]
     ctx = json.loads(env["value"])
-    assert ctx["image"] == cfg.kubeflow.default_image and ctx["resources"]["gpu"] == 8
+    assert ctx["image"] == cfg.resources.for_component("pretrain").image and ctx["resources"]["gpu"] == 8
     assert not any(e["name"] == ENV_VAR for e in ex["sft_executor"]["container"].get("env", []))
+
+
+def test_gpu_components_on_a_cpu_only_image_are_flagged_before_submission():
+    assert kf.gpu_image_warnings(load_config("cluster")) == []     # the preset's GPU pods run the CUDA build
+    [w] = kf.gpu_image_warnings(load_config("cluster", ["resources.components.sft.image=registry.x/seekline:1"]))
+    assert w.startswith("sft asks for 8 GPU(s) but runs registry.x/seekline:1") and "CUDA" in w
+    assert w in kf.portability_warnings(load_config("cluster", ["resources.components.sft.image=registry.x/seekline:1"]))
+    # a switched-off phase is not flagged; no GPUs, no warning
+    assert kf.gpu_image_warnings(load_config("cluster", ["sft.enabled=false",
+                                                         "resources.components.sft.image=registry.x/seekline:1"])) == []
+    assert kf.gpu_image_warnings(load_config("tiny")) == []
 
 
 @pytest.mark.parametrize("setting,message", [

@@ -94,6 +94,10 @@ SAMPLES = {
         "kubeflow.pipeline_root=..."],
     "`seekline compile` prints `warning: validate.frozen_dir resolves to minio://…`": [
         "warning: validate.frozen_dir resolves to minio://mlpipeline/frozen"],
+    "`seekline compile` / `doctor` warns `X asks for N GPU(s) but runs IMAGE, which looks CPU-only`": [
+        "warning: sft asks for 8 GPU(s) but runs ghcr.io/seekline/seekline:latest, which looks CPU-only (no gpu/cuda"],
+    "`seekline compile` prints `warning: export.push_dir resolves to minio://…`": [
+        "warning: export.push_dir resolves to minio://mlpipeline/serving/seekline-tiny, which tf.io.gfile cannot"],
     "`seekline: error: corpus directory not found: …`": ["seekline: error: corpus directory not found: /data/x"],
     "`seekline: error: corpus DIR: none of its N files match include=[…]; it has 120 .jsonl, …`": [
         "seekline: error: corpus /d: none of its 120 files match include=['*.py']; it has 120 .jsonl"],

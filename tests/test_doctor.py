@@ -205,3 +205,34 @@ def test_doctor_table_and_bad_config(capsys):
     rc = cli.main(["doctor", "-c", "no-such-preset"])
     out = capsys.readouterr().out
     assert rc == 1 and "seekline doctor" in out and "unknown preset" in out
+
+
+SECRETS_KUBECTL = """case "$*" in
+  "get secret seekline-teacher -o name") {teacher} ;;
+  "get secret kfp -o name") {kfp} ;;
+  *) echo "unexpected: $*" >&2; exit 3 ;;
+esac
+"""
+
+
+def test_profile_secrets_and_gpu_images(tmp_path):
+    from configs.schema import load_config
+
+    cfg = load_config("cluster", ["resources.components.evaluate.secret_env=[{secret: kfp, key: t, env: KFP_TOKEN}]"])
+    assert dr.profile_secrets(cfg) == [("kfp", False), ("seekline-teacher", True)]
+    notfound = "echo 'Error from server (NotFound): secrets \"{n}\" not found' >&2; exit 1"
+    k = _script(tmp_path, "kubectl", SECRETS_KUBECTL.format(teacher=notfound.format(n="seekline-teacher"),
+                                                            kfp="echo secret/kfp"))
+    got = {c.name: c for c in dr.check_secrets(cfg, True, which=lambda _: k)}
+    assert got["secret kfp"].status == dr.PASS
+    # the preset's teacher key is optional: missing is a warning, not a failure
+    assert got["secret seekline-teacher"].status == dr.WARN and "optional" in got["secret seekline-teacher"].detail
+    k = _script(tmp_path, "kubectl", SECRETS_KUBECTL.format(teacher="echo secret/seekline-teacher",
+                                                            kfp=notfound.format(n="kfp")))
+    got = {c.name: c for c in dr.check_secrets(cfg, True, which=lambda _: k)}
+    assert got["secret kfp"].status == dr.FAIL and "kubectl create secret generic kfp" in got["secret kfp"].fix
+    assert dr.check_secrets(cfg, False) == [] and dr.check_secrets(load_config("tiny"), True) == []
+    assert [c.status for c in dr.check_secrets(cfg, True, which=lambda _: None)] == [dr.SKIP]
+    assert [c.status for c in dr.check_gpu_images(load_config("cluster"))] == [dr.PASS]
+    [w] = dr.check_gpu_images(load_config("cluster", ["resources.components.grpo.image=x/seekline:2"]))
+    assert w.status == dr.WARN and "grpo asks for 8 GPU(s)" in w.detail

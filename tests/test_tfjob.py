@@ -349,7 +349,8 @@ def test_launch_env_carries_the_components_image_and_resources(cluster_cfg):
     ctx = tfjob.load_context({envs["pretrain"]["name"]: envs["pretrain"]["value"]})
     assert ctx.image == "r.example/seekline:cuda"
     assert ctx.resources == cfg.resources.for_component("pretrain") and ctx.resources.gpu == 8
-    assert tfjob.load_context({tfjob.CONTEXT_ENV: envs["agent_distill"]["value"]}).image == cfg.kubeflow.default_image
+    assert tfjob.load_context({tfjob.CONTEXT_ENV: envs["agent_distill"]["value"]}).image == \
+        cfg.resources.for_component("agent_distill").image                  # the preset's GPU image
     assert tfjob.launch_envs(load_config("cluster")) == {}   # the default: every phase in one pod
 
 
