@@ -53,53 +53,40 @@ then any OpenAI client:  OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="ke
 """
 
 
-def _newest_export(store, pipeline_name: str) -> str | None:
-    """hf/ of the PushedModel of the newest finished `export` execution (an export only runs
-    for a blessed model), or None when the pipeline has none."""
+def _newest_outputs(store, pipeline_name: str, node: str, key: str):
+    """Output artifacts `key` of the finished executions of `node`, newest execution first."""
     from ml_metadata.proto import metadata_store_pb2
 
-    ctx = store.get_context_by_type_and_name("node", f"{pipeline_name}.export")
+    ctx = store.get_context_by_type_and_name("node", f"{pipeline_name}.{node}")
     done = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
     execs = [e for e in (store.get_executions_by_context(ctx.id) if ctx else []) if e.last_known_state in done]
     for ex in sorted(execs, key=lambda e: (e.create_time_since_epoch, e.id), reverse=True):
         events = store.get_events_by_execution_ids([ex.id])
         outs = [ev.artifact_id for ev in events if ev.type == metadata_store_pb2.Event.OUTPUT
-                and ev.path.steps and ev.path.steps[0].key == "pushed_model"]
-        for art in store.get_artifacts_by_id(outs):
-            hf = os.path.join(art.uri, "hf")
-            if os.path.exists(os.path.join(hf, "config.json")):
-                return hf
-    return None
+                and ev.path.steps and ev.path.steps[0].key == key]
+        yield from store.get_artifacts_by_id(outs)
 
 
 def newest_blessed_model(metadata_path: str, pipeline_name: str) -> str:
-    """The newest blessed export's HF folder (export/pushed_model/N/hf); without any export (the
-    phase switched off), the HF-layout folder of the candidate of the newest blessed `evaluate`
-    execution."""
-    from ml_metadata.proto import metadata_store_pb2
-
+    """The newest blessed export's HF folder (export/pushed_model/N/hf: an export only runs for a
+    blessed model); without any export (the phase switched off), the HF-layout folder of the
+    candidate of the newest blessed `evaluate` execution."""
     from pipelines.runs import open_store
 
     how = "(run `seekline run` first, or pass MODEL_DIR)"
     if not os.path.exists(metadata_path):
         raise UserError(f"{metadata_path}: no local pipeline runs here yet {how}")
     store = open_store(metadata_path)
-    exported = _newest_export(store, pipeline_name)
-    if exported is not None:
-        return exported
-    ctx = store.get_context_by_type_and_name("node", f"{pipeline_name}.evaluate")
-    done = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
-    execs = [e for e in (store.get_executions_by_context(ctx.id) if ctx else []) if e.last_known_state in done]
-    for ex in sorted(execs, key=lambda e: (e.create_time_since_epoch, e.id), reverse=True):
-        events = store.get_events_by_execution_ids([ex.id])
-        outs = [ev.artifact_id for ev in events if ev.type == metadata_store_pb2.Event.OUTPUT
-                and ev.path.steps and ev.path.steps[0].key == "blessing"]
-        for art in store.get_artifacts_by_id(outs):
-            props = art.custom_properties
-            if props.get("blessed") is not None and props["blessed"].int_value == 1 and "current_model" in props:
-                final = os.path.join(props["current_model"].string_value, "final")
-                if os.path.exists(os.path.join(final, "config.json")):
-                    return final
+    for art in _newest_outputs(store, pipeline_name, "export", "pushed_model"):
+        hf = os.path.join(art.uri, "hf")
+        if os.path.exists(os.path.join(hf, "config.json")):
+            return hf
+    for art in _newest_outputs(store, pipeline_name, "evaluate", "blessing"):
+        props = art.custom_properties
+        if props.get("blessed") is not None and props["blessed"].int_value == 1 and "current_model" in props:
+            final = os.path.join(props["current_model"].string_value, "final")
+            if os.path.exists(os.path.join(final, "config.json")):
+                return final
     raise UserError(f"{metadata_path}: pipeline {pipeline_name!r} has no blessed model yet {how}")
 
 

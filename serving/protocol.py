@@ -73,8 +73,8 @@ class CompletionRequest(_Sampling):
     suffix: str | None = None
 
 
-def parse(body: bytes, cls: type[_Body]) -> _Body:
-    """Raw body -> request model, or an APIError naming the problem."""
+def load_object(body: bytes) -> dict:
+    """Raw body -> JSON object, or a 400 naming what is wrong (encoding, JSON, not an object)."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -86,6 +86,12 @@ def parse(body: bytes, cls: type[_Body]) -> _Body:
                           code="invalid_json") from None
     if not isinstance(data, dict):
         raise bad_request("the request body must be a JSON object", code="invalid_json")
+    return data
+
+
+def parse(body: bytes, cls: type[_Body]) -> _Body:
+    """Raw body -> request model, or an APIError naming the problem."""
+    data = load_object(body)
     try:
         req = cls.model_validate(data)
     except ValidationError as e:

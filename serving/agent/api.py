@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from serving.agent.protocol import neutralise_labels, parse_reply, step_text
 from serving.errors import bad_request
 from serving.prompts import Message
-from serving.protocol import ChatMessage, _got, _param
+from serving.protocol import ChatMessage, _got, _param, load_object
 
 RESERVED = ("finish",)       # the agent protocol's own end-of-task tool
 MAX_TOOLS = 64
@@ -72,20 +72,6 @@ class AgentRequest(_Strict):
     stream: bool = False
 
 
-def load_object(body: bytes) -> dict:
-    """Raw body -> JSON object, or the same 400s serving/protocol.parse gives."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise bad_request(f"the request body is not valid UTF-8 (byte {e.start})", code="invalid_encoding") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise bad_request(f"the request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}",
-                          code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise bad_request("the request body must be a JSON object", code="invalid_json")
-    return data
 
 
 def validate(data: dict, cls: type[BaseModel]):
