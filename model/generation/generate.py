@@ -190,23 +190,28 @@ def _prefill_unique(model, ids, mask, max_len: int):
     return tf.gather(logits, rows), cache, tf.gather(key_valid, rows), next_pos[inverse]
 
 
-def generate(model, prompts: Sequence[Sequence[int]],
-             config: GenerationConfig = GenerationConfig()) -> GenerationResult:
-    """Generate continuations for a batch of token-id prompts (lists of ints)."""
-    cfg = model.cfg
+def checked_prompts(cfg, prompts: Sequence[Sequence[int]], config: GenerationConfig, who: str):
+    """Left-padded, bucketed (ids, mask) of the prompts after the checks every decoder needs:
+    prompt + max_new_tokens within the context, token ids within the vocabulary."""
     ids, mask = left_pad(prompts, config.pad_token_id)
     limit = cfg.max_position_embeddings
     for i, seq in enumerate(prompts):
         if len(seq) + config.max_new_tokens > limit:
             raise GenerationError(
-                f"generate: prompt {i} has {len(seq)} tokens; with max_new_tokens="
+                f"{who}: prompt {i} has {len(seq)} tokens; with max_new_tokens="
                 f"{config.max_new_tokens} that exceeds the model's max context of {limit} "
                 "(max_position_embeddings)")
     bad = ids[(ids < 0) | (ids >= cfg.vocab_size)]
     if bad.size:
-        raise GenerationError(f"generate: token id {int(bad[0])} is outside the vocabulary "
+        raise GenerationError(f"{who}: token id {int(bad[0])} is outside the vocabulary "
                               f"[0, {cfg.vocab_size})")
-    ids, mask = pad_to_bucket(ids, mask, config.pad_token_id)
+    return pad_to_bucket(ids, mask, config.pad_token_id)
+
+
+def generate(model, prompts: Sequence[Sequence[int]],
+             config: GenerationConfig = GenerationConfig()) -> GenerationResult:
+    """Generate continuations for a batch of token-id prompts (lists of ints)."""
+    ids, mask = checked_prompts(model.cfg, prompts, config, "generate")
     b, p = ids.shape
     max_len = p + config.max_new_tokens
     logits, cache, key_valid, next_pos = _prefill_unique(model, ids, mask, max_len)

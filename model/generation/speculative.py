@@ -39,7 +39,7 @@ import tensorflow as tf
 
 from model.errors import GenerationError
 from model.generation.config import GenerationConfig
-from model.generation.generate import GenerationResult, _cached_fn, _collect, left_pad, pad_to_bucket
+from model.generation.generate import GenerationResult, _cached_fn, _collect, checked_prompts
 from model.layers.attention_utils import mask_bias
 
 
@@ -179,19 +179,7 @@ def speculative_generate(model, prompts: Sequence[Sequence[int]],
     if config.temperature != 0.0:
         raise GenerationError("speculative_generate: only greedy decoding (temperature 0) is "
                               f"supported, got temperature={config.temperature}")
-    ids, mask = left_pad(prompts, config.pad_token_id)
-    limit = cfg.max_position_embeddings
-    for i, seq in enumerate(prompts):
-        if len(seq) + config.max_new_tokens > limit:
-            raise GenerationError(
-                f"speculative_generate: prompt {i} has {len(seq)} tokens; with max_new_tokens="
-                f"{config.max_new_tokens} that exceeds the model's max context of {limit} "
-                "(max_position_embeddings)")
-    bad = ids[(ids < 0) | (ids >= cfg.vocab_size)]
-    if bad.size:
-        raise GenerationError(f"speculative_generate: token id {int(bad[0])} is outside the "
-                              f"vocabulary [0, {cfg.vocab_size})")
-    ids, mask = pad_to_bucket(ids, mask, config.pad_token_id)
+    ids, mask = checked_prompts(cfg, prompts, config, "speculative_generate")
     b, p = ids.shape
     k = num_draft
     # Active rows write at most up to P + max_new_tokens - 2 + 2k (verify + chained drafts past a
