@@ -1,0 +1,304 @@
+"""build_cuda: nvcc discovery, arch filtering, error reporting, and a real compile + link.
+
+The real-nvcc tests build the launchers and a host check program (naive double-precision CPU
+references for GEMM and RMSNorm forward/grad). Without a GPU the program is only built (and run
+to see that it reports the missing device instead of crashing); with one it also checks numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from model.ops.cuda import build_cuda
+
+needs_nvcc = pytest.mark.skipif(build_cuda.nvcc_path() is None, reason="nvcc not installed")
+needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not installed")
+
+LAUNCHERS = (
+    "seekline::GemmGpu(void*, seekline::DType, bool, bool, long, long, long, void const*, void const*, void*)",
+    "seekline::RmsNormGpu(void*, seekline::DType, long, long, float, void const*, void const*, void*)",
+    "seekline::RmsNormGradGpu(void*, seekline::DType, long, long, float, void const*, void const*, "
+    "void const*, void*, void*)",
+)
+NO_DEVICE_EXIT = 77  # the check program's "no usable GPU" exit status
+
+
+def _fake_nvcc(directory: Path, script: str) -> Path:
+    """An executable `nvcc` shell script in directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "nvcc"
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def test_nvcc_path_falls_back_to_cuda_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    assert build_cuda.nvcc_path() is None
+    fake = _fake_nvcc(tmp_path / "cuda" / "bin", "exit 0\n")
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "cuda"))
+    assert build_cuda.nvcc_path() == str(fake)
+
+
+def test_missing_nvcc_raises(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    with pytest.raises(build_cuda.CudaBuildError, match="nvcc not found"):
+        build_cuda.compile_cuda(tmp_path / "out")
+
+
+def test_gencode_keeps_only_supported_archs(tmp_path):
+    # An nvcc that no longer knows compute_80: only sm_90 SASS + compute_90 PTX remain.
+    fake = _fake_nvcc(tmp_path, 'echo compute_75; echo compute_90; echo compute_100\n')
+    assert build_cuda._gencode_flags(str(fake)) == ["-gencode", "arch=compute_90,code=[sm_90,compute_90]"]
+    both = _fake_nvcc(tmp_path / "new", "printf 'compute_80\\ncompute_86\\ncompute_90\\n'\n")
+    assert build_cuda._gencode_flags(str(both)) == [
+        "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=[sm_90,compute_90]"]
+    old = _fake_nvcc(tmp_path / "old", "echo compute_60\n")
+    with pytest.raises(build_cuda.CudaBuildError, match="supports none"):
+        build_cuda._gencode_flags(str(old))
+
+
+def test_compile_failure_carries_stderr_tail(tmp_path, monkeypatch):
+    # Arch listing works, compiling fails with a message that must reach the exception.
+    _fake_nvcc(tmp_path / "bin", 'case "$1" in --list-gpu-arch) echo compute_90;; '
+               '*) echo "gemm.cu.cc(12): error: boom" >&2; exit 2;; esac\n')
+    monkeypatch.setenv("PATH", str(tmp_path / "bin") + os.pathsep + os.environ["PATH"])
+    with pytest.raises(build_cuda.CudaBuildError, match=r"(?s)exit 2.*error: boom"):
+        build_cuda.compile_cuda(tmp_path / "out")
+
+
+@pytest.fixture(scope="module")
+def objects(tmp_path_factory):
+    return build_cuda.compile_cuda(tmp_path_factory.mktemp("cuda_objs"))
+
+
+@needs_nvcc
+def test_compile_defines_the_launchers(objects):
+    assert [p.name for p in objects] == ["gemm.cu.o", "rms_norm.cu.o"]
+    nm = subprocess.run(["nm", "-C", *map(str, objects)], capture_output=True, text=True, check=True).stdout
+    defined = {line.split(" ", 2)[2] for line in nm.splitlines() if line.count(" ") >= 2 and line.split(" ")[1] == "T"}
+    for symbol in LAUNCHERS:
+        assert symbol in defined, f"{symbol} not defined; got {sorted(d for d in defined if 'seekline' in d)}"
+
+
+@needs_nvcc
+def test_link_flags_point_at_static_cudart():
+    flags = build_cuda.cudart_link_flags()
+    assert flags[1:] == ["-lcudart_static", "-ldl", "-lrt", "-lpthread"]
+    assert flags[0].startswith("-L") and (Path(flags[0][2:]) / "libcudart_static.a").is_file()
+
+
+@needs_nvcc
+@needs_gxx
+def test_shared_library_links_with_no_undefined_symbols(objects, tmp_path):
+    # What the op library link does: PIC objects + static cudart into a .so, every symbol resolved.
+    lib = tmp_path / "libseekline_cuda_check.so"
+    cmd = ["g++", "-shared", "-Wl,-z,defs", "-o", str(lib), *map(str, objects), *build_cuda.cudart_link_flags()]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    deps = subprocess.run(["ldd", str(lib)], capture_output=True, text=True).stdout
+    assert "libcudart" not in deps  # the runtime is inside the library, not a loader dependency
+
+
+@needs_nvcc
+@needs_gxx
+def test_check_program_builds_and_runs(objects, tmp_path):
+    src = tmp_path / "check.cc"
+    src.write_text(CHECK_PROGRAM)
+    exe = tmp_path / "check"
+    link = build_cuda.cudart_link_flags()
+    cuda_include = Path(link[0][2:]).parent / "include"  # lib64 or targets/<arch>/lib -> its include
+    cmd = ["g++", "-std=c++17", "-O1", "-I", str(build_cuda.CC_DIR), "-I", str(cuda_include), str(src),
+           *map(str, objects), "-o", str(exe), *link]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
+    if run.returncode == NO_DEVICE_EXIT:
+        pytest.skip(f"built; no GPU to run it on ({run.stdout.strip()})")
+    assert run.returncode == 0 and run.stdout.strip().endswith("OK"), run.stdout + run.stderr
+
+
+# Host program: random inputs rounded to the storage type, naive double-precision references, every
+# output buffer pre-filled with NaN so unwritten elements fail. bf16 is handled as raw bits (RNE).
+CHECK_PROGRAM = r"""
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "kernels.h"
+
+using seekline::DType;
+
+static uint32_t g_seed = 12345u;
+static float Uniform() {  // [-1, 1)
+  g_seed = g_seed * 1664525u + 1013904223u;
+  return static_cast<float>(g_seed >> 8) / 8388608.0f - 1.0f;
+}
+
+static float Bf16Round(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+static size_t Size(DType t) { return t == DType::kFloat ? 4 : 2; }
+
+static std::vector<float> Random(size_t n, DType t, float scale = 1.0f) {
+  std::vector<float> v(n);
+  for (auto& x : v) x = scale * Uniform();
+  if (t == DType::kBFloat16) for (auto& x : v) x = Bf16Round(x);
+  return v;
+}
+
+static void* Upload(const std::vector<float>& v, DType t) {
+  void* d = nullptr;
+  const size_t bytes = v.size() * Size(t) + 4;
+  if (cudaMalloc(&d, bytes) != cudaSuccess) return nullptr;
+  if (t == DType::kFloat) {
+    cudaMemcpy(d, v.data(), v.size() * 4, cudaMemcpyHostToDevice);
+  } else {
+    std::vector<uint16_t> bits(v.size());
+    for (size_t i = 0; i < v.size(); ++i) {
+      uint32_t u;
+      std::memcpy(&u, &v[i], 4);
+      bits[i] = static_cast<uint16_t>(u >> 16);
+    }
+    cudaMemcpy(d, bits.data(), bits.size() * 2, cudaMemcpyHostToDevice);
+  }
+  return d;
+}
+
+static void* NanBuffer(size_t n, DType t) {  // 0xff.. is NaN in fp32 and bf16
+  void* d = nullptr;
+  cudaMalloc(&d, n * Size(t) + 4);
+  cudaMemset(d, 0xff, n * Size(t) + 4);
+  return d;
+}
+
+static std::vector<float> Download(const void* d, size_t n, DType t) {
+  std::vector<float> v(n);
+  if (t == DType::kFloat) {
+    cudaMemcpy(v.data(), d, n * 4, cudaMemcpyDeviceToHost);
+  } else {
+    std::vector<uint16_t> bits(n);
+    cudaMemcpy(bits.data(), d, n * 2, cudaMemcpyDeviceToHost);
+    for (size_t i = 0; i < n; ++i) {
+      const uint32_t u = static_cast<uint32_t>(bits[i]) << 16;
+      std::memcpy(&v[i], &u, 4);
+    }
+  }
+  return v;
+}
+
+static int Compare(const char* what, const std::vector<float>& got, const std::vector<double>& want, DType t) {
+  const double tol = t == DType::kFloat ? 1e-4 : 1.6e-2;  // bf16 keeps 8 bits of mantissa
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (!(std::fabs(got[i] - want[i]) <= tol * (1.0 + std::fabs(want[i])))) {
+      std::printf("FAIL %s [%zu]: got %g want %g\n", what, i, got[i], want[i]);
+      return 1;
+    }
+  }
+  return 0;
+}
+
+static int CheckGemm(DType t, bool ta, bool tb, int64_t m, int64_t n, int64_t k) {
+  auto a = Random(m * k, t), b = Random(k * n, t);
+  std::vector<double> want(m * n, 0.0);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t p = 0; p < k; ++p)
+        want[i * n + j] += static_cast<double>(ta ? a[p * m + i] : a[i * k + p]) * (tb ? b[j * k + p] : b[p * n + j]);
+  void *da = Upload(a, t), *db = Upload(b, t), *dc = NanBuffer(m * n, t);
+  int err = seekline::GemmGpu(nullptr, t, ta, tb, m, n, k, da, db, dc);
+  if (err == 0) err = cudaDeviceSynchronize();
+  char what[96];
+  std::snprintf(what, sizeof what, "gemm dtype=%d ta=%d tb=%d %ldx%ldx%ld", int(t), ta, tb, long(m), long(n), long(k));
+  int bad = err ? (std::printf("FAIL %s: cuda error %d\n", what, err), 1) : Compare(what, Download(dc, m * n, t), want, t);
+  cudaFree(da); cudaFree(db); cudaFree(dc);
+  return bad;
+}
+
+static int CheckRmsNorm(DType t, int64_t rows, int64_t dim) {
+  const float eps = 1e-6f;
+  auto x = Random(rows * dim, t, 2.0f), w = Random(dim, t), dy = Random(rows * dim, t);
+  std::vector<double> y(rows * dim), dx(rows * dim), dw(dim, 0.0);
+  for (int64_t i = 0; i < rows; ++i) {
+    double ss = 0.0, gx = 0.0;
+    for (int64_t j = 0; j < dim; ++j) {
+      ss += double(x[i * dim + j]) * x[i * dim + j];
+      gx += double(w[j]) * dy[i * dim + j] * x[i * dim + j];
+    }
+    const double r = 1.0 / std::sqrt(ss / dim + eps), mean_gx = gx / dim;
+    for (int64_t j = 0; j < dim; ++j) {
+      const double xv = x[i * dim + j], g = double(w[j]) * dy[i * dim + j];
+      y[i * dim + j] = w[j] * xv * r;
+      dx[i * dim + j] = r * g - xv * r * r * r * mean_gx;
+      dw[j] += dy[i * dim + j] * xv * r;
+    }
+  }
+  void *dX = Upload(x, t), *dW = Upload(w, t), *dDy = Upload(dy, t);
+  void *dY = NanBuffer(rows * dim, t), *dDx = NanBuffer(rows * dim, t), *dDw = NanBuffer(dim, t);
+  int err = seekline::RmsNormGpu(nullptr, t, rows, dim, eps, dX, dW, dY);
+  if (err == 0) err = seekline::RmsNormGradGpu(nullptr, t, rows, dim, eps, dDy, dX, dW, dDx, dDw);
+  if (err == 0) err = cudaDeviceSynchronize();
+  char what[80];
+  std::snprintf(what, sizeof what, "rms_norm dtype=%d %ldx%ld", int(t), long(rows), long(dim));
+  int bad = 0;
+  if (err) {
+    std::printf("FAIL %s: cuda error %d\n", what, err);
+    bad = 1;
+  } else {
+    bad |= Compare(what, Download(dY, rows * dim, t), y, t);
+    bad |= Compare(what, Download(dDx, rows * dim, t), dx, t);
+    auto dw1 = Download(dDw, dim, t);
+    bad |= Compare(what, dw1, dw, t);
+    // Determinism: a second gradient run must give the same dw bits.
+    err = seekline::RmsNormGradGpu(nullptr, t, rows, dim, eps, dDy, dX, dW, dDx, dDw);
+    cudaDeviceSynchronize();
+    if (err || std::memcmp(dw1.data(), Download(dDw, dim, t).data(), dim * sizeof(float)) != 0) {
+      std::printf("FAIL %s: dw not reproducible\n", what);
+      bad = 1;
+    }
+  }
+  cudaFree(dX); cudaFree(dW); cudaFree(dDy); cudaFree(dY); cudaFree(dDx); cudaFree(dDw);
+  return bad;
+}
+
+int main() {
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess || count == 0) {
+    std::printf("NO_DEVICE (%s)\n", e != cudaSuccess ? cudaGetErrorName(e) : "0 devices");
+    return 77;
+  }
+  int bad = 0;
+  for (DType t : {DType::kFloat, DType::kBFloat16})
+    for (int ta = 0; ta < 2; ++ta)
+      for (int tb = 0; tb < 2; ++tb) {
+        bad += CheckGemm(t, ta, tb, 67, 45, 33);   // ragged in every dimension
+        bad += CheckGemm(t, ta, tb, 130, 3, 1);
+        bad += CheckGemm(t, ta, tb, 5, 70, 0);      // k == 0: zeros
+      }
+  bad += CheckGemm(DType::kFloat, false, false, 0, 7, 5);  // nothing to do
+  for (DType t : {DType::kFloat, DType::kBFloat16}) {
+    bad += CheckRmsNorm(t, 5, 77);
+    bad += CheckRmsNorm(t, 9, 1000);  // dim > threads per row: strided loop
+    bad += CheckRmsNorm(t, 37, 1);    // bf16: no room for the r scratch in dx
+  }
+  std::printf(bad ? "FAILED %d\n" : "OK\n", bad);
+  return bad ? 1 : 0;
+}
+"""
