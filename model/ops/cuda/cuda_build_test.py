@@ -8,6 +8,7 @@ to see that it reports the missing device instead of crashing); with one it also
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -126,6 +127,176 @@ def test_check_program_builds_and_runs(objects, tmp_path):
     assert run.returncode == 0 and run.stdout.strip().endswith("OK"), run.stdout + run.stderr
 
 
+def _rewrite_launches(source: str) -> str:
+    """`K<<<grid, block, 0, stream>>>(args)` -> `::emu::Launch(dim3(grid), dim3(block), &K, args)`."""
+    def launch(match: re.Match) -> str:
+        config = [part.strip() for part in match.group(2).split(",")]
+        assert len(config) == 4, f"unexpected launch configuration {config}"
+        return f"::emu::Launch(dim3({config[0]}), dim3({config[1]}), &{match.group(1)}, "
+    out, count = re.subn(r"([A-Za-z_]\w*(?:<[^<>]*>)?)<<<([^>]*)>>>\(", launch, source)
+    assert count > 0, "no kernel launches found"
+    return out
+
+
+@needs_gxx
+@pytest.mark.slow
+@pytest.mark.parametrize("sanitizer", ["address,undefined", "thread"])
+def test_kernels_on_cpu_emulation(tmp_path, sanitizer):
+    # The real .cu.cc sources, compiled by g++ against a CUDA emulation (one std::thread per CUDA
+    # thread, std::barrier for __syncthreads and warp shuffles, blocks run one after another), run
+    # the check program: index math, bounds checks, the scratch-in-dx trick and the reductions are
+    # all exercised without a GPU. AddressSanitizer catches out-of-bounds loads and stores,
+    # ThreadSanitizer a missing __syncthreads around shared memory. Float rounding differs from a
+    # GPU only by FMA contraction, far inside the tolerances.
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "cuda_emu.h").write_text(CUDA_EMULATION)
+    for header in ("cuda_runtime.h", "cuda_bf16.h", "cuda_fp16.h"):
+        (shim / header).write_text('#include "cuda_emu.h"\n')
+    units = []
+    for src in build_cuda.sources():
+        unit = tmp_path / (src.name[: -len(".cu.cc")] + "_emu.cc")
+        unit.write_text(_rewrite_launches(src.read_text()))
+        units.append(unit)
+    (tmp_path / "check.cc").write_text(CHECK_PROGRAM)
+    exe = tmp_path / "check_emu"
+    # -I shim first so its cuda_*.h win; the sources' "../cc/kernels.h" resolves via CUDA_DIR.
+    recover = ["-fno-sanitize-recover=undefined"] if "undefined" in sanitizer else []
+    cmd = ["g++", "-std=c++20", "-O1", "-g", "-pthread", f"-fsanitize={sanitizer}", *recover, "-Wno-unknown-pragmas",
+           "-I", str(shim), "-I", str(build_cuda.CUDA_DIR), "-I", str(build_cuda.CC_DIR), str(tmp_path / "check.cc"),
+           *map(str, units), "-o", str(exe)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=0", "TSAN_OPTIONS": "halt_on_error=1"}
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=900, env=env)
+    assert run.returncode == 0 and run.stdout.strip().endswith("OK"), (run.stdout + run.stderr)[-4000:]
+
+
+# Just enough of the CUDA runtime and device language for the launchers and the check program.
+CUDA_EMULATION = r"""
+#pragma once
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static  // one block runs at a time, so a static is that block's shared memory
+#define __launch_bounds__(...)
+
+struct dim3 {
+  unsigned x, y, z;
+  dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+typedef struct EmuStream* cudaStream_t;
+enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorInvalidConfiguration = 9 };
+enum cudaMemcpyKind { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2 };
+
+namespace emu {
+inline thread_local dim3 thread_idx, block_idx;
+inline dim3 block_dim, grid_dim;
+inline std::barrier<>* barrier = nullptr;
+inline std::vector<float> exchange;  // one slot per thread for __shfl_xor_sync
+inline cudaError_t last_error = cudaSuccess;
+
+template <typename... P, typename... A>
+void Launch(dim3 grid, dim3 block, void (*kernel)(P...), A... args) {
+  const unsigned threads = block.x * block.y * block.z;
+  if (threads == 0 || threads > 1024 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 ||
+      grid.z > 65535 || grid.x > 2147483647u) {
+    last_error = cudaErrorInvalidConfiguration;
+    return;
+  }
+  grid_dim = grid;
+  block_dim = block;
+  std::barrier<> sync(threads);
+  barrier = &sync;
+  exchange.assign(threads + 32, std::nanf(""));
+  // One std::thread per CUDA thread of a block; together they run the blocks one after another,
+  // meeting at a barrier between blocks so the static "shared memory" is never used by two.
+  std::vector<std::thread> pool;
+  for (unsigned t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      thread_idx = dim3(t % block.x, t / block.x % block.y, t / (block.x * block.y));
+      for (unsigned bz = 0; bz < grid.z; ++bz)
+        for (unsigned by = 0; by < grid.y; ++by)
+          for (unsigned bx = 0; bx < grid.x; ++bx) {
+            block_idx = dim3(bx, by, bz);
+            kernel(args...);
+            sync.arrive_and_wait();
+          }
+    });
+  }
+  for (auto& th : pool) th.join();
+}
+}  // namespace emu
+
+#define threadIdx (::emu::thread_idx)
+#define blockIdx (::emu::block_idx)
+#define blockDim (::emu::block_dim)
+#define gridDim (::emu::grid_dim)
+
+inline void __syncthreads() { emu::barrier->arrive_and_wait(); }
+inline unsigned EmuLinearThread() {
+  return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+}
+// Every thread of the block must call this together (true of the kernels' warp reductions).
+inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
+  const unsigned t = EmuLinearThread();
+  emu::exchange[t] = v;
+  __syncthreads();
+  const float other = emu::exchange[t ^ static_cast<unsigned>(lane_mask)];
+  __syncthreads();
+  return other;
+}
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+
+struct __nv_bfloat16 { uint16_t bits; };
+inline float __bfloat162float(__nv_bfloat16 h) {
+  const uint32_t u = static_cast<uint32_t>(h.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline __nv_bfloat16 __float2bfloat16(float f) {  // round to nearest even
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return {static_cast<uint16_t>((u >> 16) | 0x40u)};  // NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return {static_cast<uint16_t>(u >> 16)};
+}
+struct __half { _Float16 v; };
+inline float __half2float(__half h) { return static_cast<float>(h.v); }
+inline __half __float2half(float f) { return {static_cast<_Float16>(f)}; }
+
+inline cudaError_t cudaGetLastError() {
+  const cudaError_t e = emu::last_error;
+  emu::last_error = cudaSuccess;
+  return e;
+}
+inline const char* cudaGetErrorName(cudaError_t) { return "emulated"; }
+inline cudaError_t cudaGetDeviceCount(int* n) { *n = 1; return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+inline cudaError_t cudaMalloc(void** p, size_t bytes) {
+  *p = std::malloc(bytes);
+  if (*p) std::memset(*p, 0xa5, bytes);  // garbage, like fresh device memory
+  return *p ? cudaSuccess : cudaErrorInvalidValue;
+}
+inline cudaError_t cudaFree(void* p) { std::free(p); return cudaSuccess; }
+inline cudaError_t cudaMemset(void* p, int v, size_t bytes) { std::memset(p, v, bytes); return cudaSuccess; }
+inline cudaError_t cudaMemcpy(void* d, const void* s, size_t bytes, cudaMemcpyKind) {
+  if (bytes > 0) std::memcpy(d, s, bytes);  // empty vectors may hand over nullptr
+  return cudaSuccess;
+}
+"""
+
+
 # Host program: random inputs rounded to the storage type, naive double-precision references, every
 # output buffer pre-filled with NaN so unwritten elements fail. bf16 is handled as raw bits (RNE).
 CHECK_PROGRAM = r"""
@@ -165,8 +336,8 @@ static std::vector<float> Random(size_t n, DType t, float scale = 1.0f) {
 
 static void* Upload(const std::vector<float>& v, DType t) {
   void* d = nullptr;
-  const size_t bytes = v.size() * Size(t) + 4;
-  if (cudaMalloc(&d, bytes) != cudaSuccess) return nullptr;
+  // Exact sizes (1 byte for empty) so the CPU emulation's AddressSanitizer sees any overrun.
+  if (cudaMalloc(&d, v.empty() ? 1 : v.size() * Size(t)) != cudaSuccess) return nullptr;
   if (t == DType::kFloat) {
     cudaMemcpy(d, v.data(), v.size() * 4, cudaMemcpyHostToDevice);
   } else {
@@ -183,8 +354,8 @@ static void* Upload(const std::vector<float>& v, DType t) {
 
 static void* NanBuffer(size_t n, DType t) {  // 0xff.. is NaN in fp32 and bf16
   void* d = nullptr;
-  cudaMalloc(&d, n * Size(t) + 4);
-  cudaMemset(d, 0xff, n * Size(t) + 4);
+  cudaMalloc(&d, n == 0 ? 1 : n * Size(t));
+  cudaMemset(d, 0xff, n * Size(t));
   return d;
 }
 
