@@ -298,7 +298,8 @@ inline cudaError_t cudaMemcpy(void* d, const void* s, size_t bytes, cudaMemcpyKi
 
 
 # Host program: random inputs rounded to the storage type, naive double-precision references, every
-# output buffer pre-filled with NaN so unwritten elements fail. bf16 is handled as raw bits (RNE).
+# output buffer pre-filled with NaN so unwritten elements fail. 16-bit types travel as raw bits:
+# bf16 rounded by hand (RNE), fp16 through the compiler's _Float16 (also RNE).
 CHECK_PROGRAM = r"""
 #include <cuda_runtime.h>
 
@@ -327,10 +328,38 @@ static float Bf16Round(float f) {
 }
 static size_t Size(DType t) { return t == DType::kFloat ? 4 : 2; }
 
+static float Round(float f, DType t) {
+  if (t == DType::kBFloat16) return Bf16Round(f);
+  if (t == DType::kHalf) return static_cast<float>(static_cast<_Float16>(f));
+  return f;
+}
+static uint16_t ToBits(float f, DType t) {  // f is already representable in t
+  uint16_t bits;
+  if (t == DType::kHalf) {
+    const _Float16 h = static_cast<_Float16>(f);
+    std::memcpy(&bits, &h, 2);
+  } else {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    bits = static_cast<uint16_t>(u >> 16);
+  }
+  return bits;
+}
+static float FromBits(uint16_t bits, DType t) {
+  if (t == DType::kHalf) {
+    _Float16 h;
+    std::memcpy(&h, &bits, 2);
+    return static_cast<float>(h);
+  }
+  const uint32_t u = static_cast<uint32_t>(bits) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
 static std::vector<float> Random(size_t n, DType t, float scale = 1.0f) {
   std::vector<float> v(n);
-  for (auto& x : v) x = scale * Uniform();
-  if (t == DType::kBFloat16) for (auto& x : v) x = Bf16Round(x);
+  for (auto& x : v) x = Round(scale * Uniform(), t);
   return v;
 }
 
@@ -342,17 +371,13 @@ static void* Upload(const std::vector<float>& v, DType t) {
     cudaMemcpy(d, v.data(), v.size() * 4, cudaMemcpyHostToDevice);
   } else {
     std::vector<uint16_t> bits(v.size());
-    for (size_t i = 0; i < v.size(); ++i) {
-      uint32_t u;
-      std::memcpy(&u, &v[i], 4);
-      bits[i] = static_cast<uint16_t>(u >> 16);
-    }
+    for (size_t i = 0; i < v.size(); ++i) bits[i] = ToBits(v[i], t);
     cudaMemcpy(d, bits.data(), bits.size() * 2, cudaMemcpyHostToDevice);
   }
   return d;
 }
 
-static void* NanBuffer(size_t n, DType t) {  // 0xff.. is NaN in fp32 and bf16
+static void* NanBuffer(size_t n, DType t) {  // 0xff.. is NaN in fp32, bf16 and fp16
   void* d = nullptr;
   cudaMalloc(&d, n == 0 ? 1 : n * Size(t));
   cudaMemset(d, 0xff, n * Size(t));
@@ -366,16 +391,14 @@ static std::vector<float> Download(const void* d, size_t n, DType t) {
   } else {
     std::vector<uint16_t> bits(n);
     cudaMemcpy(bits.data(), d, n * 2, cudaMemcpyDeviceToHost);
-    for (size_t i = 0; i < n; ++i) {
-      const uint32_t u = static_cast<uint32_t>(bits[i]) << 16;
-      std::memcpy(&v[i], &u, 4);
-    }
+    for (size_t i = 0; i < n; ++i) v[i] = FromBits(bits[i], t);
   }
   return v;
 }
 
 static int Compare(const char* what, const std::vector<float>& got, const std::vector<double>& want, DType t) {
-  const double tol = t == DType::kFloat ? 1e-4 : 1.6e-2;  // bf16 keeps 8 bits of mantissa
+  // Output rounding dominates: bf16 keeps 8 significant bits, fp16 11.
+  const double tol = t == DType::kFloat ? 1e-4 : t == DType::kHalf ? 2e-3 : 1.6e-2;
   for (size_t i = 0; i < want.size(); ++i) {
     if (!(std::fabs(got[i] - want[i]) <= tol * (1.0 + std::fabs(want[i])))) {
       std::printf("FAIL %s [%zu]: got %g want %g\n", what, i, got[i], want[i]);
@@ -456,7 +479,7 @@ int main() {
     return 77;
   }
   int bad = 0;
-  for (DType t : {DType::kFloat, DType::kBFloat16})
+  for (DType t : {DType::kFloat, DType::kBFloat16, DType::kHalf})
     for (int ta = 0; ta < 2; ++ta)
       for (int tb = 0; tb < 2; ++tb) {
         bad += CheckGemm(t, ta, tb, 67, 45, 33);   // ragged in every dimension
@@ -464,10 +487,10 @@ int main() {
         bad += CheckGemm(t, ta, tb, 5, 70, 0);      // k == 0: zeros
       }
   bad += CheckGemm(DType::kFloat, false, false, 0, 7, 5);  // nothing to do
-  for (DType t : {DType::kFloat, DType::kBFloat16}) {
+  for (DType t : {DType::kFloat, DType::kBFloat16, DType::kHalf}) {
     bad += CheckRmsNorm(t, 5, 77);
     bad += CheckRmsNorm(t, 9, 1000);  // dim > threads per row: strided loop
-    bad += CheckRmsNorm(t, 37, 1);    // bf16: no room for the r scratch in dx
+    bad += CheckRmsNorm(t, 37, 1);    // 16-bit types: no room for the r scratch in dx
   }
   std::printf(bad ? "FAILED %d\n" : "OK\n", bad);
   return bad ? 1 : 0;
