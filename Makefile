@@ -18,7 +18,7 @@ PY310  ?= $(shell for p in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python3.1
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 export PYTHONWARNINGS ?= ignore::FutureWarning
 
-.PHONY: help setup setup-ref fixtures run test test-fast lint compile deploy-pipeline schedule serve bench docker-build lock clean
+.PHONY: help setup ops ops-if-compiler setup-ref fixtures run test test-fast lint compile deploy-pipeline schedule serve bench docker-build lock clean
 
 help: ## show this help
 	@# bold target names on a terminal only: a pipe or a log file gets no escape codes
@@ -35,14 +35,22 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]' --config-settings editable_mode=compat
 	@touch $(STAMP)
 
-run: setup ## run the whole pipeline locally on the tiny preset (outputs/tiny/)
+# Custom ops (model/ops): C++ CPU kernels, plus CUDA kernels when nvcc is found. Without a
+# compiler everything runs on the pure-TF fallback. Rebuilds only when sources or TF changed.
+ops: setup ## build seekline's custom C++/CUDA ops into model/ops/_build (ARGS='--force', '--no-gpu')
+	$(BIN)/python -m model.ops.build $(ARGS)
+
+ops-if-compiler: setup
+	@$(BIN)/python -m model.ops.build --if-compiler
+
+run: setup ops-if-compiler ## run the whole pipeline locally on the tiny preset (outputs/tiny/)
 	$(BIN)/seekline run --config $(CONFIG) $(ARGS)
 	$(BIN)/seekline runs --config $(CONFIG) -n 3
 
-test: setup ## run every test (unit, integration, end-to-end)
+test: setup ops-if-compiler ## run every test (unit, integration, end-to-end)
 	$(BIN)/python -m pytest -q $(ARGS)
 
-test-fast: setup ## run the tests not marked slow
+test-fast: setup ops-if-compiler ## run the tests not marked slow
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
 lint: setup ## ruff + Helm chart lint (Helm's Go library through helm-python-sdk)

@@ -90,6 +90,9 @@ def test_logits_signature_equals_the_forward_pass(exported):
 def test_fresh_process_load_and_saved_model_cli(exported, tmp_path):
     model_dir, out, push, manifest = exported
     sm = os.path.join(out, SAVED_MODEL_DIR, "7")
+    # traced on the pure-TF paths: no op of seekline's custom-op library in the graph
+    with open(os.path.join(sm, "saved_model.pb"), "rb") as f:
+        assert b"Seekline" not in f.read()
     script = (
         "import sys, json, tensorflow as tf\n"
         "m = tf.saved_model.load(sys.argv[1])\n"

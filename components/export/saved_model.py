@@ -24,6 +24,7 @@ import os
 import tensorflow as tf
 
 from common.errors import UserError
+from model import ops
 
 SIGNATURES = ("generate", "logits")
 
@@ -133,10 +134,13 @@ def export_saved_model(model_dir: str, out_dir: str, *, max_new_tokens_cap: int,
         raise UserError(f"export.max_new_tokens_cap={max_new_tokens_cap}: must be in [1, {context}) "
                         f"(the model's context is {context} tokens)")
     module = _ServingModule(model, max_new_tokens_cap, list(stop_token_ids), pad_token_id)
-    sigs = {"generate": module.generate.get_concrete_function(),
-            "logits": module.logits.get_concrete_function()}
-    sigs["serving_default"] = sigs["generate"]
-    tf.saved_model.save(module, out_dir, signatures=sigs)
+    # Traced on the pure-TF paths: the SavedModel must load in TF Serving or any TF without
+    # seekline's custom-op library (model/ops).
+    with ops.disabled():
+        sigs = {"generate": module.generate.get_concrete_function(),
+                "logits": module.logits.get_concrete_function()}
+        sigs["serving_default"] = sigs["generate"]
+        tf.saved_model.save(module, out_dir, signatures=sigs)
     return {"signatures": sorted(sigs), "max_new_tokens_cap": max_new_tokens_cap, "context": context,
             "stop_token_ids": list(stop_token_ids), "pad_token_id": pad_token_id,
             "path": os.path.abspath(out_dir) if "://" not in out_dir else out_dir}

@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 import shutil
@@ -5,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
+from model import ops
 from model.checkpoint.hf import import_hf_checkpoint, load_hf_checkpoint, save_hf_checkpoint
 from model.checkpoint.reader import CheckpointReader, dequant_fp8
 from model.checkpoint.safetensors_io import SafetensorsFile, write_safetensors
@@ -14,15 +16,21 @@ from model.errors import CheckpointError
 TOL = 1e-4
 
 
+@pytest.mark.parametrize("custom_ops", [
+    pytest.param(True, marks=pytest.mark.skipif(not ops.available(), reason="custom ops not built")), False],
+    ids=["ops-on", "ops-off"])
 @pytest.mark.parametrize("name", PARITY_FIXTURES)
-def test_logits_match_transformers(name):
+def test_logits_match_transformers(name, custom_ops):
+    """Both with seekline's custom ops (grouped-matmul MoE, fused RMSNorm) and on the pure-TF paths."""
     m = load_fixture_model(name)
     ref = reference(name)
-    err = np.abs(m(ref["input_ids"]).numpy() - ref["logits"]).max()
-    mask = ref["attention_mask"].astype(bool)
-    got = m(ref["padded_input_ids"], attention_mask=ref["attention_mask"]).numpy()
+    with contextlib.nullcontext() if custom_ops else ops.disabled():
+        err = np.abs(m(ref["input_ids"]).numpy() - ref["logits"]).max()
+        mask = ref["attention_mask"].astype(bool)
+        got = m(ref["padded_input_ids"], attention_mask=ref["attention_mask"]).numpy()
     err_pad = np.abs(got - ref["padded_logits"])[mask].max()
-    print(f"{name}: max abs err {err:.2e} (left-padded batch {err_pad:.2e})")
+    print(f"{name} (custom ops {'on' if custom_ops else 'off'}): max abs err {err:.2e} "
+          f"(left-padded batch {err_pad:.2e})")
     assert err <= TOL and err_pad <= TOL
 
 

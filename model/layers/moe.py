@@ -35,8 +35,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from model import ops
 from model.layers.linear import Linear
 from model.layers.mlp import SwiGLU
+from model.ops.grouped_matmul import grouped_matmul
 
 # Routed projections that may carry adapters, in the HF order gate_proj, up_proj, down_proj.
 EXPERT_PROJECTIONS = ("gate", "up", "down")
@@ -105,11 +107,16 @@ class MoE(keras.layers.Layer):
                  norm_topk_prob: bool = False, scoring_func: str = "sigmoid",
                  topk_method: str = "noaux_tc", initializer_range: float = 0.02,
                  expert_loop: str = "auto", **kwargs):
-        """expert_loop: "unrolled" | "while" | "auto" (unrolled up to 32 experts)."""
+        """expert_loop: "auto" | "grouped" | "unrolled" | "while". auto and grouped run all
+        experts through the grouped-matmul custom op (model/ops) when it is active, else the
+        pure-TF loop (unrolled up to 32 experts, a while loop above); unrolled / while force
+        that pure-TF loop."""
         super().__init__(**kwargs)
-        if expert_loop not in ("auto", "unrolled", "while"):
-            raise ValueError(f"expert_loop must be auto, unrolled or while, got {expert_loop!r}")
-        self.expert_loop = ("unrolled" if n_routed_experts <= 32 else "while") if expert_loop == "auto" else expert_loop
+        if expert_loop not in ("auto", "grouped", "unrolled", "while"):
+            raise ValueError(f"expert_loop must be auto, grouped, unrolled or while, got {expert_loop!r}")
+        self.use_grouped_op = expert_loop in ("auto", "grouped")
+        self.expert_loop = (("unrolled" if n_routed_experts <= 32 else "while") if self.use_grouped_op
+                            else expert_loop)
         self.hidden_size = hidden_size
         self.moe_intermediate_size = moe_intermediate_size
         self.n_routed_experts = n_routed_experts
@@ -275,12 +282,20 @@ class MoE(keras.layers.Layer):
         xs = tf.gather(x2d, token_of)                                       # (N*K, D) expert-major
         w = tf.gather(tf.reshape(r.topk_weight, [-1]), order)               # (N*K,)
         dt = x2d.dtype
-        if self.expert_loop == "unrolled":
+        if self.use_grouped_op and ops.active():
+            ys = self._experts_grouped(xs, counts, dt)
+        elif self.expert_loop == "unrolled":
             ys = self._experts_unrolled(xs, counts, dt)
         else:
             ys = self._experts_while(xs, counts, dt)
         ys = ys * tf.cast(w, dt)[:, None]                                   # (N*K, D)
         return tf.math.unsorted_segment_sum(ys, token_of, n)                # (N, D)
+
+    def _experts_grouped(self, xs, counts, dt):
+        """All experts in three grouped-matmul ops (custom kernel; gradients registered with it)."""
+        gate, up, down = (tf.cast(v, dt) for v in self._expert_weights())   # (E, D, I) ×2, (E, I, D)
+        h = tf.nn.silu(grouped_matmul(xs, gate, counts)) * grouped_matmul(xs, up, counts)  # (N*K, I)
+        return grouped_matmul(h, down, counts)                               # (N*K, D)
 
     def _experts_unrolled(self, xs, counts, dt):
         """One matmul chain per expert in the graph: fastest per step, trace time ∝ E."""
@@ -354,4 +369,4 @@ class MoE(keras.layers.Layer):
                 "topk_group": self.topk_group, "routed_scaling_factor": self.routed_scaling_factor,
                 "norm_topk_prob": self.norm_topk_prob, "scoring_func": self.scoring_func,
                 "topk_method": self.topk_method, "initializer_range": self.initializer_range,
-                "expert_loop": self.expert_loop}
+                "expert_loop": "auto" if self.use_grouped_op else self.expert_loop}

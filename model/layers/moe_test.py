@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from model import ops
 from model.layers.moe import EXPERT_PROJECTIONS, MoE, dispatch_plan, route
+
+# The pure-TF expert loops, and the grouped-matmul custom op when its library is built.
+LOOPS = ["unrolled", "while",
+         pytest.param("grouped", marks=pytest.mark.skipif(not ops.available(), reason="custom ops not built"))]
 
 
 def _route_reference(logits, bias, top_k, n_group, topk_group, norm, scale):
@@ -97,7 +102,7 @@ def _dense_reference(layer, x):
     return out.reshape(x.shape)
 
 
-@pytest.mark.parametrize("expert_loop", ["unrolled", "while"])
+@pytest.mark.parametrize("expert_loop", LOOPS)
 @pytest.mark.parametrize("scoring,method,n_group,topk_group", [
     ("sigmoid", "noaux_tc", 4, 2), ("softmax", "greedy", 1, 1), ("softmax", "group_limited_greedy", 2, 1)])
 def test_moe_matches_dense_reference(scoring, method, n_group, topk_group, expert_loop):
@@ -109,7 +114,7 @@ def test_moe_matches_dense_reference(scoring, method, n_group, topk_group, exper
     np.testing.assert_allclose(layer(x).numpy(), _dense_reference(layer, x), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("expert_loop", ["unrolled", "while"])
+@pytest.mark.parametrize("expert_loop", LOOPS)
 @pytest.mark.parametrize("graph", [False, True])
 def test_moe_gradients_flow_to_chosen_experts_only(expert_loop, graph):
     layer = MoE(8, 4, 8, 0, 1, 1, 1, 1.0, True, "sigmoid", "noaux_tc", initializer_range=0.3,
@@ -194,7 +199,7 @@ def test_fresh_expert_adapters_change_nothing_and_freeze_the_stacks():
         other.merge_expert_lora()
 
 
-@pytest.mark.parametrize("expert_loop", ["unrolled", "while"])
+@pytest.mark.parametrize("expert_loop", LOOPS)
 @pytest.mark.parametrize("graph", [False, True])
 def test_expert_adapters_in_every_expert_path_match_the_lora_formula(expert_loop, graph):
     layer = _adapted(expert_loop)
@@ -220,7 +225,7 @@ def test_unrolled_and_while_loops_agree_with_expert_adapters():
     np.testing.assert_allclose(tf.function(a)(x).numpy(), tf.function(b)(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("expert_loop", ["unrolled", "while"])
+@pytest.mark.parametrize("expert_loop", LOOPS)
 def test_expert_adapter_gradients_reach_chosen_experts_only(expert_loop):
     layer = _adapted(expert_loop)
     x = tf.constant(np.random.default_rng(3).normal(size=(1, 2, 16)).astype(np.float32))
@@ -258,7 +263,7 @@ def _op_types(layer, x, **kw):
     return sorted(op.type for op in graph.get_operations())
 
 
-@pytest.mark.parametrize("expert_loop", ["unrolled", "while"])
+@pytest.mark.parametrize("expert_loop", LOOPS)
 def test_no_adapter_path_has_no_extra_ops(expert_loop):
     layer = MoE(16, 8, 8, 1, 3, 4, 2, 2.5, True, "sigmoid", "noaux_tc", expert_loop=expert_loop)
     x = tf.TensorSpec([2, 5, 16], tf.float32)

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+
+from model.ops.rms_norm import rms_norm
 
 
 @keras.saving.register_keras_serializable(package="seekline")
@@ -15,12 +16,9 @@ class RMSNorm(keras.layers.Layer):
         self.built = True
 
     def call(self, x):
-        # x: (..., dim). Normalise in fp32 so bf16 activations do not lose the small variances.
-        dtype = x.dtype
-        xf = tf.cast(x, tf.float32)
-        var = tf.reduce_mean(tf.square(xf), axis=-1, keepdims=True)
-        y = tf.cast(xf * tf.math.rsqrt(var + self.eps), dtype)
-        return tf.cast(self.weight, dtype) * y
+        # x: (..., dim). Normalised in fp32 so bf16 activations do not lose the small variances;
+        # one fused kernel when seekline's custom ops are active (model/ops), else pure TF.
+        return rms_norm(x, self.weight, self.eps)
 
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "eps": self.eps}

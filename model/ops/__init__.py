@@ -1,0 +1,132 @@
+"""seekline's custom TF ops (C++ CPU kernels, CUDA kernels when built with nvcc) and their loader.
+
+The ops replace the model core's hottest pure-TF subgraphs (docs/performance.md says why these):
+  grouped_matmul  MoE dispatch: all experts' ragged matmuls in one kernel (model/ops/grouped_matmul.py)
+  rms_norm        RMSNorm forward + backward in one pass (model/ops/rms_norm.py)
+
+The pure-TF paths stay and are the fallback, chosen automatically when the compiled library is
+missing, stale (built from other sources or another TF), disabled, or the graph is being
+XLA-compiled (XLA cannot compile custom ops). SEEKLINE_OPS selects the policy:
+  auto (default)  use the library when it loads, else pure TF (one warning)
+  on              require it: a missing or stale library is an error naming `make ops`
+  off             never use it
+`make ops` (python -m model.ops.build) builds the library; `make setup` builds it when a C++
+compiler is present.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+BUILD_DIR = Path(__file__).resolve().parent / "_build"
+CPU_LIB = "libseekline_ops.so"
+GPU_LIB = "libseekline_ops_gpu.so"
+MODES = ("auto", "on", "off")
+
+
+class OpsUnavailableError(RuntimeError):
+    """SEEKLINE_OPS=on but the compiled library cannot be used."""
+
+
+_lock = threading.RLock()
+_state: dict = {}            # "lib": loaded module or None, "why": reason it is None
+_local = threading.local()   # per-thread disable depth (disabled() scopes)
+
+
+def mode() -> str:
+    m = os.environ.get("SEEKLINE_OPS", "auto").strip().lower() or "auto"
+    if m not in MODES:
+        raise ValueError(f"SEEKLINE_OPS must be one of {', '.join(MODES)}, got {m!r}")
+    return m
+
+
+def _want_gpu_lib() -> bool:
+    import tensorflow as tf
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def _load():
+    """Load the library that matches this machine (the GPU build when a GPU is visible and
+    it was built), after checking its stamp against the current sources and TF."""
+    import tensorflow as tf
+
+    from model.ops import build  # local: build imports tensorflow.sysconfig only when asked
+
+    names = ([GPU_LIB] if _want_gpu_lib() else []) + [CPU_LIB]
+    reasons = []
+    for name in names:
+        path = BUILD_DIR / name
+        if not path.exists():
+            reasons.append(f"{path} is missing")
+            continue
+        stale = build.stale_reason(path)
+        if stale:
+            reasons.append(f"{path} is stale ({stale})")
+            continue
+        try:
+            return tf.load_op_library(str(path)), None
+        except Exception as e:  # noqa: BLE001 — any load failure means: fall back
+            reasons.append(f"{path} failed to load: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    return None, "; ".join(reasons)
+
+
+def library():
+    """The loaded op module (generated wrappers: seekline_grouped_matmul, ...) or None."""
+    m = mode()
+    if m == "off":
+        return None
+    with _lock:
+        if "lib" not in _state:
+            lib, why = _load()
+            _state["lib"], _state["why"] = lib, why
+            if lib is not None:
+                from model.ops import gradients  # registers the ops' gradients once
+                gradients.register(lib)
+            elif m == "auto":
+                log.warning("seekline custom ops not used (pure-TF fallback): %s. Build them with `make ops`.",
+                            why)
+    if _state["lib"] is None and m == "on":
+        raise OpsUnavailableError(f"SEEKLINE_OPS=on but the custom ops cannot be used: {_state['why']}. "
+                                  f"Run `make ops` (needs g++), or set SEEKLINE_OPS=auto to fall back to pure TF.")
+    return _state["lib"]
+
+
+def available() -> bool:
+    """True when the compiled library is loaded (and SEEKLINE_OPS is not off)."""
+    return library() is not None
+
+
+def _in_xla_context() -> bool:
+    from tensorflow.python.framework import ops as tf_ops
+    from tensorflow.python.ops import control_flow_util
+    return control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph())
+
+
+def active() -> bool:
+    """Whether code being traced/run here should use the custom ops: the library is available,
+    no disabled() scope is open on this thread, and we are not inside an XLA-compiled function."""
+    if getattr(_local, "disabled", 0) or not available():
+        return False
+    return not _in_xla_context()
+
+
+@contextlib.contextmanager
+def disabled():
+    """Trace the enclosed code with the pure-TF paths, e.g. for a SavedModel that must load
+    without seekline's library (model/export), or to compare ops on vs off in one process."""
+    _local.disabled = getattr(_local, "disabled", 0) + 1
+    try:
+        yield
+    finally:
+        _local.disabled -= 1
+
+
+def reset() -> None:
+    """Forget the loaded state (tests that flip SEEKLINE_OPS or rebuild the library)."""
+    with _lock:
+        _state.clear()

@@ -1,0 +1,38 @@
+// seekline custom ops: the device-side launchers the op kernels call.
+//
+// The CPU kernels live in the op files (grouped_matmul.cc, rms_norm.cc). The GPU launchers
+// below are implemented in ../cuda/*.cu.cc, compiled by nvcc WITHOUT TensorFlow headers (so a
+// CUDA toolkit newer than the one TF was built with still works), and called from the op files'
+// GOOGLE_CUDA sections with the stream TF gives the kernel. Every launcher returns 0 on success
+// or the cudaError_t value of the first failing CUDA call; it never synchronises the stream.
+#ifndef SEEKLINE_OPS_KERNELS_H_
+#define SEEKLINE_OPS_KERNELS_H_
+
+#include <cstdint>
+
+namespace seekline {
+
+// Element types the launchers understand (storage type; arithmetic is always fp32).
+enum class DType : int { kFloat = 0, kBFloat16 = 1, kHalf = 2 };
+
+// Row-major GEMM with fp32 accumulation, beta = 0:
+//   C[m, n] = sum_k op(A)[m, k] * op(B)[k, n]
+// op(A) = A (stored m x k) or A^T (stored k x m) when trans_a; likewise B (k x n, or n x k when
+// trans_b). C is m x n, contiguous. k == 0 writes zeros into C; m == 0 or n == 0 does nothing.
+int GemmGpu(void* stream, DType dtype, bool trans_a, bool trans_b, int64_t m, int64_t n,
+            int64_t k, const void* a, const void* b, void* c);
+
+// RMSNorm over the last axis of a contiguous (rows, dim) tensor, statistics in fp32:
+//   y = w * x * rsqrt(mean(x^2) + eps)        (one rounding to the storage type at the end)
+int RmsNormGpu(void* stream, DType dtype, int64_t rows, int64_t dim, float eps, const void* x,
+               const void* w, void* y);
+
+// Its gradient, with r = rsqrt(mean(x^2) + eps), g = w * dy:
+//   dx = r * g - x * r^3 * mean(g * x)            (per row)
+//   dw = sum over rows of dy * x * r               (accumulated in fp32, deterministic order)
+int RmsNormGradGpu(void* stream, DType dtype, int64_t rows, int64_t dim, float eps,
+                   const void* dy, const void* x, const void* w, void* dx, void* dw);
+
+}  // namespace seekline
+
+#endif  // SEEKLINE_OPS_KERNELS_H_
