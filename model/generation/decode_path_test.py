@@ -1,10 +1,13 @@
 """Which MoE expert path a cached one-token decode step takes, and that every path gives the
 logits of the full (uncached) forward: a few rows gather their experts' weights, a batch of rows
 (a GRPO rollout) takes the dispatch path, an XLA-compiled step (fixed_shape) always gathers."""
+import contextlib
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from model import ops
 from model.conftest import load_fixture_model
 from model.generation import left_pad
 from model.layers.moe import MoE
@@ -31,10 +34,16 @@ def _prefill_all_but_last(m, prompts):
     return step, m(ids, attention_mask=mask).numpy()[:, -1]
 
 
+@pytest.mark.parametrize("custom_ops", [
+    False, pytest.param(True, marks=pytest.mark.skipif(not ops.available(), reason="custom ops not built"))],
+    ids=["ops-off", "ops-on"])
 @pytest.mark.parametrize("rows,fixed_shape,gathered", [(2, False, True),    # 2 rows x 3 experts <= 8
                                                        (4, False, False),   # 12 pairs > 8 experts
                                                        (4, True, True)])    # XLA: fixed shapes
-def test_decode_path_choice_and_logits_equal_full_forward(monkeypatch, rows, fixed_shape, gathered):
+def test_decode_path_choice_and_logits_equal_full_forward(monkeypatch, rows, fixed_shape, gathered, custom_ops):
+    """With the grouped-matmul op active (outside XLA) decode always dispatches: the op runs the few
+    rows without the gathered path's weight copies."""
+    gathered = gathered and not custom_ops
     m = load_fixture_model("dsv3_qlora")          # 8 routed experts, top-3, 2 MoE layers
     prompts = [[5, 9, 13, 200, 7, 3], [42, 17, 8], [100, 4], [7, 7, 7, 7, 9]][:rows]
     step, full = _prefill_all_but_last(m, prompts)
@@ -44,7 +53,8 @@ def test_decode_path_choice_and_logits_equal_full_forward(monkeypatch, rows, fix
             calls[_key] += 1
             return _orig(self, *a, **kw)
         monkeypatch.setattr(MoE, name, counted)
-    got = step(fixed_shape)
+    with contextlib.nullcontext() if custom_ops else ops.disabled():
+        got = step(fixed_shape)
     assert calls == ({"gathered": 2, "dispatch": 0} if gathered else {"gathered": 0, "dispatch": 2})
     assert np.abs(got - full).max() <= TOL
 

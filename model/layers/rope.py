@@ -67,9 +67,11 @@ def apply_rope(x, cos, sin, interleaved: bool):
     if x.shape.rank == 4:
         cos, sin = cos[:, :, None, :], sin[:, :, None, :]          # (B, T, 1, d/2)
     cos, sin = tf.cast(cos, x.dtype), tf.cast(sin, x.dtype)
-    if interleaved:
-        x1, x2 = x[..., 0::2], x[..., 1::2]
+    # unstack / split rather than strided slices: their gradients are a stack / concat instead of
+    # a zero-filled StridedSliceGrad per half.
+    half = x.shape[-1] // 2
+    if interleaved:                                                  # pairs (x0, x1), (x2, x3), ...
+        x1, x2 = tf.unstack(tf.reshape(x, tf.concat([tf.shape(x)[:-1], [half, 2]], 0)), num=2, axis=-1)
     else:
-        half = x.shape[-1] // 2
-        x1, x2 = x[..., :half], x[..., half:]
+        x1, x2 = tf.split(x, 2, axis=-1)
     return tf.concat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)

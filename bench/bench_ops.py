@@ -1,0 +1,221 @@
+"""Custom ops on vs off, and how close the model's forward pass gets to the machine's matmul roofline.
+
+One process, interleaved rounds (op side and pure-TF side alternate which goes first), medians:
+  roofline   the machine's measured fp32 matmul ceiling: the best GFLOP/s of large square tf.matmul
+  ops        each custom op vs its pure-TF reference on the `small` preset's shapes (and a wider
+             MoE shape): grouped matmul forward / dx / weight grad, MoE layer forward+backward,
+             RMSNorm forward+backward
+  forward    the `small` model's forward pass (batch 1 x 1024 tokens, tf.function) with ops on and
+             off (ops.disabled() while tracing the off side): tokens/s, achieved GFLOP/s from
+             2·N_active FLOPs per token plus attention's score/value matmuls, fraction of roofline
+Writes bench/results/ops.json. The ratio is pure-TF time / op time (> 1: the op is faster).
+Usage: .venv/bin/python bench/bench_ops.py [--rounds 15] [--threads 2] [--out PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+OUT = Path(__file__).resolve().parent / "results" / "ops.json"
+
+
+# ---------------------------------------------------------------------- pure helpers (tested)
+def matmul_flops(m: int, k: int, n: int) -> int:
+    return 2 * m * k * n
+
+
+def forward_flops_per_token(cfg, context: int) -> float:
+    """2·N_active (weights a token touches) + attention's QK^T and PV matmuls at the mean causal
+    context (context / 2 keys per query), per layer: 2·heads·(qk_head + v_head)·context/2."""
+    import model
+    n_active = model.count_params(cfg.to_hf_dict())["activated"]
+    qk = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim if cfg.attention_type == "mla" else cfg.head_dim
+    v = cfg.v_head_dim if cfg.attention_type == "mla" else cfg.head_dim
+    attn = 2 * cfg.num_attention_heads * (qk + v) * (context / 2) * cfg.num_hidden_layers
+    return 2.0 * n_active + attn
+
+
+def interleaved(sides: dict, rounds: int) -> dict:
+    """sides {name: fn} -> {name: [seconds per round]}; the order rotates every round so both
+    sides see the same background load."""
+    names = list(sides)
+    out = {n: [] for n in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for n in order:
+            t0 = time.perf_counter()
+            sides[n]()
+            out[n].append(time.perf_counter() - t0)
+    return out
+
+
+def ratio(times: dict, ref: str = "pure_tf", new: str = "op") -> dict:
+    a, b = statistics.median(times[ref]), statistics.median(times[new])
+    return {f"{ref}_median_s": a, f"{new}_median_s": b, "speedup": a / b,
+            "spread": max(max(v) / min(v) for v in times.values())}
+
+
+# ---------------------------------------------------------------------- measurements
+def _sync(x):
+    import tensorflow as tf
+    for t in tf.nest.flatten(x):
+        t.numpy()
+
+
+def roofline(tf, sizes=(1024, 2048), reps: int = 5) -> dict:
+    best = {}
+    for n in sizes:
+        a, b = tf.random.normal([n, n]), tf.random.normal([n, n])
+        f = tf.function(lambda a, b: tf.matmul(a, b))
+        _sync(f(a, b))
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            _sync(f(a, b))
+            ts.append(time.perf_counter() - t0)
+        best[n] = matmul_flops(n, n, n) / min(ts) / 1e9
+    return {"gflops_by_size": best, "gflops": max(best.values())}
+
+
+def grouped_cases(tf, lib, rows: int, d: int, i: int, e: int, rounds: int) -> dict:
+    """The grouped-matmul op vs the pure-TF split + per-expert MatMul, equal groups."""
+    from model.ops.grouped_matmul import grouped_matmul_reference
+    x = tf.random.normal([rows, d])
+    w = tf.random.normal([e, d, i]) * 0.05
+    sizes = tf.constant([rows // e] * e, tf.int32)
+    dy = tf.random.normal([rows, i])
+    fl = matmul_flops(rows, d, i)
+
+    def wgrad_ref():
+        return tf.stack([tf.matmul(a, b, transpose_a=True)
+                         for a, b in zip(tf.split(x, sizes, num=e), tf.split(dy, sizes, num=e), strict=True)])
+
+    cases = {
+        "forward": (lambda: lib.seekline_grouped_matmul(x, w, sizes), lambda: grouped_matmul_reference(x, w, sizes)),
+        "dx (transpose_w)": (lambda: lib.seekline_grouped_matmul(dy, w, sizes, transpose_w=True),
+                             lambda: grouped_matmul_reference(dy, w, sizes, True)),
+        "weight grad": (lambda: lib.seekline_grouped_matmul_w_grad(x, dy, sizes), wgrad_ref),
+    }
+    res = {}
+    for name, (op_fn, ref_fn) in cases.items():
+        op_fn, ref_fn = tf.function(op_fn), tf.function(ref_fn)
+        _sync(op_fn()), _sync(ref_fn())
+        r = ratio(interleaved({"op": lambda f=op_fn: _sync(f()), "pure_tf": lambda f=ref_fn: _sync(f())}, rounds))
+        r["op_gflops"] = fl / r["op_median_s"] / 1e9
+        r["pure_tf_gflops"] = fl / r["pure_tf_median_s"] / 1e9
+        res[name] = r
+    return res
+
+
+def layer_case(tf, ops, layer, x, rounds: int) -> dict:
+    """One layer's forward+backward traced twice: custom ops on, and under ops.disabled()."""
+    def make():
+        @tf.function
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x)
+                loss = tf.reduce_sum(y * y)
+            return tape.gradient(loss, [x] + layer.trainable_variables)
+        return step
+    on, off = make(), make()
+    _sync(on(x))
+    with ops.disabled():
+        _sync(off(x))                      # traced on the pure-TF path
+    return ratio(interleaved({"op": lambda: _sync(on(x)), "pure_tf": lambda: _sync(off(x))}, rounds))
+
+
+def op_cases(tf, ops, rounds: int) -> dict:
+    from model.layers.moe import MoE
+    from model.layers.rmsnorm import RMSNorm
+    lib = ops.library()
+    res = {}
+    for label, shape in {"small (4096x256->128, 16 experts)": (4096, 256, 128, 16),
+                         "wide (8192x512->256, 64 experts)": (8192, 512, 256, 64)}.items():
+        for name, r in grouped_cases(tf, lib, *shape, rounds).items():
+            res[f"grouped_matmul {name}, {label}"] = r
+    x = tf.random.normal([4, 256, 256])
+    res["MoE layer fwd+bwd (4x256 tokens, small preset)"] = layer_case(
+        tf, ops, MoE(256, 128, 16, 1, 4, 1, 1, 2.5, True, "sigmoid", "noaux_tc"), x, rounds)
+    res["RMSNorm fwd+bwd (4x256x256)"] = layer_case(tf, ops, RMSNorm(256), x, rounds)
+    return res
+
+
+def forward(tf, ops, rounds: int, preset: str, seq: int, roof_gflops: float) -> dict:
+    import model
+    cfg = model.ModelConfig.from_preset(preset)
+    cfg = cfg.replace(rope_scaling=None, num_nextn_predict_layers=0,
+                      max_position_embeddings=max(cfg.max_position_embeddings, seq))
+    m = model.build_model(cfg, seed=0)
+    ids = tf.random.uniform([1, seq], 0, cfg.vocab_size, tf.int32, seed=1)
+    on = tf.function(lambda t: m(t))
+    off = tf.function(lambda t: m(t))
+    y_on = on(ids)
+    with ops.disabled():
+        y_off = off(ids)
+    diff = float(tf.reduce_max(tf.abs(y_on - y_off)))
+    t = interleaved({"op": lambda: _sync(on(ids)), "pure_tf": lambda: _sync(off(ids))}, rounds)
+    r = ratio(t)
+    fpt = forward_flops_per_token(cfg, seq)
+    for side in ("op", "pure_tf"):
+        gf = fpt * seq / r[f"{side}_median_s"] / 1e9
+        r[f"{side}_tokens_per_s"] = seq / r[f"{side}_median_s"]
+        r[f"{side}_gflops"] = gf
+        r[f"{side}_roofline_fraction"] = gf / roof_gflops
+    r.update(preset=preset, tokens=seq, flops_per_token=fpt, max_abs_logit_diff_on_vs_off=diff)
+    return r
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--seq", type=int, default=1024)
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args(argv)
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    from model import ops
+    if not ops.available():
+        print("custom ops not available (run `make ops`); nothing to compare", file=sys.stderr)
+        return 1
+    t0 = time.perf_counter()
+    roof = roofline(tf)
+    res = {"device": {"cpu": platform.processor() or "cpu", "cores": os.cpu_count(),
+                      "loadavg_start": os.getloadavg()},
+           "threads": args.threads, "tensorflow": tf.__version__, "rounds": args.rounds,
+           "roofline": roof,
+           "ops": op_cases(tf, ops, args.rounds),
+           "forward": forward(tf, ops, args.rounds, args.preset, args.seq, roof["gflops"])}
+    res["device"]["loadavg_end"] = os.getloadavg()
+    res["wall_s"] = time.perf_counter() - t0
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    print(f"matmul roofline (best large tf.matmul, fp32, {args.threads} threads): {roof['gflops']:.0f} GFLOP/s")
+    print(f"{'case':<66} {'pure TF ms':>10} {'op ms':>8} {'speedup':>8} {'spread':>7}")
+    for name, r in res["ops"].items():
+        print(f"{name:<66} {1e3 * r['pure_tf_median_s']:>10.2f} {1e3 * r['op_median_s']:>8.2f} "
+              f"{r['speedup']:>7.2f}x {r['spread']:>7.2f}")
+    f = res["forward"]
+    print(f"forward {f['preset']} x {f['tokens']} tokens: ops off {f['pure_tf_tokens_per_s']:.0f} tok/s "
+          f"({f['pure_tf_gflops']:.1f} GFLOP/s, {100 * f['pure_tf_roofline_fraction']:.0f}% of roofline), ops on "
+          f"{f['op_tokens_per_s']:.0f} tok/s ({f['op_gflops']:.1f} GFLOP/s, "
+          f"{100 * f['op_roofline_fraction']:.0f}% of roofline); speedup {f['speedup']:.2f}x; "
+          f"logits on vs off max |diff| {f['max_abs_logit_diff_on_vs_off']:.1e}")
+    print(f"wrote {args.out} ({res['wall_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

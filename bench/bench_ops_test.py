@@ -1,0 +1,24 @@
+"""bench_ops' arithmetic (the benchmark itself runs by hand: bench/README.md)."""
+import pytest
+
+from bench import bench_ops
+
+
+def test_matmul_flops_and_ratio():
+    assert bench_ops.matmul_flops(2, 3, 4) == 48
+    r = bench_ops.ratio({"pure_tf": [3.0, 1.0, 2.0], "op": [1.0, 0.5, 2.0]})
+    assert r["speedup"] == pytest.approx(2.0) and r["spread"] == pytest.approx(4.0)
+
+
+def test_interleaved_rotates_the_order():
+    seen = []
+    out = bench_ops.interleaved({"a": lambda: seen.append("a"), "b": lambda: seen.append("b")}, 3)
+    assert seen == ["a", "b", "b", "a", "a", "b"] and all(len(v) == 3 for v in out.values())
+
+
+def test_forward_flops_per_token_by_hand():
+    import model
+    cfg = model.ModelConfig.from_preset("small").replace(num_nextn_predict_layers=0)
+    n_active = model.count_params(cfg.to_hf_dict())["activated"]
+    # small: 8 heads, qk 32 + 16, v 32, 6 layers; context 1024 -> 512 keys on average
+    assert bench_ops.forward_flops_per_token(cfg, 1024) == 2 * n_active + 2 * 8 * (48 + 32) * 512 * 6
