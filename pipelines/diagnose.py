@@ -34,6 +34,11 @@ PATTERNS: tuple[Pattern, ...] = (
     Pattern("FutureWarnings (`google.api_core … non-supported Python version`) on the console",
             r"FutureWarning.*(non-supported Python version|google\.api_core)|google\.api_core.*FutureWarning"),
     Pattern("`make bench` fails in `setup-ref`", r"python3\.11 not found"),
+    Pattern("`seekline: error: SEEKLINE_OPS=on but the custom ops cannot be used: …`",
+            r"SEEKLINE_OPS=on but the custom ops cannot be used"),
+    Pattern("`seekline custom ops not used (pure-TF fallback): …` warning",
+            r"seekline custom ops not used \(pure-TF fallback\)"),
+    Pattern("`error: custom ops not built: …` from `make ops`", r"custom ops not built: "),
     # -- resources / training -------------------------------------------------------------
     Pattern("`ResourceExhaustedError: OOM when allocating tensor …` / `Killed` (exit 137)",
             r"ResourceExhausted|OOM when allocating|out of memory|OOMKilled|exit (code|status) 137|"

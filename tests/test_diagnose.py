@@ -17,7 +17,7 @@ CATCH_ALL = "any other `seekline: error: …` line"
 # The exception types the CLI prints as one `seekline: error:` line (UserError and subclasses,
 # the model core's own ones; pipelines/cli.main).
 USER_ERRORS = {"UserError", "ConfigError", "InputDataError", "DeployError", "CheckpointError",
-               "GenerationError", "TeacherError", "TrainingError"}
+               "GenerationError", "TeacherError", "TrainingError", "OpsUnavailableError"}
 
 # One or more real-format log lines per pattern: seekline's own messages as the code formats them,
 # and the third-party lines as TF, Kubernetes, Beam, make print them.
@@ -31,6 +31,16 @@ SAMPLES = {
         "/x/site-packages/google/api_core/_python_version_support.py:266: FutureWarning: You are using a "
         "non-supported Python version (3.10.13)."],
     "`make bench` fails in `setup-ref`": ["error: python3.11 not found (needed for the transformers reference venv)"],
+    "`seekline: error: SEEKLINE_OPS=on but the custom ops cannot be used: …`": [
+        "seekline: error: SEEKLINE_OPS=on but the custom ops cannot be used: /x/model/ops/_build/libseekline_ops.so "
+        "is stale (sources changed since it was built). Run `make ops` (needs g++), or set SEEKLINE_OPS=auto to "
+        "fall back to pure TF."],
+    "`seekline custom ops not used (pure-TF fallback): …` warning": [
+        "WARNING:model.ops:seekline custom ops not used (pure-TF fallback): /x/model/ops/_build/libseekline_ops.so "
+        "is missing. Build them with `make ops`."],
+    "`error: custom ops not built: …` from `make ops`": [
+        "error: custom ops not built: no C++ compiler found (install g++ or set CXX); the pure-TF fallback stays "
+        "in use"],
     "`ResourceExhaustedError: OOM when allocating tensor …` / `Killed` (exit 137)": [
         "tensorflow.python.framework.errors_impl.ResourceExhaustedError: {{function_node __wrapped__MatMul}} "
         "OOM when allocating tensor with shape[16,256,4096] and type float on /job:localhost/replica:0/task:0/"

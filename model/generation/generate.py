@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from model import ops
 from model.errors import GenerationError
 from model.generation.config import GenerationConfig
 from model.generation.sampling import select_next
@@ -76,6 +77,9 @@ _FNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _cached_fn(model, key, make):
+    # keyed by whether seekline's custom ops are in use too: a function traced with them must
+    # not be reused under ops.disabled() (or the reverse)
+    key = (*key, ops.active())
     per_model = _FNS.setdefault(model, {})
     if key not in per_model:
         per_model[key] = make(weakref.ref(model))

@@ -19,6 +19,7 @@ from model.layers.attention_utils import softmax_fp32
 from model.layers.linear import Linear
 from model.layers.rmsnorm import RMSNorm
 from model.layers.rope import apply_rope
+from model.ops.mla_attention import mla_latent_attention
 
 # transformers and the reference code build q_a_layernorm / kv_a_layernorm with the default eps,
 # not config.rms_norm_eps.
@@ -107,10 +108,9 @@ class MultiHeadLatentAttention(keras.layers.Layer):
                        [self.kv_lora_rank, self.num_heads, self.qk_nope_head_dim + self.v_head_dim])
         w_uk, w_uv = w[..., :self.qk_nope_head_dim], w[..., self.qk_nope_head_dim:]  # (C,H,dn),(C,H,dv)
         q_lat = tf.einsum("bthd,chd->bthc", q_nope, w_uk)                          # (B, T, H, C)
-        scores = (tf.einsum("bthc,bsc->bhts", q_lat, c_norm)
-                  + tf.einsum("bthd,bsd->bhts", q_pe, k_pe)) * self.softmax_scale   # (B, H, T, S)
-        p = softmax_fp32(scores, bias, c_norm.dtype)
-        o_lat = tf.einsum("bhts,bsc->bthc", p, c_norm)                            # (B, T, H, C)
+        # scores, fp32 softmax and the weighted sum over the latent: one fused kernel when the
+        # custom ops are active (model/ops/mla_attention.py), else three einsums
+        o_lat = mla_latent_attention(q_lat, q_pe, c_norm, k_pe, bias, self.softmax_scale)  # (B, T, H, C)
         return tf.einsum("bthc,chd->bthd", o_lat, w_uv)                           # (B, T, H, dv)
 
     def _out(self, o):

@@ -3,6 +3,7 @@
 The ops replace the model core's hottest pure-TF subgraphs (docs/performance.md says why these):
   grouped_matmul  MoE dispatch: all experts' ragged matmuls in one kernel (model/ops/grouped_matmul.py)
   rms_norm        RMSNorm forward + backward in one pass (model/ops/rms_norm.py)
+  mla_latent_attention  MLA's absorbed decode attention over the latent cache (model/ops/mla_attention.py)
 
 The pure-TF paths stay and are the fallback, chosen automatically when the compiled library is
 missing, stale (built from other sources or another TF), disabled, or the graph is being
@@ -21,6 +22,8 @@ import os
 import threading
 from pathlib import Path
 
+from common.errors import UserError
+
 log = logging.getLogger(__name__)
 
 BUILD_DIR = Path(__file__).resolve().parent / "_build"
@@ -29,8 +32,8 @@ GPU_LIB = "libseekline_ops_gpu.so"
 MODES = ("auto", "on", "off")
 
 
-class OpsUnavailableError(RuntimeError):
-    """SEEKLINE_OPS=on but the compiled library cannot be used."""
+class OpsUnavailableError(UserError, RuntimeError):
+    """SEEKLINE_OPS=on but the compiled library cannot be used (the CLI prints it as one line)."""
 
 
 _lock = threading.RLock()

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from model import ops
 from model.ops.grouped_matmul import grouped_matmul, grouped_matmul_reference
+from model.ops.mla_attention import mla_latent_attention_reference
 from model.ops.rms_norm import rms_norm, rms_norm_reference
 
 pytestmark = pytest.mark.skipif(not ops.available(), reason="custom ops not built (make ops)")
@@ -211,3 +212,48 @@ def test_not_used_inside_xla_and_disabled_scopes():
     # and the XLA-compiled function still runs (pure-TF path) with the same numbers
     y_xla = tf.function(lambda a, b: rms_norm(a, b, 1e-6), jit_compile=True)(x, w)
     np.testing.assert_allclose(y_xla, rms_norm(x, w, 1e-6), rtol=1e-5, atol=1e-6)
+
+
+def _np_mla(q_lat, q_pe, c, k_pe, bias, scale):
+    """numpy float64 absorbed attention: softmax(scale·(q·c + q_pe·k_pe) + bias)·c."""
+    s = np.einsum("bthc,bsc->bhts", q_lat, c) + np.einsum("bthd,bsd->bhts", q_pe, k_pe)
+    s = s * scale + bias.astype(np.float64)                        # bias (B|1, 1, T|1, S) broadcasts
+    s = s - s.max(-1, keepdims=True)
+    p = np.exp(s)
+    p /= p.sum(-1, keepdims=True)
+    return np.einsum("bhts,bsc->bthc", p, c)
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16, tf.float16])
+@pytest.mark.parametrize("b,t,h,c,r,s,bias_shape", [
+    (2, 1, 8, 64, 16, 37, "full"),      # a decode step over an odd-length cache
+    (1, 5, 3, 7, 3, 9, "full"),         # several new tokens (speculative verify / chunked prefill)
+    (3, 2, 2, 8, 4, 6, "broadcast"),    # bias (1, 1, 1, S)
+])
+def test_mla_latent_attention_matches_numpy(b, t, h, c, r, s, bias_shape, dtype):
+    rng = np.random.default_rng(s)
+    q_lat = tf.cast(rng.normal(size=(b, t, h, c)).astype(np.float32), dtype)
+    q_pe = tf.cast(rng.normal(size=(b, t, h, r)).astype(np.float32), dtype)
+    cache = tf.cast(rng.normal(size=(b, s, c)).astype(np.float32), dtype)
+    k_pe = tf.cast(rng.normal(size=(b, s, r)).astype(np.float32), dtype)
+    bshape = (b, 1, t, s) if bias_shape == "full" else (1, 1, 1, s)
+    bias = np.where(rng.random(bshape) < 0.3, -1e9, 0.0).astype(np.float32)
+    bias[..., 0] = 0.0                                           # at least one visible key per row
+    scale = 0.3
+    out = ops.library().seekline_mla_latent_attention(q_lat, q_pe, cache, k_pe, bias, scale=scale)
+    assert out.dtype == dtype and out.shape == (b, t, h, c)
+    f = [np.asarray(tf.cast(v, tf.float32), np.float64) for v in (q_lat, q_pe, cache, k_pe)]
+    _assert_close(out, _np_mla(*f, bias, scale), dtype, scale=2.0)
+    if dtype == tf.float32:      # and the einsum path it replaces
+        ref = mla_latent_attention_reference(q_lat, q_pe, cache, k_pe, bias, scale)
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_mla_latent_attention_rejects_mismatched_cache_and_bias():
+    q, qpe = tf.ones([1, 1, 2, 4]), tf.ones([1, 1, 2, 3])
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError)):
+        ops.library().seekline_mla_latent_attention(q, qpe, tf.ones([1, 5, 4]), tf.ones([1, 6, 3]),
+                                                    tf.zeros([1, 1, 1, 5]), scale=1.0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="bias must be"):
+        ops.library().seekline_mla_latent_attention(q, qpe, tf.ones([1, 5, 4]), tf.ones([1, 5, 3]),
+                                                    tf.zeros([1, 1, 1, 4]), scale=1.0)
