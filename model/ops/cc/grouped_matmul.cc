@@ -162,7 +162,10 @@ void ShardTiles(OpKernelContext* ctx, const std::vector<Tile>& tiles, int64_t co
                     });
 }
 
-constexpr int64_t kRowBlock = 64;
+// 256 rows per tile: 64 gave ~70 GFLOP/s and 256 ~130 on the small preset's expert shapes (2 cores;
+// Eigen's packing cost is amortised over more rows), and a group rarely has more rows than that
+// per thread at the batch sizes MoE layers see here.
+constexpr int64_t kRowBlock = 256;
 
 template <typename T>
 class GroupedMatmulCpu : public OpKernel {
