@@ -246,6 +246,7 @@ def piece_runners(side: SeeklineStep, batch) -> dict:
     gradient accumulation."""
     import tensorflow as tf
 
+    from model import ops
     from model.layers.moe import dispatch_plan
     from model.losses import causal_lm_loss, mtp_loss
     tr = side.trainer
@@ -305,7 +306,11 @@ def piece_runners(side: SeeklineStep, batch) -> dict:
         def experts(*xs):
             total = []
             for blk, xsorted, (_, counts) in zip(blocks, xs, plans, strict=True):
-                loop = blk.mlp._experts_unrolled if blk.mlp.expert_loop == "unrolled" else blk.mlp._experts_while
+                # the path the step itself takes: the grouped-matmul op when active (model/ops)
+                if blk.mlp.use_grouped_op and ops.active():
+                    loop = blk.mlp._experts_grouped
+                else:
+                    loop = blk.mlp._experts_unrolled if blk.mlp.expert_loop == "unrolled" else blk.mlp._experts_while
                 total.append(_half_sq(loop(xsorted, counts, xsorted.dtype)))
             return tf.add_n(total)
         out["moe_expert_matmuls"] = _grad_runner(
