@@ -54,13 +54,14 @@ def _want_gpu_lib() -> bool:
 
 
 def _load():
-    """Load the library that matches this machine (the GPU build when a GPU is visible and
-    it was built), after checking its stamp against the current sources and TF."""
+    """Load the library that matches this machine, after checking its stamp against the current
+    sources and TF. With a GPU visible only the GPU build will do: the CPU build's ops would be
+    placed on the host, copying every activation across."""
     import tensorflow as tf
 
     from model.ops import build  # local: build imports tensorflow.sysconfig only when asked
 
-    names = ([GPU_LIB] if _want_gpu_lib() else []) + [CPU_LIB]
+    names = [GPU_LIB] if _want_gpu_lib() else [CPU_LIB]
     reasons = []
     for name in names:
         path = BUILD_DIR / name

@@ -3,25 +3,18 @@
 q_lat (B, T, H, C) = q_nope·W_UK, q_pe (B, T, H, R), cache c (B, S, C) and k_pe (B, S, R), bias
 (B|1, 1, T|1, S) -> o_lat (B, T, H, C) = softmax(scale·(q_lat·c + q_pe·k_pe) + bias)·c, softmax in
 fp32. The custom op (model/ops/cc/mla_decode.cc) is one pass per (b, t) row; the reference is the
-einsum path MLA used before it. Forward only (decoding is never differentiated), CPU kernel only:
-with a GPU visible the reference runs, so the op never drags a GPU graph onto the host.
+einsum path MLA used before it. Forward only (decoding is never differentiated); the GPU build of
+the library carries its CUDA kernel (model/ops/cuda/mla_decode.cu.cc).
 """
 from __future__ import annotations
-
-import functools
 
 import tensorflow as tf
 
 from model import ops
 
 
-@functools.lru_cache(maxsize=1)
-def _gpu_visible() -> bool:
-    return bool(tf.config.list_physical_devices("GPU"))
-
-
 def mla_latent_attention(q_lat, q_pe, c, k_pe, bias, scale: float):
-    if ops.active() and not _gpu_visible():
+    if ops.active():
         return ops.library().seekline_mla_latent_attention(q_lat, q_pe, c, k_pe, tf.cast(bias, tf.float32),
                                                            scale=float(scale))
     return mla_latent_attention_reference(q_lat, q_pe, c, k_pe, bias, scale)

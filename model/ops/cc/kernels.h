@@ -33,6 +33,18 @@ int RmsNormGpu(void* stream, DType dtype, int64_t rows, int64_t dim, float eps, 
 int RmsNormGradGpu(void* stream, DType dtype, int64_t rows, int64_t dim, float eps,
                    const void* dy, const void* x, const void* w, void* dx, void* dw);
 
+// MLA absorbed attention over the latent cache (SeeklineMlaLatentAttention), fp32 softmax:
+//   o_lat[b,t,h,:] = sum_s p[s] * c[b,s,:],
+//   p = softmax_s(scale * (q_lat[b,t,h,:]·c[b,s,:] + q_pe[b,t,h,:]·k_pe[b,s,:]) + bias[bb,0,tt,s])
+// q_lat (B,T,H,C), q_pe (B,T,H,R), c (B,S,C), k_pe (B,S,R) in `dtype`, contiguous; bias fp32 of
+// shape (bias_b, 1, bias_t, S) with bias_b in {1, B} and bias_t in {1, T} (broadcast: bb = 0 when
+// bias_b == 1, tt = 0 when bias_t == 1); o_lat (B,T,H,C) in `dtype`. S == 0 never happens (the op
+// rejects it). Rows with every key masked (bias -1e9) give the uniform average, as the softmax does.
+int MlaLatentAttentionGpu(void* stream, DType dtype, int64_t b, int64_t t, int64_t h, int64_t c, int64_t r,
+                          int64_t s, int64_t bias_b, int64_t bias_t, float scale, const void* q_lat,
+                          const void* q_pe, const void* cache, const void* k_pe, const float* bias,
+                          void* o_lat);
+
 }  // namespace seekline
 
 #endif  // SEEKLINE_OPS_KERNELS_H_
