@@ -1,7 +1,7 @@
 """build_cuda: nvcc discovery, arch filtering, error reporting, and a real compile + link.
 
 The real-nvcc tests build the launchers and a host check program (naive double-precision CPU
-references for GEMM and RMSNorm forward/grad). Without a GPU the program is only built (and run
+references for GEMM, RMSNorm forward/grad and MLA latent attention). Without a GPU the program is only built (and run
 to see that it reports the missing device instead of crashing); with one it also checks numbers.
 """
 
@@ -26,6 +26,8 @@ LAUNCHERS = (
     "seekline::RmsNormGpu(void*, seekline::DType, long, long, float, void const*, void const*, void*)",
     "seekline::RmsNormGradGpu(void*, seekline::DType, long, long, float, void const*, void const*, "
     "void const*, void*, void*)",
+    "seekline::MlaLatentAttentionGpu(void*, seekline::DType, long, long, long, long, long, long, long, long, "
+    "float, void const*, void const*, void const*, void const*, float const*, void*)",
 )
 NO_DEVICE_EXIT = 77  # the check program's "no usable GPU" exit status
 
@@ -83,7 +85,7 @@ def objects(tmp_path_factory):
 
 @needs_nvcc
 def test_compile_defines_the_launchers(objects):
-    assert [p.name for p in objects] == ["gemm.cu.o", "rms_norm.cu.o"]
+    assert [p.name for p in objects] == ["gemm.cu.o", "mla_decode.cu.o", "rms_norm.cu.o"]
     nm = subprocess.run(["nm", "-C", *map(str, objects)], capture_output=True, text=True, check=True).stdout
     defined = {line.split(" ", 2)[2] for line in nm.splitlines() if line.count(" ") >= 2 and line.split(" ")[1] == "T"}
     for symbol in LAUNCHERS:
@@ -128,14 +130,15 @@ def test_check_program_builds_and_runs(objects, tmp_path):
 
 
 def _rewrite_launches(source: str) -> str:
-    """`K<<<grid, block, 0, stream>>>(args)` -> `::emu::Launch(dim3(grid), dim3(block), &K, args)`."""
+    """`K<<<grid, block, shmem, stream>>>(args)` -> `::emu::Launch(dim3(grid), dim3(block), shmem, &K, args)`,
+    and `extern __shared__ T name[];` -> a pointer to the launch's dynamic shared memory."""
     def launch(match: re.Match) -> str:
         config = [part.strip() for part in match.group(2).split(",")]
         assert len(config) == 4, f"unexpected launch configuration {config}"
-        return f"::emu::Launch(dim3({config[0]}), dim3({config[1]}), &{match.group(1)}, "
+        return f"::emu::Launch(dim3({config[0]}), dim3({config[1]}), {config[2]}, &{match.group(1)}, "
     out, count = re.subn(r"([A-Za-z_]\w*(?:<[^<>]*>)?)<<<([^>]*)>>>\(", launch, source)
     assert count > 0, "no kernel launches found"
-    return out
+    return re.sub(r"extern __shared__ (\w+) (\w+)\[\];", r"\1* \2 = static_cast<\1*>(::emu::dynamic_shared);", out)
 
 
 @needs_gxx
@@ -195,7 +198,9 @@ struct dim3 {
   dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 typedef struct EmuStream* cudaStream_t;
-enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorInvalidConfiguration = 9 };
+enum cudaError_t {
+  cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2, cudaErrorInvalidConfiguration = 9
+};
 enum cudaMemcpyKind { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2 };
 
 namespace emu {
@@ -204,15 +209,18 @@ inline dim3 block_dim, grid_dim;
 inline std::barrier<>* barrier = nullptr;
 inline std::vector<float> exchange;  // one slot per thread for __shfl_xor_sync
 inline cudaError_t last_error = cudaSuccess;
+inline void* dynamic_shared = nullptr;  // the running launch's dynamic shared memory (exact size, for ASan)
 
 template <typename... P, typename... A>
-void Launch(dim3 grid, dim3 block, void (*kernel)(P...), A... args) {
+void Launch(dim3 grid, dim3 block, size_t shared_bytes, void (*kernel)(P...), A... args) {
   const unsigned threads = block.x * block.y * block.z;
   if (threads == 0 || threads > 1024 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 ||
-      grid.z > 65535 || grid.x > 2147483647u) {
+      grid.z > 65535 || grid.x > 2147483647u || shared_bytes > 48 * 1024) {
     last_error = cudaErrorInvalidConfiguration;
     return;
   }
+  std::vector<float> dyn(shared_bytes / sizeof(float), std::nanf(""));  // garbage until written
+  dynamic_shared = dyn.empty() ? nullptr : dyn.data();
   grid_dim = grid;
   block_dim = block;
   std::barrier<> sync(threads);
@@ -289,6 +297,8 @@ inline cudaError_t cudaMalloc(void** p, size_t bytes) {
   return *p ? cudaSuccess : cudaErrorInvalidValue;
 }
 inline cudaError_t cudaFree(void* p) { std::free(p); return cudaSuccess; }
+inline cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) { return cudaMalloc(p, bytes); }
+inline cudaError_t cudaFreeAsync(void* p, cudaStream_t) { return cudaFree(p); }
 inline cudaError_t cudaMemset(void* p, int v, size_t bytes) { std::memset(p, v, bytes); return cudaSuccess; }
 inline cudaError_t cudaMemcpy(void* d, const void* s, size_t bytes, cudaMemcpyKind) {
   if (bytes > 0) std::memcpy(d, s, bytes);  // empty vectors may hand over nullptr
@@ -471,6 +481,61 @@ static int CheckRmsNorm(DType t, int64_t rows, int64_t dim) {
   return bad;
 }
 
+// MLA latent attention. Masked keys get bias -1e9; `full_mask_row` >= 0 masks every key of that bias
+// row, whose reference is then the plain average of c over s (the fp32 softmax of equal scores). The
+// scores buffer holds S floats: S above the launcher's shared-memory limit (~12K) takes the
+// global-scratch path.
+static int CheckMla(DType t, int64_t B, int64_t T, int64_t H, int64_t C, int64_t R, int64_t S, int64_t bias_b,
+                    int64_t bias_t, int64_t full_mask_row) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(C + R));
+  auto q = Random(B * T * H * C, t), qpe = Random(B * T * H * R, t);
+  auto c = Random(B * S * C, t), kpe = Random(B * S * R, t);
+  std::vector<float> bias(bias_b * bias_t * S);
+  for (int64_t i = 0; i < static_cast<int64_t>(bias.size()); ++i) {
+    const bool masked = i / S == full_mask_row || (i * 7 + 3) % 5 == 0;  // ~1 key in 5 (all of a row only when S == 1)
+    bias[i] = masked ? -1e9f : 0.5f * Uniform();
+  }
+  std::vector<double> want(B * T * H * C, 0.0);
+  for (int64_t bi = 0; bi < B; ++bi)
+    for (int64_t ti = 0; ti < T; ++ti) {
+      const int64_t brow = (bias_b == 1 ? 0 : bi) * bias_t + (bias_t == 1 ? 0 : ti);
+      const float* bias_row = bias.data() + brow * S;
+      for (int64_t hi = 0; hi < H; ++hi) {
+        const int64_t row = (bi * T + ti) * H + hi;
+        std::vector<double> p(S);
+        if (brow == full_mask_row) {
+          for (auto& v : p) v = 1.0 / S;
+        } else {
+          double mx = -INFINITY, sum = 0.0;
+          for (int64_t s = 0; s < S; ++s) {
+            double dot = 0.0;
+            for (int64_t k = 0; k < C; ++k) dot += double(q[row * C + k]) * c[(bi * S + s) * C + k];
+            for (int64_t k = 0; k < R; ++k) dot += double(qpe[row * R + k]) * kpe[(bi * S + s) * R + k];
+            p[s] = scale * dot + bias_row[s];
+            mx = std::fmax(mx, p[s]);
+          }
+          for (auto& v : p) sum += (v = std::exp(v - mx));
+          for (auto& v : p) v /= sum;
+        }
+        for (int64_t s = 0; s < S; ++s)
+          for (int64_t k = 0; k < C; ++k) want[row * C + k] += p[s] * c[(bi * S + s) * C + k];
+      }
+    }
+  void *dQ = Upload(q, t), *dQpe = Upload(qpe, t), *dC = Upload(c, t), *dK = Upload(kpe, t);
+  void* dBias = Upload(bias, DType::kFloat);
+  void* dO = NanBuffer(B * T * H * C, t);
+  int err = seekline::MlaLatentAttentionGpu(nullptr, t, B, T, H, C, R, S, bias_b, bias_t, scale, dQ, dQpe, dC, dK,
+                                            static_cast<const float*>(dBias), dO);
+  if (err == 0) err = cudaDeviceSynchronize();
+  char what[128];
+  std::snprintf(what, sizeof what, "mla dtype=%d B=%ld T=%ld H=%ld C=%ld R=%ld S=%ld bias=(%ld,1,%ld,S)", int(t),
+                long(B), long(T), long(H), long(C), long(R), long(S), long(bias_b), long(bias_t));
+  int bad = err ? (std::printf("FAIL %s: cuda error %d\n", what, err), 1)
+                : Compare(what, Download(dO, B * T * H * C, t), want, t);
+  cudaFree(dQ); cudaFree(dQpe); cudaFree(dC); cudaFree(dK); cudaFree(dBias); cudaFree(dO);
+  return bad;
+}
+
 int main() {
   int count = 0;
   const cudaError_t e = cudaGetDeviceCount(&count);
@@ -492,6 +557,13 @@ int main() {
     bad += CheckRmsNorm(t, 9, 1000);  // dim > threads per row: strided loop
     bad += CheckRmsNorm(t, 37, 1);    // 16-bit types: no room for the r scratch in dx
   }
+  for (DType t : {DType::kFloat, DType::kBFloat16, DType::kHalf}) {
+    bad += CheckMla(t, 2, 3, 3, 37, 5, 77, 1, 1, -1);  // bias (1,1,1,S), odd C/R/S, T > 1
+    bad += CheckMla(t, 2, 3, 3, 37, 5, 77, 2, 3, 5);   // bias (B,1,T,S); bias row (b=1, t=2) fully masked
+    bad += CheckMla(t, 3, 1, 2, 300, 7, 1, 3, 1, 1);   // decode: S == 1 (its only key masked), C > threads
+  }
+  bad += CheckMla(DType::kFloat, 1, 2, 2, 3, 0, 40, 1, 2, -1);      // R == 0, bias (1,1,T,S)
+  bad += CheckMla(DType::kBFloat16, 1, 1, 2, 3, 1, 13001, 1, 1, -1);  // S past shared memory: global scratch
   std::printf(bad ? "FAILED %d\n" : "OK\n", bad);
   return bad ? 1 : 0;
 }
