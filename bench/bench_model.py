@@ -581,6 +581,7 @@ def main(argv=None):
         "threads": {"intra_op": args.threads, "inter_op": args.interop_threads,
                     "torch_OMP_WAIT_POLICY": args.omp_wait_policy or "unset"},
         "versions": {"python": platform.python_version(), "tensorflow": tf.__version__},
+        "custom_ops": __import__("model.ops", fromlist=["describe"]).describe(),   # SEEKLINE_OPS
         "kv_cache": bench_kv_cache(["deepseek-v3-671b", "small", "tiny-qwen2", "qwen2.5-0.5b"]),
     }
     if not args.skip_speed:

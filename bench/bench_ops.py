@@ -195,7 +195,7 @@ def main(argv=None) -> int:
     res = {"device": {"cpu": platform.processor() or "cpu", "cores": os.cpu_count(),
                       "loadavg_start": os.getloadavg()},
            "threads": args.threads, "tensorflow": tf.__version__, "rounds": args.rounds,
-           "roofline": roof,
+           "roofline": roof, "custom_ops": ops.describe(),
            "ops": op_cases(tf, ops, args.rounds),
            "forward": forward(tf, ops, args.rounds, args.preset, args.seq, roof["gflops"])}
     res["device"]["loadavg_end"] = os.getloadavg()

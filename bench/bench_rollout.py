@@ -315,6 +315,7 @@ def main(argv=None):
                     "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
                     "torch_OMP_WAIT_POLICY": args.omp_wait_policy or "unset"},
         "versions": {"python": platform.python_version(), "tensorflow": tf.__version__},
+        "custom_ops": __import__("model.ops", fromlist=["describe"]).describe(),   # SEEKLINE_OPS
         "sampling": {"temperature": args.temperature, "top_p": args.top_p, "top_k": 0, "stop_tokens": None},
         "reps": args.reps,
         "method": "one untimed warm-up call per side, then interleaved rounds (side order rotating); "

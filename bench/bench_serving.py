@@ -268,6 +268,8 @@ def main(argv=None):
         if 1 in ceil:
             ratios["one_at_a_time_c8_vs_generate_batch1"] = round(by[("one-at-a-time", 8)]["tokens_per_s"] / ceil[1], 2)
     results["ratios"] = ratios
+    from model import ops  # the server process inherits SEEKLINE_OPS; record what it means here
+    results["custom_ops"] = ops.describe()
     results["device"]["loadavg_end"] = list(os.getloadavg())
     results["wall_s"] = round(time.time() - t_start, 1)
     print()

@@ -695,6 +695,7 @@ def main(argv=None):
                     "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
                     "torch_OMP_WAIT_POLICY": args.omp_wait_policy or "unset"},
         "versions": {"python": platform.python_version(), "tensorflow": tf.__version__},
+        "custom_ops": __import__("model.ops", fromlist=["describe"]).describe(),   # SEEKLINE_OPS
         "args": vars(args),
     }
     results["train"] = run_bench(args)

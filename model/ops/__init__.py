@@ -73,7 +73,9 @@ def _load():
             reasons.append(f"{path} is stale ({stale})")
             continue
         try:
-            return tf.load_op_library(str(path)), None
+            lib = tf.load_op_library(str(path))
+            _state["path"] = str(path)
+            return lib, None
         except Exception as e:  # noqa: BLE001 — any load failure means: fall back
             reasons.append(f"{path} failed to load: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     return None, "; ".join(reasons)
@@ -98,6 +100,23 @@ def library():
         raise OpsUnavailableError(f"SEEKLINE_OPS=on but the custom ops cannot be used: {_state['why']}. "
                                   f"Run `make ops` (needs g++), or set SEEKLINE_OPS=auto to fall back to pure TF.")
     return _state["lib"]
+
+
+def describe() -> dict:
+    """What a benchmark records next to its numbers: the policy, whether the library is in use,
+    which file and which sources it was built from."""
+    info = {"mode": mode(), "available": False, "library": None, "sources_sha256": None}
+    try:
+        lib = library()
+    except OpsUnavailableError as e:
+        return {**info, "error": str(e)}
+    if lib is not None:
+        import json
+        path = Path(_state["path"])
+        stamp = json.loads(path.with_suffix(".json").read_text())
+        info.update(available=True, library=str(path), sources_sha256=stamp.get("sources_sha256"),
+                    march=stamp.get("march"))
+    return info
 
 
 def available() -> bool:

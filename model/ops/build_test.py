@@ -100,3 +100,12 @@ def test_build_without_compiler_is_a_clear_error(monkeypatch):
     with pytest.raises(build.BuildError, match=r"no C\+\+ compiler found"):
         build.build()
     assert build.main(["--if-compiler"]) == 0
+
+
+def test_describe_records_policy_and_build():
+    info = ops.describe()
+    assert info["mode"] == ops.mode() and info["available"] == ops.available()
+    if info["available"]:
+        assert info["library"].endswith((ops.CPU_LIB, ops.GPU_LIB)) and len(info["sources_sha256"]) == 64
+    r = _py("import model.ops as o; print(o.describe())", SEEKLINE_OPS="off")
+    assert "'mode': 'off', 'available': False" in r.stdout
