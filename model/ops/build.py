@@ -42,7 +42,7 @@ class BuildError(RuntimeError):
 def sources(gpu: bool = False) -> list[Path]:
     files = sorted(CC_DIR.glob("*.cc")) + sorted(CC_DIR.glob("*.h"))
     if gpu:
-        files += sorted(CUDA_DIR.glob("*.cu.cc"))
+        files += sorted(CUDA_DIR.glob("*.cu.cc")) + sorted(CUDA_DIR.glob("*.cuh"))
     return files
 
 

@@ -29,12 +29,7 @@
 #include "unsupported/Eigen/CXX11/Tensor"
 #include "Eigen/Core"
 
-#include "kernels.h"
-
-#if GOOGLE_CUDA
-#include "tensorflow/core/framework/op_kernel.h"
-#include "xla/stream_executor/stream.h"
-#endif
+#include "op_util.h"
 
 namespace seekline {
 
@@ -113,6 +108,37 @@ Status GroupOffsets(const Tensor& sizes_t, int64_t rows, std::vector<int64_t>* o
   return tensorflow::OkStatus();
 }
 
+// Validated sizes of one call (both ops, CPU and GPU kernels).
+struct GroupedDims {
+  int64_t m, k, n, groups;
+  std::vector<int64_t> off;   // (G + 1,) row offsets of the groups
+};
+
+// SeeklineGroupedMatmul: x (M, K), w (G, K, N) or (G, N, K) when transpose_w, group_sizes (G,).
+Status ForwardDims(const Tensor& x, const Tensor& w, const Tensor& sizes, bool transpose_w, GroupedDims* d) {
+  if (x.dims() != 2) return InvalidArgument("x must be (M, K), got ", x.shape().DebugString());
+  if (w.dims() != 3) return InvalidArgument("w must be (G, K, N), got ", w.shape().DebugString());
+  if (sizes.dims() != 1 || sizes.dim_size(0) != w.dim_size(0)) {
+    return InvalidArgument("group_sizes must be (G,) with G = ", w.dim_size(0), ", got ", sizes.shape().DebugString());
+  }
+  d->m = x.dim_size(0), d->k = x.dim_size(1), d->groups = w.dim_size(0);
+  d->n = w.dim_size(transpose_w ? 1 : 2);
+  const int64_t wk = w.dim_size(transpose_w ? 2 : 1);
+  if (wk != d->k) return InvalidArgument("x has K = ", d->k, " columns but w's contracted dim is ", wk);
+  return GroupOffsets(sizes, d->m, &d->off);
+}
+
+// SeeklineGroupedMatmulWGrad: x (M, K), dy (M, N), group_sizes (G,).
+Status WGradDims(const Tensor& x, const Tensor& dy, const Tensor& sizes, GroupedDims* d) {
+  if (x.dims() != 2 || dy.dims() != 2 || x.dim_size(0) != dy.dim_size(0)) {
+    return InvalidArgument("x (M, K) and dy (M, N) must share M, got ", x.shape().DebugString(), " and ",
+                           dy.shape().DebugString());
+  }
+  if (sizes.dims() != 1) return InvalidArgument("group_sizes must be a vector");
+  d->m = x.dim_size(0), d->k = x.dim_size(1), d->n = dy.dim_size(1), d->groups = sizes.dim_size(0);
+  return GroupOffsets(sizes, d->m, &d->off);
+}
+
 // fp32 view of a tensor: the data itself for float, a converted copy for bf16 / fp16
 // (converted in parallel: Eigen's half-precision GEMM would be far slower than convert + sgemm).
 template <typename T>
@@ -178,16 +204,10 @@ class GroupedMatmulCpu : public OpKernel {
     const Tensor& x = ctx->input(0);
     const Tensor& w = ctx->input(1);
     const Tensor& sizes = ctx->input(2);
-    OP_REQUIRES(ctx, x.dims() == 2, InvalidArgument("x must be (M, K), got ", x.shape().DebugString()));
-    OP_REQUIRES(ctx, w.dims() == 3, InvalidArgument("w must be (G, K, N), got ", w.shape().DebugString()));
-    OP_REQUIRES(ctx, sizes.dims() == 1 && sizes.dim_size(0) == w.dim_size(0),
-                InvalidArgument("group_sizes must be (G,) with G = ", w.dim_size(0), ", got ",
-                                sizes.shape().DebugString()));
-    const int64_t m = x.dim_size(0), k = x.dim_size(1), groups = w.dim_size(0);
-    const int64_t wk = w.dim_size(transpose_w_ ? 2 : 1), n = w.dim_size(transpose_w_ ? 1 : 2);
-    OP_REQUIRES(ctx, wk == k, InvalidArgument("x has K = ", k, " columns but w's contracted dim is ", wk));
-    std::vector<int64_t> off;
-    OP_REQUIRES_OK(ctx, GroupOffsets(sizes, m, &off));
+    GroupedDims d;
+    OP_REQUIRES_OK(ctx, ForwardDims(x, w, sizes, transpose_w_, &d));
+    const int64_t m = d.m, k = d.k, n = d.n, groups = d.groups;
+    const std::vector<int64_t>& off = d.off;
     Tensor* y = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({m, n}), &y));
     if (m == 0 || n == 0) return;
@@ -236,14 +256,10 @@ class GroupedMatmulWGradCpu : public OpKernel {
     const Tensor& x = ctx->input(0);
     const Tensor& dy = ctx->input(1);
     const Tensor& sizes = ctx->input(2);
-    OP_REQUIRES(ctx, x.dims() == 2 && dy.dims() == 2 && x.dim_size(0) == dy.dim_size(0),
-                InvalidArgument("x (M, K) and dy (M, N) must share M, got ", x.shape().DebugString(),
-                                " and ", dy.shape().DebugString()));
-    OP_REQUIRES(ctx, sizes.dims() == 1, InvalidArgument("group_sizes must be a vector"));
-    const int64_t m = x.dim_size(0), k = x.dim_size(1), n = dy.dim_size(1);
-    const int64_t groups = sizes.dim_size(0);
-    std::vector<int64_t> off;
-    OP_REQUIRES_OK(ctx, GroupOffsets(sizes, m, &off));
+    GroupedDims d;
+    OP_REQUIRES_OK(ctx, WGradDims(x, dy, sizes, &d));
+    const int64_t m = d.m, k = d.k, n = d.n, groups = d.groups;
+    const std::vector<int64_t>& off = d.off;
     Tensor* dw = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({groups, k, n}), &dw));
     if (groups == 0 || k == 0 || n == 0) return;
@@ -301,19 +317,6 @@ REGISTER_CPU(Eigen::half)
 // memory, so offsets are known on the host and no device-side scan is needed).
 namespace {
 
-template <typename T> constexpr DType kDType = DType::kFloat;
-template <> constexpr DType kDType<Eigen::bfloat16> = DType::kBFloat16;
-template <> constexpr DType kDType<Eigen::half> = DType::kHalf;
-
-void* TfStream(OpKernelContext* ctx) {
-  return ctx->op_device_context()->stream()->platform_specific_handle().stream;
-}
-
-Status CudaStatus(int code, const char* what) {
-  if (code == 0) return tensorflow::OkStatus();
-  return tensorflow::errors::Internal(what, " failed with CUDA error ", code);
-}
-
 template <typename T>
 class GroupedMatmulGpu : public OpKernel {
  public:
@@ -325,15 +328,10 @@ class GroupedMatmulGpu : public OpKernel {
     const Tensor& x = ctx->input(0);
     const Tensor& w = ctx->input(1);
     const Tensor& sizes = ctx->input(2);
-    OP_REQUIRES(ctx, x.dims() == 2 && w.dims() == 3 && sizes.dims() == 1 &&
-                         sizes.dim_size(0) == w.dim_size(0),
-                InvalidArgument("bad shapes x ", x.shape().DebugString(), " w ", w.shape().DebugString(),
-                                " group_sizes ", sizes.shape().DebugString()));
-    const int64_t m = x.dim_size(0), k = x.dim_size(1), groups = w.dim_size(0);
-    const int64_t wk = w.dim_size(transpose_w_ ? 2 : 1), n = w.dim_size(transpose_w_ ? 1 : 2);
-    OP_REQUIRES(ctx, wk == k, InvalidArgument("x has K = ", k, " columns but w's contracted dim is ", wk));
-    std::vector<int64_t> off;
-    OP_REQUIRES_OK(ctx, GroupOffsets(sizes, m, &off));
+    GroupedDims d;
+    OP_REQUIRES_OK(ctx, ForwardDims(x, w, sizes, transpose_w_, &d));
+    const int64_t m = d.m, k = d.k, n = d.n, groups = d.groups;
+    const std::vector<int64_t>& off = d.off;
     Tensor* y = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({m, n}), &y));
     const auto* xp = reinterpret_cast<const T*>(x.tensor_data().data());
@@ -342,7 +340,7 @@ class GroupedMatmulGpu : public OpKernel {
     for (int64_t g = 0; g < groups; ++g) {
       const int64_t s = off[g + 1] - off[g];
       if (s == 0) continue;
-      OP_REQUIRES_OK(ctx, CudaStatus(GemmGpu(TfStream(ctx), kDType<T>, false, transpose_w_, s, n, k,
+      OP_REQUIRES_OK(ctx, CudaStatus(GemmGpu(GpuStream(ctx), kDType<T>, false, transpose_w_, s, n, k,
                                              xp + off[g] * k, wp + g * k * n, yp + off[g] * n),
                                      "SeeklineGroupedMatmul GEMM"));
     }
@@ -361,11 +359,10 @@ class GroupedMatmulWGradGpu : public OpKernel {
     const Tensor& x = ctx->input(0);
     const Tensor& dy = ctx->input(1);
     const Tensor& sizes = ctx->input(2);
-    OP_REQUIRES(ctx, x.dims() == 2 && dy.dims() == 2 && x.dim_size(0) == dy.dim_size(0) && sizes.dims() == 1,
-                InvalidArgument("bad shapes x ", x.shape().DebugString(), " dy ", dy.shape().DebugString()));
-    const int64_t m = x.dim_size(0), k = x.dim_size(1), n = dy.dim_size(1), groups = sizes.dim_size(0);
-    std::vector<int64_t> off;
-    OP_REQUIRES_OK(ctx, GroupOffsets(sizes, m, &off));
+    GroupedDims d;
+    OP_REQUIRES_OK(ctx, WGradDims(x, dy, sizes, &d));
+    const int64_t k = d.k, n = d.n, groups = d.groups;
+    const std::vector<int64_t>& off = d.off;
     Tensor* dw = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({groups, k, n}), &dw));
     const auto* xp = reinterpret_cast<const T*>(x.tensor_data().data());
@@ -373,7 +370,7 @@ class GroupedMatmulWGradGpu : public OpKernel {
     auto* dwp = reinterpret_cast<T*>(const_cast<char*>(dw->tensor_data().data()));
     for (int64_t g = 0; g < groups; ++g) {
       // dw[g] (K, N) = x_g^T (K, s) · dy_g (s, N); s == 0 → the launcher writes zeros.
-      OP_REQUIRES_OK(ctx, CudaStatus(GemmGpu(TfStream(ctx), kDType<T>, true, false, k, n, off[g + 1] - off[g],
+      OP_REQUIRES_OK(ctx, CudaStatus(GemmGpu(GpuStream(ctx), kDType<T>, true, false, k, n, off[g + 1] - off[g],
                                              xp + off[g] * k, dyp + off[g] * n, dwp + g * k * n),
                                      "SeeklineGroupedMatmulWGrad GEMM"));
     }

@@ -22,11 +22,7 @@
 #include "unsupported/Eigen/CXX11/Tensor"
 #include "Eigen/Core"
 
-#include "kernels.h"
-
-#if GOOGLE_CUDA
-#include "xla/stream_executor/stream.h"
-#endif
+#include "op_util.h"
 
 namespace seekline {
 
@@ -34,6 +30,7 @@ using tensorflow::DEVICE_CPU;
 using tensorflow::OpKernel;
 using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
+using tensorflow::Status;
 using tensorflow::Tensor;
 using tensorflow::errors::InvalidArgument;
 using tensorflow::shape_inference::DimensionHandle;
@@ -82,6 +79,37 @@ const float* AsF(const T* p, int64_t n, std::vector<float>* buf) {
   }
 }
 
+// Validated sizes of one call (CPU and GPU kernels): q_lat (B, T, H, C), q_pe (B, T, H, R),
+// c (B, S, C), k_pe (B, S, R), bias (bb, 1, bt, S) with bb in {1, B}, bt in {1, T}, S > 0.
+struct MlaDims {
+  int64_t b, t, h, cd, r, s, bb, bt;
+};
+
+Status GetMlaDims(const Tensor& q, const Tensor& qpe, const Tensor& cache, const Tensor& kpe, const Tensor& bias,
+                  MlaDims* d) {
+  if (q.dims() != 4 || qpe.dims() != 4 || cache.dims() != 3 || kpe.dims() != 3 || bias.dims() != 4) {
+    return InvalidArgument("ranks must be q_lat 4, q_pe 4, c 3, k_pe 3, bias 4");
+  }
+  const int64_t b = q.dim_size(0), t = q.dim_size(1), h = q.dim_size(2), cd = q.dim_size(3);
+  const int64_t r = qpe.dim_size(3), s = cache.dim_size(1);
+  if (qpe.dim_size(0) != b || qpe.dim_size(1) != t || qpe.dim_size(2) != h) {
+    return InvalidArgument("q_pe ", qpe.shape().DebugString(), " does not match q_lat ", q.shape().DebugString());
+  }
+  if (cache.dim_size(0) != b || cache.dim_size(2) != cd || kpe.dim_size(0) != b || kpe.dim_size(1) != s ||
+      kpe.dim_size(2) != r) {
+    return InvalidArgument("cache c ", cache.shape().DebugString(), " / k_pe ", kpe.shape().DebugString(),
+                           " do not match q_lat ", q.shape().DebugString(), " / q_pe ", qpe.shape().DebugString());
+  }
+  if (s == 0) return InvalidArgument("the cache has no positions (S = 0)");
+  const int64_t bb = bias.dim_size(0), bt = bias.dim_size(2);
+  if (!((bb == b || bb == 1) && bias.dim_size(1) == 1 && (bt == t || bt == 1) && bias.dim_size(3) == s)) {
+    return InvalidArgument("bias must be (B|1, 1, T|1, S) = (", b, "|1, 1, ", t, "|1, ", s, "), got ",
+                           bias.shape().DebugString());
+  }
+  *d = {b, t, h, cd, r, s, bb, bt};
+  return tensorflow::OkStatus();
+}
+
 template <typename T>
 class MlaLatentAttentionCpu : public OpKernel {
  public:
@@ -95,22 +123,9 @@ class MlaLatentAttentionCpu : public OpKernel {
     const Tensor& cache = ctx->input(2);
     const Tensor& kpe = ctx->input(3);
     const Tensor& bias = ctx->input(4);
-    OP_REQUIRES(ctx, q.dims() == 4 && qpe.dims() == 4 && cache.dims() == 3 && kpe.dims() == 3 && bias.dims() == 4,
-                InvalidArgument("ranks must be q_lat 4, q_pe 4, c 3, k_pe 3, bias 4"));
-    const int64_t b = q.dim_size(0), t = q.dim_size(1), h = q.dim_size(2), cd = q.dim_size(3);
-    const int64_t r = qpe.dim_size(3), s = cache.dim_size(1);
-    OP_REQUIRES(ctx, qpe.dim_size(0) == b && qpe.dim_size(1) == t && qpe.dim_size(2) == h,
-                InvalidArgument("q_pe ", qpe.shape().DebugString(), " does not match q_lat ", q.shape().DebugString()));
-    OP_REQUIRES(ctx, cache.dim_size(0) == b && cache.dim_size(2) == cd && kpe.dim_size(0) == b &&
-                         kpe.dim_size(1) == s && kpe.dim_size(2) == r,
-                InvalidArgument("cache c ", cache.shape().DebugString(), " / k_pe ", kpe.shape().DebugString(),
-                                " do not match q_lat ", q.shape().DebugString(), " / q_pe ",
-                                qpe.shape().DebugString()));
-    OP_REQUIRES(ctx, s > 0, InvalidArgument("the cache has no positions (S = 0)"));
-    const int64_t bb = bias.dim_size(0), bt = bias.dim_size(2);
-    OP_REQUIRES(ctx, (bb == b || bb == 1) && bias.dim_size(1) == 1 && (bt == t || bt == 1) && bias.dim_size(3) == s,
-                InvalidArgument("bias must be (B|1, 1, T|1, S) = (", b, "|1, 1, ", t, "|1, ", s, "), got ",
-                                bias.shape().DebugString()));
+    MlaDims d;
+    OP_REQUIRES_OK(ctx, GetMlaDims(q, qpe, cache, kpe, bias, &d));
+    const int64_t b = d.b, t = d.t, h = d.h, cd = d.cd, r = d.r, s = d.s, bb = d.bb, bt = d.bt;
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, q.shape(), &out));
     if (out->NumElements() == 0) return;
@@ -126,42 +141,38 @@ class MlaLatentAttentionCpu : public OpKernel {
     // Per (b, t) item all H heads at once as small GEMMs (Eigen, vectorised):
     //   scores (H, S) = Q (H, C)·c_bᵀ + Q_pe (H, R)·k_peᵀ;  fp32 softmax per row;  O (H, C) = P·c_b.
     // (A scalar loop per head and key was slower than the three einsums it replaces.)
-    // Items are (b, t) rows with all heads: the row's cache is streamed once. (Splitting heads
-    // into blocks re-reads the cache per block: for the V3 shape, 128 heads over a 4096-token
-    // 512-wide latent, that was 1.4x slower than one item; splitting the keys flash-decoding
-    // style would parallelise a single row without re-reading — not done yet.)
-    const int64_t hb = h, blocks = 1;
-    pool->ParallelFor(b * t * blocks, 2 * hb * s * (2 * cd + r) + 8 * hb * s, [&](int64_t begin, int64_t end) {
+    // One item per (b, t) row with all its heads: the row's cache is streamed once. (Splitting the
+    // heads into blocks re-reads the cache per block: for the V3 shape, 128 heads over a 4096-token
+    // 512-wide latent, that was 1.4x slower; splitting the keys flash-decoding style would
+    // parallelise a single row without re-reading — not done yet.)
+    pool->ParallelFor(b * t, 2 * h * s * (2 * cd + r) + 8 * h * s, [&](int64_t begin, int64_t end) {
       using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
       using CMap = Eigen::Map<const Mat>;
       std::vector<float> cbuf, kbuf, qbuf, qrbuf;           // fp32 copies for bf16 / fp16
-      Mat scores(hb, s), out_h(hb, cd);
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t bt_i = item / blocks, h0 = (item % blocks) * hb, nh = std::min(hb, h - h0);
+      Mat scores(h, s), out_h(h, cd);
+      for (int64_t bt_i = begin; bt_i < end; ++bt_i) {
         const int64_t bi = bt_i / t, ti = bt_i % t;
-        const int64_t row0 = (bi * t + ti) * h + h0;                                 // first head row
+        const int64_t row0 = bt_i * h;                                               // first head row
         const float* c_b = AsF(cp + bi * s * cd, s * cd, &cbuf);                  // (S, C)
         const float* k_b = AsF(kp + bi * s * r, s * r, &kbuf);                    // (S, R)
-        const float* qv = AsF(qp + row0 * cd, nh * cd, &qbuf);                    // (nh, C)
-        const float* qr = AsF(qpep + row0 * r, nh * r, &qrbuf);                   // (nh, R)
+        const float* qv = AsF(qp + row0 * cd, h * cd, &qbuf);                     // (H, C)
+        const float* qr = AsF(qpep + row0 * r, h * r, &qrbuf);                    // (H, R)
         const float* bias_row = bp + ((bb == 1 ? 0 : bi) * bt + (bt == 1 ? 0 : ti)) * s;   // (S,)
-        CMap cm(c_b, s, cd), km(k_b, s, r), qm(qv, nh, cd), qrm(qr, nh, r);
-        auto sc = scores.topRows(nh);                                                // (nh, S)
-        sc.noalias() = qm * cm.transpose();
-        if (r > 0) sc.noalias() += qrm * km.transpose();
+        CMap cm(c_b, s, cd), km(k_b, s, r), qm(qv, h, cd), qrm(qr, h, r);
+        scores.noalias() = qm * cm.transpose();                                      // (H, S)
+        if (r > 0) scores.noalias() += qrm * km.transpose();
         Eigen::Map<const Eigen::Matrix<float, 1, Eigen::Dynamic>> bias_v(bias_row, s);
-        for (int64_t hi = 0; hi < nh; ++hi) {
-          auto row = sc.row(hi);
+        for (int64_t hi = 0; hi < h; ++hi) {
+          auto row = scores.row(hi);
           row = row * scale + bias_v;
           const float mx = row.maxCoeff();
           row = (row.array() - mx).exp().matrix();
           row /= row.sum();
         }
-        auto oh = out_h.topRows(nh);
-        oh.noalias() = sc * cm;                                                      // (nh, C)
+        out_h.noalias() = scores * cm;                                                  // (H, C)
         T* o = op + row0 * cd;
-        for (int64_t i = 0; i < nh; ++i)
-          for (int64_t k = 0; k < cd; ++k) o[i * cd + k] = static_cast<T>(oh(i, k));
+        const float* of = out_h.data();
+        for (int64_t k = 0; k < h * cd; ++k) o[k] = static_cast<T>(of[k]);
       }
     });
   }
@@ -183,10 +194,6 @@ REGISTER_CPU(Eigen::half)
 #if GOOGLE_CUDA
 namespace {
 
-template <typename T> constexpr DType kMlaDType = DType::kFloat;
-template <> constexpr DType kMlaDType<Eigen::bfloat16> = DType::kBFloat16;
-template <> constexpr DType kMlaDType<Eigen::half> = DType::kHalf;
-
 template <typename T>
 class MlaLatentAttentionGpuOp : public OpKernel {
  public:
@@ -200,27 +207,16 @@ class MlaLatentAttentionGpuOp : public OpKernel {
     const Tensor& cache = ctx->input(2);
     const Tensor& kpe = ctx->input(3);
     const Tensor& bias = ctx->input(4);
-    OP_REQUIRES(ctx, q.dims() == 4 && qpe.dims() == 4 && cache.dims() == 3 && kpe.dims() == 3 && bias.dims() == 4,
-                InvalidArgument("ranks must be q_lat 4, q_pe 4, c 3, k_pe 3, bias 4"));
-    const int64_t b = q.dim_size(0), t = q.dim_size(1), h = q.dim_size(2), cd = q.dim_size(3);
-    const int64_t r = qpe.dim_size(3), s = cache.dim_size(1);
-    OP_REQUIRES(ctx, qpe.dim_size(0) == b && qpe.dim_size(1) == t && qpe.dim_size(2) == h &&
-                         cache.dim_size(0) == b && cache.dim_size(2) == cd && kpe.dim_size(0) == b &&
-                         kpe.dim_size(1) == s && kpe.dim_size(2) == r,
-                InvalidArgument("q_lat/q_pe/c/k_pe shapes do not match"));
-    OP_REQUIRES(ctx, s > 0, InvalidArgument("the cache has no positions (S = 0)"));
-    const int64_t bb = bias.dim_size(0), bt = bias.dim_size(2);
-    OP_REQUIRES(ctx, (bb == b || bb == 1) && bias.dim_size(1) == 1 && (bt == t || bt == 1) && bias.dim_size(3) == s,
-                InvalidArgument("bias must be (B|1, 1, T|1, S), got ", bias.shape().DebugString()));
+    MlaDims d;
+    OP_REQUIRES_OK(ctx, GetMlaDims(q, qpe, cache, kpe, bias, &d));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, q.shape(), &out));
     if (out->NumElements() == 0) return;
-    void* stream = ctx->op_device_context()->stream()->platform_specific_handle().stream;
     const int code = MlaLatentAttentionGpu(
-        stream, kMlaDType<T>, b, t, h, cd, r, s, bb, bt, scale_, q.tensor_data().data(), qpe.tensor_data().data(),
-        cache.tensor_data().data(), kpe.tensor_data().data(),
+        GpuStream(ctx), kDType<T>, d.b, d.t, d.h, d.cd, d.r, d.s, d.bb, d.bt, scale_, q.tensor_data().data(),
+        qpe.tensor_data().data(), cache.tensor_data().data(), kpe.tensor_data().data(),
         reinterpret_cast<const float*>(bias.tensor_data().data()), const_cast<char*>(out->tensor_data().data()));
-    OP_REQUIRES(ctx, code == 0, tensorflow::errors::Internal("SeeklineMlaLatentAttention: CUDA error ", code));
+    OP_REQUIRES_OK(ctx, CudaStatus(code, "SeeklineMlaLatentAttention"));
   }
 
  private:

@@ -21,11 +21,7 @@
 #include "tensorflow/core/framework/shape_inference.h"
 #include "unsupported/Eigen/CXX11/Tensor"
 
-#include "kernels.h"
-
-#if GOOGLE_CUDA
-#include "xla/stream_executor/stream.h"
-#endif
+#include "op_util.h"
 
 namespace seekline {
 
@@ -212,14 +208,6 @@ REGISTER_CPU(Eigen::half)
 #if GOOGLE_CUDA
 namespace {
 
-template <typename T> constexpr DType kNormDType = DType::kFloat;
-template <> constexpr DType kNormDType<Eigen::bfloat16> = DType::kBFloat16;
-template <> constexpr DType kNormDType<Eigen::half> = DType::kHalf;
-
-void* NormStream(OpKernelContext* ctx) {
-  return ctx->op_device_context()->stream()->platform_specific_handle().stream;
-}
-
 template <typename T>
 class RmsNormGpuOp : public OpKernel {
  public:
@@ -233,9 +221,9 @@ class RmsNormGpuOp : public OpKernel {
     Tensor* y = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
     if (rows == 0) return;
-    const int code = RmsNormGpu(NormStream(ctx), kNormDType<T>, rows, dim, eps_, x.tensor_data().data(),
+    const int code = RmsNormGpu(GpuStream(ctx), kDType<T>, rows, dim, eps_, x.tensor_data().data(),
                                 w.tensor_data().data(), const_cast<char*>(y->tensor_data().data()));
-    OP_REQUIRES(ctx, code == 0, tensorflow::errors::Internal("SeeklineRmsNorm: CUDA error ", code));
+    OP_REQUIRES_OK(ctx, CudaStatus(code, "SeeklineRmsNorm"));
   }
 
  private:
@@ -251,17 +239,18 @@ class RmsNormGradGpuOp : public OpKernel {
     const Tensor& dy = ctx->input(0);
     const Tensor& x = ctx->input(1);
     const Tensor& w = ctx->input(2);
-    OP_REQUIRES(ctx, dy.shape() == x.shape(), InvalidArgument("dy and x shapes differ"));
+    OP_REQUIRES(ctx, dy.shape() == x.shape(),
+                InvalidArgument("dy ", dy.shape().DebugString(), " and x ", x.shape().DebugString(), " differ"));
     int64_t rows, dim;
     OP_REQUIRES_OK(ctx, CheckShapes<T>(x, w, &rows, &dim));
     Tensor *dx = nullptr, *dw = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, w.shape(), &dw));
-    const int code = RmsNormGradGpu(NormStream(ctx), kNormDType<T>, rows, dim, eps_, dy.tensor_data().data(),
+    const int code = RmsNormGradGpu(GpuStream(ctx), kDType<T>, rows, dim, eps_, dy.tensor_data().data(),
                                     x.tensor_data().data(), w.tensor_data().data(),
                                     const_cast<char*>(dx->tensor_data().data()),
                                     const_cast<char*>(dw->tensor_data().data()));
-    OP_REQUIRES(ctx, code == 0, tensorflow::errors::Internal("SeeklineRmsNormGrad: CUDA error ", code));
+    OP_REQUIRES_OK(ctx, CudaStatus(code, "SeeklineRmsNormGrad"));
   }
 
  private:

@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "../cc/kernels.h"
+#include "storage.cuh"
 
 namespace seekline {
 namespace {
@@ -27,19 +28,6 @@ constexpr int64_t kMaxGridY = 65535;   // CUDA's limit on gridDim.y
 static_assert(kBM * kBK == 4 * kThreads, "A tile load: 4 elements per thread");
 static_assert(kBK * kBN == 4 * kThreads, "B tile load: 4 elements per thread");
 
-// Storage <-> fp32. Rounding to bf16/fp16 is round-to-nearest-even.
-__device__ __forceinline__ float ToFloat(float v) { return v; }
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float ToFloat(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T FromFloat(float v);
-template <>
-__device__ __forceinline__ float FromFloat<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
-template <>
-__device__ __forceinline__ __half FromFloat<__half>(float v) { return __float2half(v); }
 
 // op(A)[i, kk]: A is m x k row-major, or k x m when transposed.
 template <typename T, bool kTransA>

@@ -21,6 +21,7 @@
 #include <cstdint>
 
 #include "../cc/kernels.h"
+#include "storage.cuh"
 
 namespace seekline {
 namespace {
@@ -30,19 +31,6 @@ constexpr int64_t kMaxBlocks = 1 << 20;           // grid cap (the kernel grid-s
 constexpr int64_t kMaxSharedScores = 12 * 1024 - 64;  // floats: 48 KiB minus room for the static partials
 constexpr int64_t kMaxScratchFloats = 1 << 26;    // global scratch cap (256 MiB) for S > kMaxSharedScores
 
-// Storage -> fp32 and fp32 -> storage (round to nearest even).
-__device__ __forceinline__ float ToFloat(float v) { return v; }
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float ToFloat(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T FromFloat(float v);
-template <>
-__device__ __forceinline__ float FromFloat<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
-template <>
-__device__ __forceinline__ __half FromFloat<__half>(float v) { return __float2half(v); }
 
 // Block-wide reduction (blockDim.x a multiple of 32, <= 1024), result in every thread. `partial` is
 // 32 floats of shared memory. Every thread combines the warp results in the same order, so all get

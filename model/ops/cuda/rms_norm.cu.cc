@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "../cc/kernels.h"
+#include "storage.cuh"
 
 namespace seekline {
 namespace {
@@ -20,19 +21,6 @@ constexpr int64_t kMaxRowBlocks = 1 << 20;  // grid cap for the per-row kernels 
 constexpr int kDwCols = 32;               // dw: columns per block (threadIdx.x, coalesced)
 constexpr int kDwRowLanes = 8;            // dw: row lanes per block (threadIdx.y)
 
-// Storage <-> fp32. Rounding to bf16/fp16 is round-to-nearest-even.
-__device__ __forceinline__ float ToFloat(float v) { return v; }
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float ToFloat(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T FromFloat(float v);
-template <>
-__device__ __forceinline__ float FromFloat<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
-template <>
-__device__ __forceinline__ __half FromFloat<__half>(float v) { return __float2half(v); }
 
 __device__ __forceinline__ float WarpSum(float v) {
 #pragma unroll

@@ -1,0 +1,26 @@
+// Storage type <-> fp32 for the CUDA launchers (all arithmetic is fp32; rounding to bf16 / fp16
+// is round-to-nearest-even). Shared by every *.cu.cc here.
+#ifndef SEEKLINE_OPS_CUDA_STORAGE_CUH_
+#define SEEKLINE_OPS_CUDA_STORAGE_CUH_
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace seekline {
+
+__device__ __forceinline__ float ToFloat(float v) { return v; }
+__device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float ToFloat(__half v) { return __half2float(v); }
+
+template <typename T>
+__device__ __forceinline__ T FromFloat(float v);
+template <>
+__device__ __forceinline__ float FromFloat<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+template <>
+__device__ __forceinline__ __half FromFloat<__half>(float v) { return __float2half(v); }
+
+}  // namespace seekline
+
+#endif  // SEEKLINE_OPS_CUDA_STORAGE_CUH_
