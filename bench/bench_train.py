@@ -307,7 +307,7 @@ def piece_runners(side: SeeklineStep, batch) -> dict:
             total = []
             for blk, xsorted, (_, counts) in zip(blocks, xs, plans, strict=True):
                 # the path the step itself takes: the grouped-matmul op when active (model/ops)
-                if blk.mlp.use_grouped_op and ops.active():
+                if blk.mlp.use_grouped_op and ops.active("grouped_matmul"):
                     loop = blk.mlp._experts_grouped
                 else:
                     loop = blk.mlp._experts_unrolled if blk.mlp.expert_loop == "unrolled" else blk.mlp._experts_while

@@ -79,7 +79,7 @@ _FNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def _cached_fn(model, key, make):
     # keyed by whether seekline's custom ops are in use too: a function traced with them must
     # not be reused under ops.disabled() (or the reverse)
-    key = (*key, ops.active())
+    key = (*key, *(ops.active(op) for op in ops.OPS))
     per_model = _FNS.setdefault(model, {})
     if key not in per_model:
         per_model[key] = make(weakref.ref(model))

@@ -282,7 +282,7 @@ class MoE(keras.layers.Layer):
         xs = tf.gather(x2d, token_of)                                       # (N*K, D) expert-major
         w = tf.gather(tf.reshape(r.topk_weight, [-1]), order)               # (N*K,)
         dt = x2d.dtype
-        if self.use_grouped_op and ops.active():
+        if self.use_grouped_op and ops.active("grouped_matmul"):
             ys = self._experts_grouped(xs, counts, dt)
         elif self.expert_loop == "unrolled":
             ys = self._experts_unrolled(xs, counts, dt)
@@ -357,7 +357,7 @@ class MoE(keras.layers.Layer):
         r = self.router(x2d)
         # The gathered path exists for XLA's fixed shapes; outside XLA the grouped-matmul op runs
         # the same few decode rows without copying N·K weight triples (17% of a decode step, profiled).
-        gather = gather_experts and not (self.use_grouped_op and ops.active())
+        gather = gather_experts and not (self.use_grouped_op and ops.active("grouped_matmul"))
         y = (self.gathered_experts if gather else self.routed_experts)(x2d, r)
         if self.shared_experts is not None:
             y = y + self.shared_experts(x2d)                                # shared: unscaled

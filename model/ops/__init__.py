@@ -13,6 +13,12 @@ XLA-compiled (XLA cannot compile custom ops). SEEKLINE_OPS selects the policy:
   off             never use it
 `make ops` (python -m model.ops.build) builds the library; `make setup` builds it when a C++
 compiler is present.
+
+On a GPU each op runs its CUDA kernel only where that kernel measured faster than the pure-TF path
+(cuBLAS / TF's own kernels) on a GPU: bench/bench_cuda_kernels.py on an H200
+(bench/results/cuda_kernels.json, docs/performance.md). Today that is RMSNorm; the grouped matmul
+and the MLA decode attention keep TF's path on a GPU. SEEKLINE_OPS_GPU=all uses every CUDA kernel
+(kernel work and benchmarks), SEEKLINE_OPS_GPU=none none of them.
 """
 from __future__ import annotations
 
@@ -30,6 +36,11 @@ BUILD_DIR = Path(__file__).resolve().parent / "_build"
 CPU_LIB = "libseekline_ops.so"
 GPU_LIB = "libseekline_ops_gpu.so"
 MODES = ("auto", "on", "off")
+OPS = ("grouped_matmul", "rms_norm", "mla_latent_attention")
+# CUDA kernels that beat the pure-TF path on an H200 (bench/results/cuda_kernels.json): RMSNorm
+# forward + backward 1.96-3.4x. The WMMA grouped GEMM reaches ~8% of cuBLAS and the per-row MLA
+# decode kernel 1-6% of batched cuBLAS einsums, so those ops use TF's path on a GPU.
+GPU_FASTER = frozenset({"rms_norm"})
 
 
 class OpsUnavailableError(UserError, RuntimeError):
@@ -130,10 +141,27 @@ def _in_xla_context() -> bool:
     return control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph())
 
 
-def active() -> bool:
+def gpu_policy() -> frozenset:
+    """The ops whose CUDA kernel is used when the GPU build is loaded (SEEKLINE_OPS_GPU)."""
+    v = os.environ.get("SEEKLINE_OPS_GPU", "measured").strip().lower() or "measured"
+    if v == "measured":
+        return GPU_FASTER
+    if v == "all":
+        return frozenset(OPS)
+    if v == "none":
+        return frozenset()
+    raise ValueError(f"SEEKLINE_OPS_GPU must be one of measured, all, none, got {v!r}")
+
+
+def active(op: str | None = None) -> bool:
     """Whether code being traced/run here should use the custom ops: the library is available,
-    no disabled() scope is open on this thread, and we are not inside an XLA-compiled function."""
+    no disabled() scope is open on this thread, and we are not inside an XLA-compiled function.
+    With `op` (one of OPS) also: on a GPU, that op's CUDA kernel is one the policy uses."""
+    if op is not None and op not in OPS:
+        raise ValueError(f"unknown seekline op {op!r}; known: {', '.join(OPS)}")
     if getattr(_local, "disabled", 0) or not available():
+        return False
+    if op is not None and _state.get("path", "").endswith(GPU_LIB) and op not in gpu_policy():
         return False
     return not _in_xla_context()
 

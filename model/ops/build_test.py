@@ -109,3 +109,26 @@ def test_describe_records_policy_and_build():
         assert info["library"].endswith((ops.CPU_LIB, ops.GPU_LIB)) and len(info["sources_sha256"]) == 64
     r = _py("import model.ops as o; print(o.describe())", SEEKLINE_OPS="off")
     assert "'mode': 'off', 'available': False" in r.stdout
+
+
+@pytest.mark.skipif(not ops.available(), reason="custom ops not built")
+def test_gpu_build_uses_only_the_cuda_kernels_the_policy_names(monkeypatch):
+    """With the GPU build loaded, an op runs its CUDA kernel only when SEEKLINE_OPS_GPU allows it:
+    by default the kernels measured faster than TF's path on a GPU (RMSNorm), `all`, or `none`.
+    The CPU build is not affected. (Faked here by the loaded path; no GPU needed.)"""
+    monkeypatch.setitem(ops._state, "path", str(ops.BUILD_DIR / ops.GPU_LIB))
+    monkeypatch.delenv("SEEKLINE_OPS_GPU", raising=False)
+    assert ops.active("rms_norm") and ops.active()
+    assert not ops.active("grouped_matmul") and not ops.active("mla_latent_attention")
+    monkeypatch.setenv("SEEKLINE_OPS_GPU", "all")
+    assert all(ops.active(op) for op in ops.OPS)
+    monkeypatch.setenv("SEEKLINE_OPS_GPU", "none")
+    assert not any(ops.active(op) for op in ops.OPS)
+    monkeypatch.setenv("SEEKLINE_OPS_GPU", "fastest")
+    with pytest.raises(ValueError, match="SEEKLINE_OPS_GPU must be one of measured, all, none"):
+        ops.active("rms_norm")
+    monkeypatch.setitem(ops._state, "path", str(ops.BUILD_DIR / ops.CPU_LIB))
+    monkeypatch.setenv("SEEKLINE_OPS_GPU", "none")
+    assert all(ops.active(op) for op in ops.OPS)        # the CPU kernels: policy does not apply
+    with pytest.raises(ValueError, match="unknown seekline op 'rmsnorm'"):
+        ops.active("rmsnorm")

@@ -15,7 +15,7 @@ from model import ops
 
 def grouped_matmul(x, w, group_sizes, transpose_w: bool = False):
     """(M, K), (G, K, N) | (G, N, K), (G,) int32 -> (M, N); differentiable in x and w."""
-    if ops.active():
+    if ops.active("grouped_matmul"):
         return ops.library().seekline_grouped_matmul(x, w, tf.cast(group_sizes, tf.int32),
                                                      transpose_w=transpose_w)
     return grouped_matmul_reference(x, w, group_sizes, transpose_w)

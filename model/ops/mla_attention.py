@@ -14,7 +14,7 @@ from model import ops
 
 
 def mla_latent_attention(q_lat, q_pe, c, k_pe, bias, scale: float):
-    if ops.active():
+    if ops.active("mla_latent_attention"):
         return ops.library().seekline_mla_latent_attention(q_lat, q_pe, c, k_pe, tf.cast(bias, tf.float32),
                                                            scale=float(scale))
     return mla_latent_attention_reference(q_lat, q_pe, c, k_pe, bias, scale)

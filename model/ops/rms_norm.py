@@ -13,7 +13,7 @@ from model import ops
 
 def rms_norm(x, w, eps: float):
     """x (..., D), w (D,) in x's dtype -> (..., D); differentiable in x and w."""
-    if ops.active():
+    if ops.active("rms_norm"):
         return ops.library().seekline_rms_norm(x, tf.cast(w, x.dtype), eps=float(eps))
     return rms_norm_reference(x, w, eps)
 

@@ -1,15 +1,26 @@
 // seekline custom ops: GemmGpu (declared in ../cc/kernels.h).
 //
-// A plain shared-memory tiled GEMM: each 256-thread block computes a 64 x 64 tile of C, each
-// thread a 4 x 4 register tile, fp32 accumulation whatever the storage type. Deliberately simple
-// (no tensor cores, no double buffering): it is the correctness baseline for the grouped expert
-// matmul, written so every index can be checked by hand. No TensorFlow headers on purpose (see
-// kernels.h).
+// Two kernels, both fp32-accumulating whatever the storage type:
+//   * GemmTcKernel (bf16 / fp16 storage on compute capability >= 8.0): tensor cores through the
+//     WMMA API. A 256-thread block computes a 128 x 128 tile of C; its 8 warps are laid out 2 x 4
+//     and each owns a 64 x 32 sub-tile (4 x 2 WMMA 16x16x16 accumulators). op(A) and op(B) slices
+//     of depth 32 are staged in shared memory with zero fill at the edges, so any m, n, k and both
+//     transposes take the same code path.
+//   * GemmKernel (fp32 storage, or a GPU without bf16/fp16 WMMA): a plain shared-memory tiled
+//     GEMM, each 256-thread block a 64 x 64 tile of C, each thread a 4 x 4 register tile, on the
+//     CUDA cores. fp32 stays on it (not TF32) so fp32 results keep fp32 accuracy.
+// The CPU emulation in cuda_build_test.py compiles this file with g++ (no __CUDACC__), where only
+// GemmKernel exists; the tensor-core kernel is checked by the check program on a real GPU
+// (bench/bench_cuda_kernels.py). No TensorFlow headers on purpose (see kernels.h).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+
+#ifdef __CUDACC__
+#include <mma.h>
+#endif
 
 #include "../cc/kernels.h"
 #include "storage.cuh"
@@ -139,9 +150,148 @@ int LaunchGemm(cudaStream_t stream, int64_t m, int64_t n, int64_t k, const void*
   return 0;
 }
 
+#ifdef __CUDACC__
+// ---- tensor-core kernel (bf16 / fp16 storage, sm_80+) ----
+constexpr int kTcBM = 128;             // block tile rows (of C)
+constexpr int kTcBN = 128;             // block tile columns (of C)
+constexpr int kTcBK = 32;              // k slice staged per step (two WMMA k-steps)
+constexpr int kTcThreads = 256;        // 8 warps, 2 (rows) x 4 (columns), each 64 x 32 of C
+constexpr int kTcLdA = kTcBK + 8;      // shared row pitch (elements) of the A slice: a multiple of 8
+constexpr int kTcLdB = kTcBN + 8;      // (WMMA's rule for 16-bit types) that also staggers banks
+constexpr int kTcPerThread = kTcBM * kTcBK / kTcThreads;  // 16 elements of each slice per thread
+
+static_assert(kTcBK * kTcBN == kTcBM * kTcBK, "A and B slices hold the same number of elements");
+
+// Block (blockIdx.x, y_base + blockIdx.y) computes C[128 bx : +128, 128 by : +128].
+template <typename T, bool kTransA, bool kTransB>
+__global__ void __launch_bounds__(kTcThreads)
+    GemmTcKernel(int64_t m, int64_t n, int64_t k, const T* __restrict__ a, const T* __restrict__ b,
+                 T* __restrict__ c, int64_t y_base) {
+#if __CUDA_ARCH__ >= 800
+  namespace wmma = nvcuda::wmma;
+  // as[r][kk] = op(A)[row0 + r, k0 + kk]; bs[kk][cc] = op(B)[k0 + kk, col0 + cc]. 128-byte
+  // alignment covers WMMA's 256-bit pointer rule: every fragment offset below is a multiple of
+  // 32 bytes (row pitches 80 and 272 bytes, fragment steps of 16 rows / 16 columns).
+  __shared__ __align__(128) T as[kTcBM][kTcLdA];
+  __shared__ __align__(128) T bs[kTcBK][kTcLdB];
+  __shared__ __align__(128) float stage[kTcThreads / 32][16 * 16];  // per-warp epilogue tile
+
+  const int t = threadIdx.x;
+  const int warp = t / 32;
+  const int lane = t % 32;
+  const int wm = warp / 4;  // which 64-row half of the block tile
+  const int wn = warp % 4;  // which 32-column quarter
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTcBM;
+  const int64_t col0 = (y_base + static_cast<int64_t>(blockIdx.y)) * kTcBN;
+  const T zero = FromFloat<T>(0.0f);
+
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[4][2];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+  }
+
+  for (int64_t k0 = 0; k0 < k; k0 += kTcBK) {
+    // Consecutive threads walk the dimension that is contiguous in global memory (coalesced);
+    // out-of-range elements are zeros, which add nothing to the products.
+#pragma unroll
+    for (int l = 0; l < kTcPerThread; ++l) {
+      const int idx = t + l * kTcThreads;  // [0, 4096)
+      const int r = kTransA ? idx % kTcBM : idx / kTcBK;
+      const int kk = kTransA ? idx / kTcBM : idx % kTcBK;
+      const int64_t gi = row0 + r;
+      const int64_t gk = k0 + kk;
+      as[r][kk] = (gi < m && gk < k) ? (kTransA ? a[gk * m + gi] : a[gi * k + gk]) : zero;
+    }
+#pragma unroll
+    for (int l = 0; l < kTcPerThread; ++l) {
+      const int idx = t + l * kTcThreads;
+      const int cc = kTransB ? idx / kTcBK : idx % kTcBN;
+      const int kk = kTransB ? idx % kTcBK : idx / kTcBN;
+      const int64_t gj = col0 + cc;
+      const int64_t gk = k0 + kk;
+      bs[kk][cc] = (gj < n && gk < k) ? (kTransB ? b[gj * k + gk] : b[gk * n + gj]) : zero;
+    }
+    __syncthreads();
+
+#pragma unroll
+    for (int kk = 0; kk < kTcBK; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> af[4];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> bf[2];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) wmma::load_matrix_sync(af[i], &as[wm * 64 + i * 16][kk], kTcLdA);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(bf[j], &bs[kk][wn * 32 + j * 16], kTcLdB);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], af[i], bf[j], acc[i][j]);
+      }
+    }
+    __syncthreads();  // before the next slice overwrites as/bs
+  }
+
+  // Epilogue: each 16 x 16 accumulator goes through the warp's fp32 staging tile (the fragment's
+  // element layout is opaque), then out with one rounding to T and bounds checks.
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      wmma::store_matrix_sync(stage[warp], acc[i][j], 16, wmma::mem_row_major);
+      __syncwarp();
+      for (int e = lane; e < 256; e += 32) {
+        const int64_t gi = row0 + wm * 64 + i * 16 + e / 16;
+        const int64_t gj = col0 + wn * 32 + j * 16 + e % 16;
+        if (gi < m && gj < n) c[gi * n + gj] = FromFloat<T>(stage[warp][e]);
+      }
+      __syncwarp();  // before the next store_matrix_sync overwrites the staging tile
+    }
+  }
+#endif  // __CUDA_ARCH__ >= 800
+}
+
+template <typename T, bool kTransA, bool kTransB>
+int LaunchGemmTc(cudaStream_t stream, int64_t m, int64_t n, int64_t k, const void* a, const void* b,
+                 void* c) {
+  const int64_t row_tiles = (m + kTcBM - 1) / kTcBM;
+  const int64_t col_tiles = (n + kTcBN - 1) / kTcBN;
+  for (int64_t y_base = 0; y_base < col_tiles; y_base += kMaxGridY) {
+    const int64_t ny = col_tiles - y_base < kMaxGridY ? col_tiles - y_base : kMaxGridY;
+    const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(ny));
+    GemmTcKernel<T, kTransA, kTransB><<<grid, kTcThreads, 0, stream>>>(
+        m, n, k, static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(c), y_base);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return static_cast<int>(err);
+  }
+  return 0;
+}
+
+// bf16 / fp16 WMMA needs compute capability 8.0 (Ampere) or newer, on the current device.
+bool TensorCoresUsable() {
+  int device = 0;
+  int major = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
+  return major >= 8;
+}
+#endif  // __CUDACC__
+
 template <typename T>
 int DispatchTranspose(cudaStream_t stream, bool trans_a, bool trans_b, int64_t m, int64_t n,
                       int64_t k, const void* a, const void* b, void* c) {
+#ifdef __CUDACC__
+  if constexpr (sizeof(T) == 2) {
+    if (TensorCoresUsable()) {
+      if (trans_a) {
+        return trans_b ? LaunchGemmTc<T, true, true>(stream, m, n, k, a, b, c)
+                       : LaunchGemmTc<T, true, false>(stream, m, n, k, a, b, c);
+      }
+      return trans_b ? LaunchGemmTc<T, false, true>(stream, m, n, k, a, b, c)
+                     : LaunchGemmTc<T, false, false>(stream, m, n, k, a, b, c);
+    }
+  }
+#endif
   if (trans_a) {
     return trans_b ? LaunchGemm<T, true, true>(stream, m, n, k, a, b, c)
                    : LaunchGemm<T, true, false>(stream, m, n, k, a, b, c);

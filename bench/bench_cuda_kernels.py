@@ -1,0 +1,459 @@
+"""The CUDA launchers of model/ops on a real GPU: correctness, sanitizers, and speed against PyTorch.
+
+TensorFlow is not needed (the launchers in model/ops/cuda/*.cu.cc include no TF headers), so this
+runs on a GPU machine that has nvcc, g++ and PyTorch but no TF. Steps:
+  check      build model/ops/cuda/check_kernels.cc against the launchers and run it: every launcher,
+             fp32/bf16/fp16, both transposes, ragged and empty shapes, against double-precision
+             CPU references (the same program cuda_build_test.py runs under CPU emulation)
+  sanitize   the same program under compute-sanitizer memcheck, racecheck and synccheck
+  speed      the launchers through ctypes on PyTorch tensors vs PyTorch's own kernels (cuBLAS for
+             matmuls) at model shapes, values checked against PyTorch fp32 first:
+               gemm      dense square GEMM (bf16 tensor-core path; fp32 CUDA-core path vs fp32
+                         cuBLAS with TF32 off)
+               grouped   the MoE expert matmul as the TF op runs it (one GemmGpu per non-empty
+                         group) vs a loop of torch.mm over the same groups, and vs one dense
+                         torch.mm of all rows (the ceiling: same FLOPs, one launch)
+               rms_norm  forward + backward vs the HF-style PyTorch composition under autograd
+               mla       absorbed MLA decode attention over the latent cache vs batched PyTorch
+                         einsums with an fp32 softmax
+Ratios are PyTorch time / launcher time (> 1: the launcher is faster), medians of interleaved
+rounds timed with CUDA events. Writes one JSON (default bench/results/cuda_kernels.json).
+Usage: python3 bench/bench_cuda_kernels.py [--out PATH] [--rounds 7] [--skip-sanitizer] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib.util
+import json
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CUDA_DIR = ROOT / "model" / "ops" / "cuda"
+CC_DIR = ROOT / "model" / "ops" / "cc"
+OUT = Path(__file__).resolve().parent / "results" / "cuda_kernels.json"
+DTYPES = {"float32": 0, "bfloat16": 1, "float16": 2}  # seekline::DType
+NO_DEVICE_EXIT = 77  # check_kernels.cc: no usable GPU
+
+# extern "C" entry points over the C++ launchers (ctypes cannot call mangled names). The grouped
+# entry is the TF op's GPU loop: one GemmGpu per non-empty group, offsets known on the host.
+SHIM = r"""
+#include <cstdint>
+#include "kernels.h"
+using seekline::DType;
+extern "C" {
+int sl_gemm(void* s, int dt, int ta, int tb, int64_t m, int64_t n, int64_t k, const void* a,
+            const void* b, void* c) {
+  return seekline::GemmGpu(s, static_cast<DType>(dt), ta, tb, m, n, k, a, b, c);
+}
+int sl_grouped(void* s, int dt, int tw, int64_t groups, const int64_t* off, int64_t k, int64_t n,
+               const char* x, const char* w, char* y) {
+  const int64_t es = dt == 0 ? 4 : 2;
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t rows = off[g + 1] - off[g];
+    if (rows == 0) continue;
+    const int err = seekline::GemmGpu(s, static_cast<DType>(dt), false, tw, rows, n, k, x + off[g] * k * es,
+                                      w + g * k * n * es, y + off[g] * n * es);
+    if (err) return err;
+  }
+  return 0;
+}
+int sl_rms(void* s, int dt, int64_t rows, int64_t dim, float eps, const void* x, const void* w, void* y) {
+  return seekline::RmsNormGpu(s, static_cast<DType>(dt), rows, dim, eps, x, w, y);
+}
+int sl_rms_grad(void* s, int dt, int64_t rows, int64_t dim, float eps, const void* dy, const void* x,
+                const void* w, void* dx, void* dw) {
+  return seekline::RmsNormGradGpu(s, static_cast<DType>(dt), rows, dim, eps, dy, x, w, dx, dw);
+}
+int sl_mla(void* s, int dt, int64_t b, int64_t t, int64_t h, int64_t c, int64_t r, int64_t sl, int64_t bb,
+           int64_t bt, float scale, const void* q, const void* qpe, const void* cache, const void* kpe,
+           const float* bias, void* o) {
+  return seekline::MlaLatentAttentionGpu(s, static_cast<DType>(dt), b, t, h, c, r, sl, bb, bt, scale, q, qpe,
+                                         cache, kpe, bias, o);
+}
+}
+"""
+
+
+# ---------------------------------------------------------------------- pure helpers (tested)
+def load_build_cuda():
+    """model/ops/cuda/build_cuda.py by path: importing the package would pull in TensorFlow."""
+    spec = importlib.util.spec_from_file_location("seekline_build_cuda", CUDA_DIR / "build_cuda.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def group_sizes(tokens: int, top_k: int, experts: int, seed: int = 0) -> list[int]:
+    """Rows per expert for `tokens` tokens each routed to `top_k` distinct experts, drawn with a
+    mild popularity skew (a Dirichlet(2) expert preference), as a router produces."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    pref = rng.dirichlet(np.full(experts, 2.0))
+    counts = np.zeros(experts, dtype=np.int64)
+    for _ in range(tokens):
+        counts[rng.choice(experts, size=top_k, replace=False, p=pref)] += 1
+    return counts.tolist()
+
+
+def offsets(sizes: list[int]) -> list[int]:
+    out = [0]
+    for s in sizes:
+        out.append(out[-1] + s)
+    return out
+
+
+def tflops(flops: float, seconds: float) -> float:
+    return flops / seconds / 1e12
+
+
+def ratio(reference_s: float, ours_s: float) -> float:
+    """> 1 when ours is faster."""
+    return reference_s / ours_s
+
+
+def parse_check_output(stdout: str) -> dict:
+    """check_kernels.cc prints FAIL lines and ends with OK or FAILED <n>; compute-sanitizer's own
+    lines (prefixed "=========") are not the program's."""
+    lines = [ln for ln in stdout.strip().splitlines() if ln.strip() and not ln.startswith("=========")]
+    fails = [ln for ln in lines if ln.startswith("FAIL ")]
+    return {"ok": bool(lines) and lines[-1] == "OK" and not fails, "failures": fails[:20], "last": lines[-1] if lines else ""}
+
+
+# ---------------------------------------------------------------------- build
+def build(work: Path, verbose: bool = False) -> dict:
+    """Objects for the launchers, the check program and the ctypes shim library."""
+    bc = load_build_cuda()
+    t0 = time.perf_counter()
+    objects = bc.compile_cuda(work / "obj", verbose=verbose)
+    link = bc.cudart_link_flags()
+    cuda_include = Path(link[0][2:]).parent / "include"
+    check = work / "check_kernels"
+    _run(["g++", "-std=c++17", "-O1", "-I", str(CC_DIR), "-I", str(cuda_include), str(CUDA_DIR / "check_kernels.cc"),
+          *map(str, objects), "-o", str(check), *link])
+    shim = work / "shim.cc"
+    shim.write_text(SHIM)
+    lib = work / "libseekline_cuda_bench.so"
+    _run(["g++", "-std=c++17", "-O2", "-fPIC", "-shared", "-Wl,-z,defs", "-I", str(CC_DIR), str(shim),
+          *map(str, objects), "-o", str(lib), *link])
+    return {"check": check, "lib": lib, "build_s": time.perf_counter() - t0, "nvcc": bc.nvcc_path(),
+            "cuda_root": str(bc._cuda_root(bc.nvcc_path()))}
+
+
+def _run(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"build failed: {' '.join(cmd[:3])} ...\n{proc.stderr[-4000:]}")
+
+
+def run_check(check: Path) -> dict:
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(check)], capture_output=True, text=True, timeout=300)
+    out = parse_check_output(proc.stdout)
+    out.update(returncode=proc.returncode, seconds=round(time.perf_counter() - t0, 2))
+    if proc.returncode == NO_DEVICE_EXIT:
+        out["no_device"] = proc.stdout.strip()
+    return out
+
+
+def compute_sanitizer(cuda_root: str) -> str | None:
+    found = shutil.which("compute-sanitizer")
+    if found:
+        return found
+    for cand in (Path(cuda_root) / "bin" / "compute-sanitizer", Path("/usr/local/cuda/bin/compute-sanitizer")):
+        if cand.is_file():
+            return str(cand)
+    return None
+
+
+def run_sanitizers(check: Path, tool_path: str, tools=("memcheck", "racecheck", "synccheck")) -> dict:
+    results = {}
+    for tool in tools:
+        t0 = time.perf_counter()
+        cmd = [tool_path, "--tool", tool, "--error-exitcode", "3"]
+        if tool == "memcheck":
+            cmd += ["--leak-check", "full"]
+        try:
+            proc = subprocess.run([*cmd, str(check)], capture_output=True, text=True, timeout=240)
+        except subprocess.TimeoutExpired:
+            results[tool] = {"ok": False, "error": "timed out after 240 s"}
+            continue
+        summary = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "ERROR SUMMARY" in ln or "RACECHECK SUMMARY" in ln]
+        results[tool] = {"ok": proc.returncode == 0 and parse_check_output(proc.stdout)["ok"],
+                         "returncode": proc.returncode, "summary": summary[-2:],
+                         "seconds": round(time.perf_counter() - t0, 1),
+                         "tail": (proc.stdout + proc.stderr)[-1500:] if proc.returncode else ""}
+    return results
+
+
+# ---------------------------------------------------------------------- speed (needs torch + GPU)
+class Launchers:
+    def __init__(self, lib: Path):
+        self.lib = ctypes.CDLL(str(lib))
+        i64, vp, ci = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+        self.lib.sl_gemm.argtypes = [vp, ci, ci, ci, i64, i64, i64, vp, vp, vp]
+        self.lib.sl_grouped.argtypes = [vp, ci, ci, i64, ctypes.POINTER(i64), i64, i64, vp, vp, vp]
+        self.lib.sl_rms.argtypes = [vp, ci, i64, i64, ctypes.c_float, vp, vp, vp]
+        self.lib.sl_rms_grad.argtypes = [vp, ci, i64, i64, ctypes.c_float, vp, vp, vp, vp, vp]
+        self.lib.sl_mla.argtypes = [vp, ci, i64, i64, i64, i64, i64, i64, i64, i64, ctypes.c_float,
+                                    vp, vp, vp, vp, vp, vp]
+
+    @staticmethod
+    def _ok(err: int, what: str) -> None:
+        if err:
+            raise RuntimeError(f"{what}: CUDA error {err}")
+
+    def gemm(self, stream, dt, ta, tb, m, n, k, a, b, c):
+        self._ok(self.lib.sl_gemm(stream, dt, ta, tb, m, n, k, a.data_ptr(), b.data_ptr(), c.data_ptr()), "gemm")
+
+    def grouped(self, stream, dt, tw, off_arr, k, n, x, w, y):
+        groups = len(off_arr) - 1
+        self._ok(self.lib.sl_grouped(stream, dt, tw, groups, off_arr, k, n, x.data_ptr(), w.data_ptr(),
+                                     y.data_ptr()), "grouped")
+
+    def rms(self, stream, dt, rows, dim, eps, x, w, y):
+        self._ok(self.lib.sl_rms(stream, dt, rows, dim, eps, x.data_ptr(), w.data_ptr(), y.data_ptr()), "rms")
+
+    def rms_grad(self, stream, dt, rows, dim, eps, dy, x, w, dx, dw):
+        self._ok(self.lib.sl_rms_grad(stream, dt, rows, dim, eps, dy.data_ptr(), x.data_ptr(), w.data_ptr(),
+                                      dx.data_ptr(), dw.data_ptr()), "rms_grad")
+
+    def mla(self, stream, dt, b, t, h, c, r, s, scale, q, qpe, cache, kpe, bias, o):
+        self._ok(self.lib.sl_mla(stream, dt, b, t, h, c, r, s, bias.shape[0], bias.shape[2], scale, q.data_ptr(),
+                                 qpe.data_ptr(), cache.data_ptr(), kpe.data_ptr(), bias.data_ptr(), o.data_ptr()),
+                 "mla")
+
+
+def time_sides(torch, sides: dict, rounds: int, iters: int) -> dict:
+    """Median seconds per call of each side; rounds interleave the sides (rotating order)."""
+    names = list(sides)
+    for fn in sides.values():  # warm-up (also JIT/cuBLAS heuristics)
+        fn()
+        fn()
+    torch.cuda.synchronize()
+    per = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(iters):
+                sides[n]()
+            end.record()
+            end.synchronize()
+            per[n].append(start.elapsed_time(end) / 1e3 / iters)
+    return {n: statistics.median(v) for n, v in per.items()} | {
+        f"{n}_spread": (min(v), max(v)) for n, v in per.items()}
+
+
+def max_rel_err(torch, got, want) -> float:
+    got, want = got.float(), want.float()
+    return float(((got - want).abs() / (1.0 + want.abs())).max())
+
+
+def bench_gemm(torch, lau, rounds, quick):
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 against fp32 cuBLAS, not TF32
+    size = 2048 if quick else 4096
+    return [_gemm_case(torch, lau, rounds, name, dt, ta, tb, size)
+            for name, dt in (("bfloat16", 1), ("float32", 0))
+            for ta, tb in ((False, False), (False, True), (True, False))]
+
+
+def _gemm_case(torch, lau, rounds, name, dt, ta, tb, size):
+    m = n = k = size
+    dtype = getattr(torch, name)
+    a = torch.randn(k if ta else m, m if ta else k, device="cuda", dtype=dtype)
+    b = torch.randn(n if tb else k, k if tb else n, device="cuda", dtype=dtype)
+    c = torch.empty(m, n, device="cuda", dtype=dtype)
+    opa = a.t() if ta else a
+    opb = b.t() if tb else b
+    lau.gemm(0, dt, ta, tb, m, n, k, a, b, c)
+    err = max_rel_err(torch, c, opa.float() @ opb.float())
+    t = time_sides(torch, {"ours": lambda: lau.gemm(0, dt, ta, tb, m, n, k, a, b, c),
+                           "torch": lambda: torch.matmul(opa, opb, out=c)}, rounds, 3)
+    f = 2 * m * n * k
+    row = {"dtype": name, "trans_a": ta, "trans_b": tb, "m": m, "n": n, "k": k, "max_rel_err": err,
+           "ours_ms": t["ours"] * 1e3, "torch_ms": t["torch"] * 1e3,
+           "ours_tflops": tflops(f, t["ours"]), "torch_tflops": tflops(f, t["torch"]),
+           "ratio": ratio(t["torch"], t["ours"])}
+    print(f"gemm {name} ta={ta:d} tb={tb:d} {m}^3: ours {row['ours_tflops']:.1f} TFLOP/s, "
+          f"torch {row['torch_tflops']:.1f}, ratio {row['ratio']:.3f}, err {err:.2e}", flush=True)
+    return row
+
+
+def bench_grouped(torch, lau, rounds, quick):
+    shapes = [("v2_lite", 4096, 6, 64, 2048, 1408), ("v3", 4096, 8, 256, 7168, 2048)]
+    if quick:
+        shapes = [("v2_lite_quick", 1024, 6, 64, 512, 352)]
+    return [_grouped_case(torch, lau, rounds, shape, tw) for shape in shapes for tw in (False, True)]
+
+
+def _grouped_case(torch, lau, rounds, shape, tw):
+    """tw False: the forward x @ W_g; True: the dx pass dy @ W_g^T (W_g stored n x k)."""
+    name, tokens, top_k, experts, hidden, inter = shape
+    sizes = group_sizes(tokens, top_k, experts)
+    off = offsets(sizes)
+    off_arr = (ctypes.c_int64 * len(off))(*off)
+    rows = off[-1]
+    k, n = (inter, hidden) if tw else (hidden, inter)
+    x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)                      # (rows, k)
+    w = torch.randn(experts, *((n, k) if tw else (k, n)), device="cuda", dtype=torch.bfloat16) / k ** 0.5
+    y = torch.empty(rows, n, device="cuda", dtype=torch.bfloat16)                      # (rows, n)
+    y_ref = torch.empty_like(y)
+    views = [(x[off[g]:off[g + 1]], w[g].t() if tw else w[g], y_ref[off[g]:off[g + 1]])
+             for g in range(experts) if sizes[g]]
+    w0 = w[0].t() if tw else w[0]
+
+    def torch_loop():
+        for xv, wv, yv in views:
+            torch.mm(xv, wv, out=yv)
+
+    lau.grouped(0, 1, tw, off_arr, k, n, x, w, y)
+    torch_loop()
+    err = max_rel_err(torch, y, y_ref)
+    t = time_sides(torch, {"ours": lambda: lau.grouped(0, 1, tw, off_arr, k, n, x, w, y),
+                           "torch_loop": torch_loop,
+                           "torch_dense": lambda: torch.mm(x, w0, out=y_ref)}, rounds, 3)
+    f = 2 * rows * k * n
+    row = {"shape": name, "transpose_w": tw, "rows": rows, "experts": experts, "k": k, "n": n,
+           "rows_per_expert_min_max": [min(sizes), max(sizes)], "max_rel_err": err,
+           "ours_ms": t["ours"] * 1e3, "torch_loop_ms": t["torch_loop"] * 1e3,
+           "torch_dense_ms": t["torch_dense"] * 1e3, "ours_tflops": tflops(f, t["ours"]),
+           "torch_loop_tflops": tflops(f, t["torch_loop"]), "torch_dense_tflops": tflops(f, t["torch_dense"]),
+           "ratio_vs_loop": ratio(t["torch_loop"], t["ours"]), "ratio_vs_dense": ratio(t["torch_dense"], t["ours"])}
+    print(f"grouped {name} tw={tw:d} rows={rows}: ours {row['ours_tflops']:.1f} TFLOP/s, torch loop "
+          f"{row['torch_loop_tflops']:.1f}, dense {row['torch_dense_tflops']:.1f}; vs loop "
+          f"{row['ratio_vs_loop']:.3f}, err {err:.2e}", flush=True)
+    return row
+
+
+def bench_rms(torch, lau, rounds, quick):
+    shapes = [(4096, 2048)] if quick else [(16384, 2048), (16384, 7168)]
+    return [_rms_case(torch, lau, rounds, rows, dim) for rows, dim in shapes]
+
+
+def _rms_case(torch, lau, rounds, rows, dim, eps=1e-6):
+    x = torch.randn(rows, dim, device="cuda", dtype=torch.bfloat16)                    # (rows, dim)
+    w = (1 + 0.1 * torch.randn(dim, device="cuda")).to(torch.bfloat16)                # (dim,)
+    dy = torch.randn(rows, dim, device="cuda", dtype=torch.bfloat16)
+    y, dx, dw = torch.empty_like(x), torch.empty_like(x), torch.empty_like(w)
+    xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+
+    def torch_fb():  # HF LlamaRMSNorm-style: fp32 statistics, weight applied in the storage dtype
+        xf = xr.float()
+        out = wr * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(torch.bfloat16)
+        return torch.autograd.grad(out, (xr, wr), dy)
+
+    def ours_fb():
+        lau.rms(0, 1, rows, dim, eps, x, w, y)
+        lau.rms_grad(0, 1, rows, dim, eps, dy, x, w, dx, dw)
+
+    ours_fb()
+    xf, wf = x.float().requires_grad_(), w.float().requires_grad_()
+    out = wf * xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    gx, gw = torch.autograd.grad(out, (xf, wf), dy.float())
+    errs = {"y": max_rel_err(torch, y, out), "dx": max_rel_err(torch, dx, gx), "dw": max_rel_err(torch, dw, gw)}
+    t = time_sides(torch, {"ours": ours_fb, "torch": torch_fb}, rounds, 5)
+    moved = 2 * (2 * rows * dim) + 2 * (3 * rows * dim)  # bf16 bytes: fwd x in, y out; bwd dy, x in, dx out
+    row = {"rows": rows, "dim": dim, "max_rel_err": errs, "ours_ms": t["ours"] * 1e3, "torch_ms": t["torch"] * 1e3,
+           "ours_gbps": moved / t["ours"] / 1e9, "ratio": ratio(t["torch"], t["ours"])}
+    print(f"rms_norm fwd+bwd {rows}x{dim}: ours {row['ours_ms']:.3f} ms ({row['ours_gbps']:.0f} GB/s), "
+          f"torch {row['torch_ms']:.3f} ms, ratio {row['ratio']:.3f}, errs {errs}", flush=True)
+    return row
+
+
+def bench_mla(torch, lau, rounds, quick):
+    shapes = [(8, 16, 1024)] if quick else [(32, 16, 4096), (32, 128, 4096), (8, 128, 16384)]
+    return [_mla_case(torch, lau, rounds, b, h, s) for b, h, s in shapes]
+
+
+def _mla_case(torch, lau, rounds, b, h, s, c_dim=512, r_dim=64):
+    """One decode step (T = 1) of h heads over a cache of s positions, the last s/8 masked."""
+    scale = (128 + 64) ** -0.5  # DeepSeek-V3's qk_nope + qk_rope head dims
+    q = torch.randn(b, 1, h, c_dim, device="cuda", dtype=torch.bfloat16)      # (B, T, H, C)
+    qpe = torch.randn(b, 1, h, r_dim, device="cuda", dtype=torch.bfloat16)    # (B, T, H, R)
+    cache = torch.randn(b, s, c_dim, device="cuda", dtype=torch.bfloat16)     # (B, S, C)
+    kpe = torch.randn(b, s, r_dim, device="cuda", dtype=torch.bfloat16)       # (B, S, R)
+    bias = torch.zeros(b, 1, 1, s, device="cuda", dtype=torch.float32)        # (B, 1, T, S)
+    bias[..., s - s // 8:] = -1e9
+    o = torch.empty_like(q)
+
+    def torch_mla():
+        scores = torch.einsum("bthc,bsc->bths", q, cache) + torch.einsum("bthr,bsr->bths", qpe, kpe)
+        p = torch.softmax(scores.float() * scale + bias.transpose(1, 2), dim=-1).to(torch.bfloat16)
+        return torch.einsum("bths,bsc->bthc", p, cache)
+
+    def ours():
+        lau.mla(0, 1, b, 1, h, c_dim, r_dim, s, scale, q, qpe, cache, kpe, bias, o)
+
+    ours()
+    sc = (torch.einsum("bthc,bsc->bths", q.float(), cache.float())
+          + torch.einsum("bthr,bsr->bths", qpe.float(), kpe.float()))
+    want = torch.einsum("bths,bsc->bthc", torch.softmax(sc * scale + bias.transpose(1, 2), -1), cache.float())
+    err = max_rel_err(torch, o, want)
+    t = time_sides(torch, {"ours": ours, "torch": torch_mla}, rounds, 5)
+    cache_bytes = b * s * (c_dim + r_dim) * 2
+    row = {"batch": b, "heads": h, "cache_len": s, "max_rel_err": err, "ours_ms": t["ours"] * 1e3,
+           "torch_ms": t["torch"] * 1e3, "ours_cache_gbps": cache_bytes / t["ours"] / 1e9,
+           "torch_cache_gbps": cache_bytes / t["torch"] / 1e9, "ratio": ratio(t["torch"], t["ours"])}
+    print(f"mla decode B={b} H={h} S={s}: ours {row['ours_ms']:.3f} ms ({row['ours_cache_gbps']:.0f} GB/s of cache), "
+          f"torch {row['torch_ms']:.3f} ms, ratio {row['ratio']:.3f}, err {err:.2e}", flush=True)
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--skip-sanitizer", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="small shapes (a smoke run)")
+    ap.add_argument("--work", type=Path, default=None, help="build folder (default: a temporary one)")
+    args = ap.parse_args(argv)
+    work = args.work or Path(tempfile.mkdtemp(prefix="seekline_cuda_bench_"))
+    work.mkdir(parents=True, exist_ok=True)
+    result: dict = {"host": platform.node(), "python": sys.version.split()[0]}
+
+    def save():
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2, default=str))
+        tmp.replace(args.out)
+
+    built = build(work)
+    result["build"] = {k: str(v) for k, v in built.items()}
+    result["check"] = check = run_check(built["check"])
+    print(f"check program: {check}", flush=True)
+    save()
+    if check.get("no_device"):
+        print("no GPU: built the launchers and the check program only")
+        return 0
+    if not args.skip_sanitizer:
+        tool = compute_sanitizer(built["cuda_root"])
+        result["sanitizers"] = run_sanitizers(built["check"], tool) if tool else {"error": "compute-sanitizer not found"}
+        print(f"sanitizers: {json.dumps(result['sanitizers'], indent=1)}", flush=True)
+        save()
+    import torch
+    result["gpu"] = torch.cuda.get_device_name(0)
+    result["torch"] = torch.__version__
+    lau = Launchers(built["lib"])
+    torch.manual_seed(0)
+    for name, fn in (("gemm", bench_gemm), ("grouped", bench_grouped), ("rms_norm", bench_rms), ("mla", bench_mla)):
+        try:
+            result[name] = fn(torch, lau, args.rounds, args.quick)
+        except Exception as e:  # keep what the other sections measured
+            result[name] = {"error": f"{type(e).__name__}: {e}"}
+            print(f"{name} failed: {e}", flush=True)
+        save()
+    ok = check["ok"] and all(v.get("ok", False) for v in result.get("sanitizers", {}).values() if isinstance(v, dict))
+    print(f"wrote {args.out}; checks {'passed' if ok else 'FAILED'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+// seekline CUDA launchers: the host check program (cuda_build_test.py builds it; on a GPU machine
+// bench/bench_cuda_kernels.py builds and runs it, also under compute-sanitizer).
+//
+// Host program: random inputs rounded to the storage type, naive double-precision references, every
+// output buffer pre-filled with NaN so unwritten elements fail. 16-bit types travel as raw bits:
+// bf16 rounded by hand (RNE), fp16 through the compiler's _Float16 (also RNE).
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "kernels.h"
+
+using seekline::DType;
+
+static uint32_t g_seed = 12345u;
+static float Uniform() {  // [-1, 1)
+  g_seed = g_seed * 1664525u + 1013904223u;
+  return static_cast<float>(g_seed >> 8) / 8388608.0f - 1.0f;
+}
+
+static float Bf16Round(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+static size_t Size(DType t) { return t == DType::kFloat ? 4 : 2; }
+
+static float Round(float f, DType t) {
+  if (t == DType::kBFloat16) return Bf16Round(f);
+  if (t == DType::kHalf) return static_cast<float>(static_cast<_Float16>(f));
+  return f;
+}
+static uint16_t ToBits(float f, DType t) {  // f is already representable in t
+  uint16_t bits;
+  if (t == DType::kHalf) {
+    const _Float16 h = static_cast<_Float16>(f);
+    std::memcpy(&bits, &h, 2);
+  } else {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    bits = static_cast<uint16_t>(u >> 16);
+  }
+  return bits;
+}
+static float FromBits(uint16_t bits, DType t) {
+  if (t == DType::kHalf) {
+    _Float16 h;
+    std::memcpy(&h, &bits, 2);
+    return static_cast<float>(h);
+  }
+  const uint32_t u = static_cast<uint32_t>(bits) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+static std::vector<float> Random(size_t n, DType t, float scale = 1.0f) {
+  std::vector<float> v(n);
+  for (auto& x : v) x = Round(scale * Uniform(), t);
+  return v;
+}
+
+static void* Upload(const std::vector<float>& v, DType t) {
+  void* d = nullptr;
+  // Exact sizes (1 byte for empty) so the CPU emulation's AddressSanitizer sees any overrun.
+  if (cudaMalloc(&d, v.empty() ? 1 : v.size() * Size(t)) != cudaSuccess) return nullptr;
+  if (t == DType::kFloat) {
+    cudaMemcpy(d, v.data(), v.size() * 4, cudaMemcpyHostToDevice);
+  } else {
+    std::vector<uint16_t> bits(v.size());
+    for (size_t i = 0; i < v.size(); ++i) bits[i] = ToBits(v[i], t);
+    cudaMemcpy(d, bits.data(), bits.size() * 2, cudaMemcpyHostToDevice);
+  }
+  return d;
+}
+
+static void* NanBuffer(size_t n, DType t) {  // 0xff.. is NaN in fp32, bf16 and fp16
+  void* d = nullptr;
+  cudaMalloc(&d, n == 0 ? 1 : n * Size(t));
+  cudaMemset(d, 0xff, n * Size(t));
+  return d;
+}
+
+static std::vector<float> Download(const void* d, size_t n, DType t) {
+  std::vector<float> v(n);
+  if (t == DType::kFloat) {
+    cudaMemcpy(v.data(), d, n * 4, cudaMemcpyDeviceToHost);
+  } else {
+    std::vector<uint16_t> bits(n);
+    cudaMemcpy(bits.data(), d, n * 2, cudaMemcpyDeviceToHost);
+    for (size_t i = 0; i < n; ++i) v[i] = FromBits(bits[i], t);
+  }
+  return v;
+}
+
+static int Compare(const char* what, const std::vector<float>& got, const std::vector<double>& want, DType t) {
+  // Output rounding dominates: bf16 keeps 8 significant bits, fp16 11.
+  const double tol = t == DType::kFloat ? 1e-4 : t == DType::kHalf ? 2e-3 : 1.6e-2;
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (!(std::fabs(got[i] - want[i]) <= tol * (1.0 + std::fabs(want[i])))) {
+      std::printf("FAIL %s [%zu]: got %g want %g\n", what, i, got[i], want[i]);
+      return 1;
+    }
+  }
+  return 0;
+}
+
+static int CheckGemm(DType t, bool ta, bool tb, int64_t m, int64_t n, int64_t k) {
+  auto a = Random(m * k, t), b = Random(k * n, t);
+  std::vector<double> want(m * n, 0.0);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t p = 0; p < k; ++p)
+        want[i * n + j] += static_cast<double>(ta ? a[p * m + i] : a[i * k + p]) * (tb ? b[j * k + p] : b[p * n + j]);
+  void *da = Upload(a, t), *db = Upload(b, t), *dc = NanBuffer(m * n, t);
+  int err = seekline::GemmGpu(nullptr, t, ta, tb, m, n, k, da, db, dc);
+  if (err == 0) err = cudaDeviceSynchronize();
+  char what[96];
+  std::snprintf(what, sizeof what, "gemm dtype=%d ta=%d tb=%d %ldx%ldx%ld", int(t), ta, tb, long(m), long(n), long(k));
+  int bad = err ? (std::printf("FAIL %s: cuda error %d\n", what, err), 1) : Compare(what, Download(dc, m * n, t), want, t);
+  cudaFree(da); cudaFree(db); cudaFree(dc);
+  return bad;
+}
+
+static int CheckRmsNorm(DType t, int64_t rows, int64_t dim) {
+  const float eps = 1e-6f;
+  auto x = Random(rows * dim, t, 2.0f), w = Random(dim, t), dy = Random(rows * dim, t);
+  std::vector<double> y(rows * dim), dx(rows * dim), dw(dim, 0.0);
+  for (int64_t i = 0; i < rows; ++i) {
+    double ss = 0.0, gx = 0.0;
+    for (int64_t j = 0; j < dim; ++j) {
+      ss += double(x[i * dim + j]) * x[i * dim + j];
+      gx += double(w[j]) * dy[i * dim + j] * x[i * dim + j];
+    }
+    const double r = 1.0 / std::sqrt(ss / dim + eps), mean_gx = gx / dim;
+    for (int64_t j = 0; j < dim; ++j) {
+      const double xv = x[i * dim + j], g = double(w[j]) * dy[i * dim + j];
+      y[i * dim + j] = w[j] * xv * r;
+      dx[i * dim + j] = r * g - xv * r * r * r * mean_gx;
+      dw[j] += dy[i * dim + j] * xv * r;
+    }
+  }
+  void *dX = Upload(x, t), *dW = Upload(w, t), *dDy = Upload(dy, t);
+  void *dY = NanBuffer(rows * dim, t), *dDx = NanBuffer(rows * dim, t), *dDw = NanBuffer(dim, t);
+  int err = seekline::RmsNormGpu(nullptr, t, rows, dim, eps, dX, dW, dY);
+  if (err == 0) err = seekline::RmsNormGradGpu(nullptr, t, rows, dim, eps, dDy, dX, dW, dDx, dDw);
+  if (err == 0) err = cudaDeviceSynchronize();
+  char what[80];
+  std::snprintf(what, sizeof what, "rms_norm dtype=%d %ldx%ld", int(t), long(rows), long(dim));
+  int bad = 0;
+  if (err) {
+    std::printf("FAIL %s: cuda error %d\n", what, err);
+    bad = 1;
+  } else {
+    bad |= Compare(what, Download(dY, rows * dim, t), y, t);
+    bad |= Compare(what, Download(dDx, rows * dim, t), dx, t);
+    auto dw1 = Download(dDw, dim, t);
+    bad |= Compare(what, dw1, dw, t);
+    // Determinism: a second gradient run must give the same dw bits.
+    err = seekline::RmsNormGradGpu(nullptr, t, rows, dim, eps, dDy, dX, dW, dDx, dDw);
+    cudaDeviceSynchronize();
+    if (err || std::memcmp(dw1.data(), Download(dDw, dim, t).data(), dim * sizeof(float)) != 0) {
+      std::printf("FAIL %s: dw not reproducible\n", what);
+      bad = 1;
+    }
+  }
+  cudaFree(dX); cudaFree(dW); cudaFree(dDy); cudaFree(dY); cudaFree(dDx); cudaFree(dDw);
+  return bad;
+}
+
+// MLA latent attention. Masked keys get bias -1e9; `full_mask_row` >= 0 masks every key of that bias
+// row, whose reference is then the plain average of c over s (the fp32 softmax of equal scores). The
+// scores buffer holds S floats: S above the launcher's shared-memory limit (~12K) takes the
+// global-scratch path.
+static int CheckMla(DType t, int64_t B, int64_t T, int64_t H, int64_t C, int64_t R, int64_t S, int64_t bias_b,
+                    int64_t bias_t, int64_t full_mask_row) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(C + R));
+  auto q = Random(B * T * H * C, t), qpe = Random(B * T * H * R, t);
+  auto c = Random(B * S * C, t), kpe = Random(B * S * R, t);
+  std::vector<float> bias(bias_b * bias_t * S);
+  for (int64_t i = 0; i < static_cast<int64_t>(bias.size()); ++i) {
+    const bool masked = i / S == full_mask_row || (i * 7 + 3) % 5 == 0;  // ~1 key in 5 (all of a row only when S == 1)
+    bias[i] = masked ? -1e9f : 0.5f * Uniform();
+  }
+  std::vector<double> want(B * T * H * C, 0.0);
+  for (int64_t bi = 0; bi < B; ++bi)
+    for (int64_t ti = 0; ti < T; ++ti) {
+      const int64_t brow = (bias_b == 1 ? 0 : bi) * bias_t + (bias_t == 1 ? 0 : ti);
+      const float* bias_row = bias.data() + brow * S;
+      for (int64_t hi = 0; hi < H; ++hi) {
+        const int64_t row = (bi * T + ti) * H + hi;
+        std::vector<double> p(S);
+        if (brow == full_mask_row) {
+          for (auto& v : p) v = 1.0 / S;
+        } else {
+          double mx = -INFINITY, sum = 0.0;
+          for (int64_t s = 0; s < S; ++s) {
+            double dot = 0.0;
+            for (int64_t k = 0; k < C; ++k) dot += double(q[row * C + k]) * c[(bi * S + s) * C + k];
+            for (int64_t k = 0; k < R; ++k) dot += double(qpe[row * R + k]) * kpe[(bi * S + s) * R + k];
+            p[s] = scale * dot + bias_row[s];
+            mx = std::fmax(mx, p[s]);
+          }
+          for (auto& v : p) sum += (v = std::exp(v - mx));
+          for (auto& v : p) v /= sum;
+        }
+        for (int64_t s = 0; s < S; ++s)
+          for (int64_t k = 0; k < C; ++k) want[row * C + k] += p[s] * c[(bi * S + s) * C + k];
+      }
+    }
+  void *dQ = Upload(q, t), *dQpe = Upload(qpe, t), *dC = Upload(c, t), *dK = Upload(kpe, t);
+  void* dBias = Upload(bias, DType::kFloat);
+  void* dO = NanBuffer(B * T * H * C, t);
+  int err = seekline::MlaLatentAttentionGpu(nullptr, t, B, T, H, C, R, S, bias_b, bias_t, scale, dQ, dQpe, dC, dK,
+                                            static_cast<const float*>(dBias), dO);
+  if (err == 0) err = cudaDeviceSynchronize();
+  char what[128];
+  std::snprintf(what, sizeof what, "mla dtype=%d B=%ld T=%ld H=%ld C=%ld R=%ld S=%ld bias=(%ld,1,%ld,S)", int(t),
+                long(B), long(T), long(H), long(C), long(R), long(S), long(bias_b), long(bias_t));
+  int bad = err ? (std::printf("FAIL %s: cuda error %d\n", what, err), 1)
+                : Compare(what, Download(dO, B * T * H * C, t), want, t);
+  cudaFree(dQ); cudaFree(dQpe); cudaFree(dC); cudaFree(dK); cudaFree(dBias); cudaFree(dO);
+  return bad;
+}
+
+int main() {
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess || count == 0) {
+    std::printf("NO_DEVICE (%s)\n", e != cudaSuccess ? cudaGetErrorName(e) : "0 devices");
+    return 77;
+  }
+  int bad = 0;
+  for (DType t : {DType::kFloat, DType::kBFloat16, DType::kHalf})
+    for (int ta = 0; ta < 2; ++ta)
+      for (int tb = 0; tb < 2; ++tb) {
+        bad += CheckGemm(t, ta, tb, 67, 45, 33);   // ragged in every dimension
+        bad += CheckGemm(t, ta, tb, 130, 3, 1);
+        bad += CheckGemm(t, ta, tb, 5, 70, 0);      // k == 0: zeros
+        bad += CheckGemm(t, ta, tb, 200, 150, 70);  // several 128-tiles and k slices, ragged edges
+      }
+  bad += CheckGemm(DType::kFloat, false, false, 0, 7, 5);  // nothing to do
+  for (DType t : {DType::kFloat, DType::kBFloat16, DType::kHalf}) {
+    bad += CheckRmsNorm(t, 5, 77);
+    bad += CheckRmsNorm(t, 9, 1000);  // dim > threads per row: strided loop
+    bad += CheckRmsNorm(t, 37, 1);    // 16-bit types: no room for the r scratch in dx
+  }
+  for (DType t : {DType::kFloat, DType::kBFloat16, DType::kHalf}) {
+    bad += CheckMla(t, 2, 3, 3, 37, 5, 77, 1, 1, -1);  // bias (1,1,1,S), odd C/R/S, T > 1
+    bad += CheckMla(t, 2, 3, 3, 37, 5, 77, 2, 3, 5);   // bias (B,1,T,S); bias row (b=1, t=2) fully masked
+    bad += CheckMla(t, 3, 1, 2, 300, 7, 1, 3, 1, 1);   // decode: S == 1 (its only key masked), C > threads
+  }
+  bad += CheckMla(DType::kFloat, 1, 2, 2, 3, 0, 40, 1, 2, -1);      // R == 0, bias (1,1,T,S)
+  bad += CheckMla(DType::kBFloat16, 1, 1, 2, 3, 1, 13001, 1, 1, -1);  // S past shared memory: global scratch
+  std::printf(bad ? "FAILED %d\n" : "OK\n", bad);
+  return bad ? 1 : 0;
+}
