@@ -36,7 +36,8 @@ BUILD_DIR = Path(__file__).resolve().parent / "_build"
 CPU_LIB = "libseekline_ops.so"
 GPU_LIB = "libseekline_ops_gpu.so"
 MODES = ("auto", "on", "off")
-OPS = ("grouped_matmul", "rms_norm", "mla_latent_attention")
+OPS = ("grouped_matmul", "rms_norm", "mla_latent_attention", "causal_attention")
+GPU_KERNELS = frozenset({"grouped_matmul", "rms_norm", "mla_latent_attention"})  # ops with a CUDA kernel
 # CUDA kernels that beat the pure-TF path on an H200 (bench/results/cuda_kernels.json): RMSNorm
 # forward + backward 1.96-3.4x. The WMMA grouped GEMM reaches ~8% of cuBLAS and the per-row MLA
 # decode kernel 1-6% of batched cuBLAS einsums, so those ops use TF's path on a GPU.
@@ -147,7 +148,7 @@ def gpu_policy() -> frozenset:
     if v == "measured":
         return GPU_FASTER
     if v == "all":
-        return frozenset(OPS)
+        return GPU_KERNELS
     if v == "none":
         return frozenset()
     raise ValueError(f"SEEKLINE_OPS_GPU must be one of measured, all, none, got {v!r}")
@@ -156,7 +157,8 @@ def gpu_policy() -> frozenset:
 def active(op: str | None = None) -> bool:
     """Whether code being traced/run here should use the custom ops: the library is available,
     no disabled() scope is open on this thread, and we are not inside an XLA-compiled function.
-    With `op` (one of OPS) also: on a GPU, that op's CUDA kernel is one the policy uses."""
+    With `op` (one of OPS) also: on a GPU, that op has a CUDA kernel and the policy uses it (an op
+    without one would run on the host, copying its inputs across)."""
     if op is not None and op not in OPS:
         raise ValueError(f"unknown seekline op {op!r}; known: {', '.join(OPS)}")
     if getattr(_local, "disabled", 0) or not available():
