@@ -4,6 +4,8 @@ SeeklineGroupedMatmul (y = x·w[g] per group, or x·w[g]^T with transpose_w):
   dx = GM(dy, w, transpose_w = not transpose_w)
   dw = WGrad(x, dy) (K, N)      or  WGrad(dy, x) (N, K) when transpose_w
 SeeklineRmsNorm: SeeklineRmsNormGrad(dy, x, w) -> (dx, dw).
+SeeklineAttention (o, lse): SeeklineAttentionGrad(q, k, v, bias, o, lse, do, dlse) -> (dq, dk, dv);
+  no gradient for the bias (a mask).
 group_sizes is an integer input: no gradient.
 """
 from __future__ import annotations
@@ -33,5 +35,14 @@ def register(lib) -> None:
         x, w = op.inputs
         dx, dw = lib.seekline_rms_norm_grad(dy, x, w, eps=op.get_attr("eps"))
         return dx, dw
+
+    @tf.RegisterGradient("SeeklineAttention")
+    def _attention_grad(op, do, dlse):
+        q, k, v, bias = op.inputs
+        o, lse = op.outputs
+        if dlse is None:                   # lse unused (the wrapper returns o only)
+            dlse = tf.zeros_like(lse)
+        dq, dk, dv = lib.seekline_attention_grad(q, k, v, bias, o, lse, do, dlse, scale=op.get_attr("scale"))
+        return dq, dk, dv, None
 
     _registered = True
