@@ -7,10 +7,10 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from model.layers.attention_utils import softmax_fp32
 from model.layers.linear import Linear
 from model.layers.mla import _scatter_rows
 from model.layers.rope import apply_rope
+from model.ops.attention import attention
 
 
 @keras.saving.register_keras_serializable(package="seekline")
@@ -42,16 +42,10 @@ class GroupedQueryAttention(keras.layers.Layer):
                 apply_rope(k, cos, sin, self.rope_interleave), v)
 
     def _attend(self, q, k, v, bias):
-        # Group query heads by their KV head instead of materialising repeated K/V.
+        # q (B, T, H, hd), k / v (B, S, Hkv, hd): query heads grouped by their KV head, never
+        # materialising repeated K / V (the fused op when active, model/ops/attention.py).
         b, t = tf.shape(q)[0], tf.shape(q)[1]
-        g = self.num_heads // self.num_kv_heads
-        qg = tf.reshape(q, [b, t, self.num_kv_heads, g, self.head_dim])           # (B, T, Hkv, G, hd)
-        scores = tf.einsum("btkgd,bskd->bkgts", qg, k) * (self.head_dim ** -0.5)  # (B, Hkv, G, T, S)
-        s = tf.shape(k)[1]
-        scores = tf.reshape(scores, [b, self.num_heads, t, s])                    # (B, H, T, S)
-        p = softmax_fp32(scores, bias, v.dtype)
-        p = tf.reshape(p, [b, self.num_kv_heads, g, t, s])
-        o = tf.einsum("bkgts,bskd->btkgd", p, v)                                  # (B, T, Hkv, G, hd)
+        o = attention(q, k, v, bias, self.head_dim ** -0.5)                       # (B, T, H, hd)
         return self.o_proj(tf.reshape(o, [b, t, self.num_heads * self.head_dim]))
 
     def call(self, x, cos, sin, bias):
