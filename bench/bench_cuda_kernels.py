@@ -10,9 +10,9 @@ runs on a GPU machine that has nvcc, g++ and PyTorch but no TF. Steps:
              matmuls) at model shapes, values checked against PyTorch fp32 first:
                gemm      dense square GEMM (bf16 tensor-core path; fp32 CUDA-core path vs fp32
                          cuBLAS with TF32 off)
-               grouped   the MoE expert matmul as the TF op runs it (one GemmGpu per non-empty
-                         group) vs a loop of torch.mm over the same groups, and vs one dense
-                         torch.mm of all rows (the ceiling: same FLOPs, one launch)
+               grouped   the MoE expert matmul as the TF op runs it (GroupedGemmGpu: every group
+                         in one launch) vs a loop of torch.mm over the same groups, and vs one
+                         dense torch.mm of all rows (the ceiling: same FLOPs, one launch)
                rms_norm  forward + backward vs the HF-style PyTorch composition under autograd
                mla       absorbed MLA decode attention over the latent cache vs batched PyTorch
                          einsums with an fp32 softmax
@@ -42,8 +42,7 @@ OUT = Path(__file__).resolve().parent / "results" / "cuda_kernels.json"
 DTYPES = {"float32": 0, "bfloat16": 1, "float16": 2}  # seekline::DType
 NO_DEVICE_EXIT = 77  # check_kernels.cc: no usable GPU
 
-# extern "C" entry points over the C++ launchers (ctypes cannot call mangled names). The grouped
-# entry is the TF op's GPU loop: one GemmGpu per non-empty group, offsets known on the host.
+# extern "C" entry points over the C++ launchers (ctypes cannot call mangled names).
 SHIM = r"""
 #include <cstdint>
 #include "kernels.h"
@@ -54,16 +53,8 @@ int sl_gemm(void* s, int dt, int ta, int tb, int64_t m, int64_t n, int64_t k, co
   return seekline::GemmGpu(s, static_cast<DType>(dt), ta, tb, m, n, k, a, b, c);
 }
 int sl_grouped(void* s, int dt, int tw, int64_t groups, const int64_t* off, int64_t k, int64_t n,
-               const char* x, const char* w, char* y) {
-  const int64_t es = dt == 0 ? 4 : 2;
-  for (int64_t g = 0; g < groups; ++g) {
-    const int64_t rows = off[g + 1] - off[g];
-    if (rows == 0) continue;
-    const int err = seekline::GemmGpu(s, static_cast<DType>(dt), false, tw, rows, n, k, x + off[g] * k * es,
-                                      w + g * k * n * es, y + off[g] * n * es);
-    if (err) return err;
-  }
-  return 0;
+               const void* x, const void* w, void* y) {
+  return seekline::GroupedGemmGpu(s, static_cast<DType>(dt), tw, groups, off, k, n, x, w, y);
 }
 int sl_rms(void* s, int dt, int64_t rows, int64_t dim, float eps, const void* x, const void* w, void* y) {
   return seekline::RmsNormGpu(s, static_cast<DType>(dt), rows, dim, eps, x, w, y);

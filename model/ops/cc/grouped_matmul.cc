@@ -313,8 +313,10 @@ REGISTER_CPU(Eigen::half)
 #undef REGISTER_CPU
 
 #if GOOGLE_CUDA
-// GPU kernels: one GemmGpu launch per non-empty group on TF's stream (group_sizes lives in host
-// memory, so offsets are known on the host and no device-side scan is needed).
+// GPU kernels: the forward (and the dx pass, transpose_w) is one GroupedGemmGpu launch for all
+// groups; the weight gradient one GemmGpu per group (its groups differ in the reduction length).
+// group_sizes lives in host memory, so the offsets are known on the host and no device-side scan
+// is needed.
 namespace {
 
 template <typename T>
@@ -337,13 +339,9 @@ class GroupedMatmulGpu : public OpKernel {
     const auto* xp = reinterpret_cast<const T*>(x.tensor_data().data());
     const auto* wp = reinterpret_cast<const T*>(w.tensor_data().data());
     auto* yp = reinterpret_cast<T*>(const_cast<char*>(y->tensor_data().data()));
-    for (int64_t g = 0; g < groups; ++g) {
-      const int64_t s = off[g + 1] - off[g];
-      if (s == 0) continue;
-      OP_REQUIRES_OK(ctx, CudaStatus(GemmGpu(GpuStream(ctx), kDType<T>, false, transpose_w_, s, n, k,
-                                             xp + off[g] * k, wp + g * k * n, yp + off[g] * n),
-                                     "SeeklineGroupedMatmul GEMM"));
-    }
+    OP_REQUIRES_OK(ctx, CudaStatus(GroupedGemmGpu(GpuStream(ctx), kDType<T>, transpose_w_, groups, off.data(), k, n,
+                                                  xp, wp, yp),
+                                   "SeeklineGroupedMatmul GEMM"));
   }
 
  private:

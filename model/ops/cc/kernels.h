@@ -22,6 +22,14 @@ enum class DType : int { kFloat = 0, kBFloat16 = 1, kHalf = 2 };
 int GemmGpu(void* stream, DType dtype, bool trans_a, bool trans_b, int64_t m, int64_t n,
             int64_t k, const void* a, const void* b, void* c);
 
+// The MoE expert matmul in one launch: `groups` row blocks of x share nothing but n and k.
+//   y[r, :] = x[r, :] · op(w[g])   for r in [row_offsets[g], row_offsets[g + 1])
+// x (rows, k) and y (rows, n) contiguous with rows = row_offsets[groups]; w (groups, k, n), or
+// (groups, n, k) when trans_w. row_offsets is HOST memory (groups + 1 non-decreasing values from 0);
+// empty groups are fine. Same arithmetic as GemmGpu per group.
+int GroupedGemmGpu(void* stream, DType dtype, bool trans_w, int64_t groups, const int64_t* row_offsets,
+                   int64_t k, int64_t n, const void* x, const void* w, void* y);
+
 // RMSNorm over the last axis of a contiguous (rows, dim) tensor, statistics in fp32:
 //   y = w * x * rsqrt(mean(x^2) + eps)        (one rounding to the storage type at the end)
 int RmsNormGpu(void* stream, DType dtype, int64_t rows, int64_t dim, float eps, const void* x,

@@ -128,6 +128,29 @@ static int CheckGemm(DType t, bool ta, bool tb, int64_t m, int64_t n, int64_t k)
   return bad;
 }
 
+// GroupedGemmGpu: group g multiplies rows [off[g], off[g+1]) of x by w[g] (k x n, or n x k when tw).
+static int CheckGroupedGemm(DType t, bool tw, const std::vector<int64_t>& sizes, int64_t k, int64_t n) {
+  std::vector<int64_t> off(1, 0);
+  for (int64_t s : sizes) off.push_back(off.back() + s);
+  const int64_t groups = static_cast<int64_t>(sizes.size()), rows = off.back();
+  auto x = Random(rows * k, t), w = Random(groups * k * n, t);
+  std::vector<double> want(rows * n, 0.0);
+  for (int64_t g = 0; g < groups; ++g)
+    for (int64_t i = off[g]; i < off[g + 1]; ++i)
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t p = 0; p < k; ++p)
+          want[i * n + j] += static_cast<double>(x[i * k + p]) * w[g * k * n + (tw ? j * k + p : p * n + j)];
+  void *dx = Upload(x, t), *dw = Upload(w, t), *dy = NanBuffer(rows * n, t);
+  int err = seekline::GroupedGemmGpu(nullptr, t, tw, groups, off.data(), k, n, dx, dw, dy);
+  if (err == 0) err = cudaDeviceSynchronize();
+  char what[96];
+  std::snprintf(what, sizeof what, "grouped gemm dtype=%d tw=%d groups=%ld rows=%ld k=%ld n=%ld", int(t), tw,
+                long(groups), long(rows), long(k), long(n));
+  int bad = err ? (std::printf("FAIL %s: cuda error %d\n", what, err), 1) : Compare(what, Download(dy, rows * n, t), want, t);
+  cudaFree(dx); cudaFree(dw); cudaFree(dy);
+  return bad;
+}
+
 static int CheckRmsNorm(DType t, int64_t rows, int64_t dim) {
   const float eps = 1e-6f;
   auto x = Random(rows * dim, t, 2.0f), w = Random(dim, t), dy = Random(rows * dim, t);
@@ -244,8 +267,22 @@ int main() {
         bad += CheckGemm(t, ta, tb, 130, 3, 1);
         bad += CheckGemm(t, ta, tb, 5, 70, 0);      // k == 0: zeros
         bad += CheckGemm(t, ta, tb, 200, 150, 70);  // several 128-tiles and k slices, ragged edges
+        bad += CheckGemm(t, ta, tb, 256, 136, 96);  // multiples of 8: 16-byte copies, a partial column tile
+        bad += CheckGemm(t, ta, tb, 130, 264, 40);  // 16-byte copies with ragged row and column tiles
       }
   bad += CheckGemm(DType::kFloat, false, false, 0, 7, 5);  // nothing to do
+  for (DType t : {DType::kFloat, DType::kBFloat16, DType::kHalf})
+    for (int tw = 0; tw < 2; ++tw) {
+      bad += CheckGroupedGemm(t, tw, {3, 0, 150, 1, 0, 64}, 33, 45);  // empty groups, one past a 128-tile
+      bad += CheckGroupedGemm(t, tw, {0, 129, 7, 0}, 64, 136);        // 16-byte copies, empty first and last
+      bad += CheckGroupedGemm(t, tw, {0, 0}, 8, 8);                   // no rows at all
+    }
+  {
+    std::vector<int64_t> many(300);  // more groups than one launch's table holds
+    for (size_t g = 0; g < many.size(); ++g) many[g] = static_cast<int64_t>((g * 7) % 5);
+    bad += CheckGroupedGemm(DType::kBFloat16, false, many, 24, 16);
+    bad += CheckGroupedGemm(DType::kFloat, true, many, 24, 16);
+  }
   for (DType t : {DType::kFloat, DType::kBFloat16, DType::kHalf}) {
     bad += CheckRmsNorm(t, 5, 77);
     bad += CheckRmsNorm(t, 9, 1000);  // dim > threads per row: strided loop
@@ -258,6 +295,12 @@ int main() {
   }
   bad += CheckMla(DType::kFloat, 1, 2, 2, 3, 0, 40, 1, 2, -1);      // R == 0, bias (1,1,T,S)
   bad += CheckMla(DType::kBFloat16, 1, 1, 2, 3, 1, 13001, 1, 1, -1);  // S past shared memory: global scratch
+  // Tensor-core path shapes (16-head groups, 32-key steps, cache splits merged by the combine kernel):
+  bad += CheckMla(DType::kBFloat16, 2, 1, 20, 64, 16, 300, 2, 1, 1);   // 2 head groups (one partial), 2 splits,
+                                                                     // batch 1 fully masked
+  bad += CheckMla(DType::kHalf, 1, 2, 16, 512, 64, 700, 1, 2, -1);    // DeepSeek-V3's C and R, T = 2
+  bad += CheckMla(DType::kBFloat16, 1, 1, 40, 64, 16, 200, 1, 1, -1);  // 64-head blocks, 24 of them empty
+  bad += CheckMla(DType::kBFloat16, 1, 1, 128, 512, 64, 100, 1, 1, -1); // DeepSeek-V3's 128 heads: 2 blocks
   std::printf(bad ? "FAILED %d\n" : "OK\n", bad);
   return bad ? 1 : 0;
 }

@@ -23,6 +23,8 @@ needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not inst
 
 LAUNCHERS = (
     "seekline::GemmGpu(void*, seekline::DType, bool, bool, long, long, long, void const*, void const*, void*)",
+    "seekline::GroupedGemmGpu(void*, seekline::DType, bool, long, long const*, long, long, void const*, "
+    "void const*, void*)",
     "seekline::RmsNormGpu(void*, seekline::DType, long, long, float, void const*, void const*, void*)",
     "seekline::RmsNormGradGpu(void*, seekline::DType, long, long, float, void const*, void const*, "
     "void const*, void*, void*)",

@@ -1,11 +1,17 @@
-// seekline custom ops: GemmGpu (declared in ../cc/kernels.h).
+// seekline custom ops: GemmGpu and GroupedGemmGpu (declared in ../cc/kernels.h).
 //
+// Both are one "grouped" GEMM: groups of rows of A and C that each multiply their own B
+// (GemmGpu is the one-group case). The row tiles of all groups are numbered consecutively along
+// gridDim.x, so a whole MoE layer's expert matmuls are one launch however the tokens are routed;
+// a block finds its group by binary search in a small table passed by value (GroupTable).
 // Two kernels, both fp32-accumulating whatever the storage type:
 //   * GemmTcKernel (bf16 / fp16 storage on compute capability >= 8.0): tensor cores through the
 //     WMMA API. A 256-thread block computes a 128 x 128 tile of C; its 8 warps are laid out 2 x 4
-//     and each owns a 64 x 32 sub-tile (4 x 2 WMMA 16x16x16 accumulators). op(A) and op(B) slices
-//     of depth 32 are staged in shared memory with zero fill at the edges, so any m, n, k and both
-//     transposes take the same code path.
+//     and each owns a 64 x 32 sub-tile (4 x 2 WMMA 16x16x16 accumulators). Slices of depth 32 are
+//     staged in shared memory in the operand's own memory layout (a transposed operand becomes a
+//     col_major fragment, so no transposition on the way), two stages deep: cp.async copies 16
+//     bytes at a time for the next slice while the tensor cores work on this one. Chunks at the
+//     matrix edges (or of rows not 16-byte aligned) are copied element by element with zero fill.
 //   * GemmKernel (fp32 storage, or a GPU without bf16/fp16 WMMA): a plain shared-memory tiled
 //     GEMM, each 256-thread block a 64 x 64 tile of C, each thread a 4 x 4 register tile, on the
 //     CUDA cores. fp32 stays on it (not TF32) so fp32 results keep fp32 accuracy.
@@ -17,6 +23,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #ifdef __CUDACC__
 #include <mma.h>
@@ -28,17 +35,43 @@
 namespace seekline {
 namespace {
 
+constexpr int64_t kMaxGridY = 65535;   // CUDA's limit on gridDim.y
+constexpr int kMaxGroups = 256;        // groups per launch: GroupTable stays under 4 KiB of parameters
+
+// Group g owns rows [row_off[g], row_off[g + 1]) of A and C (absolute row numbers) and
+// B + g * b_stride; its row tiles are blockIdx.x in [tile_off[g], tile_off[g + 1]).
+struct GroupTable {
+  int64_t row_off[kMaxGroups + 1];
+  int32_t tile_off[kMaxGroups + 1];
+  int32_t groups;
+};
+
+// The group whose tiles contain `tile`: the largest g with tile_off[g] <= tile (empty groups have
+// tile_off[g] == tile_off[g + 1] and are never the answer, since tile < tile_off[groups]).
+__device__ __forceinline__ int FindGroup(const GroupTable& tab, int64_t tile) {
+  int lo = 0;
+  int hi = tab.groups - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (tab.tile_off[mid] <= tile) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return lo;
+}
+
+// ---- CUDA-core kernel (any storage type) ----
 constexpr int kBM = 64;                // block tile rows (of C)
 constexpr int kBN = 64;                // block tile columns (of C)
 constexpr int kBK = 16;                // k slice staged in shared memory per step
 constexpr int kThreads = 256;          // 16 x 16 threads, each a 4 x 4 tile: 64 x 64
 constexpr int kTM = kBM / 16;          // per-thread rows
 constexpr int kTN = kBN / 16;          // per-thread columns
-constexpr int64_t kMaxGridY = 65535;   // CUDA's limit on gridDim.y
 
 static_assert(kBM * kBK == 4 * kThreads, "A tile load: 4 elements per thread");
 static_assert(kBK * kBN == 4 * kThreads, "B tile load: 4 elements per thread");
-
 
 // op(A)[i, kk]: A is m x k row-major, or k x m when transposed.
 template <typename T, bool kTransA>
@@ -52,24 +85,30 @@ __device__ __forceinline__ float LoadB(const T* b, int64_t n, int64_t k, int64_t
   return ToFloat(kTransB ? b[j * k + kk] : b[kk * n + j]);
 }
 
-// Block (blockIdx.x, y_base + blockIdx.y) computes C[64 bx : 64 bx + 64, 64 by : 64 by + 64].
-// Thread (tx, ty) = (t % 16, t / 16) owns rows ty + 16 i and columns tx + 16 j (i, j < 4): strided
-// rather than contiguous so a warp reads one shared row of `as` (broadcast) and 16 consecutive
-// words of `bs`, and its C stores are 16 consecutive columns.
+// Block (blockIdx.x, y_base + blockIdx.y) computes a 64 x 64 tile of its group's C. Thread
+// (tx, ty) = (t % 16, t / 16) owns rows ty + 16 i and columns tx + 16 j (i, j < 4): strided rather
+// than contiguous so a warp reads one shared row of `as` (broadcast) and 16 consecutive words of
+// `bs`, and its C stores are 16 consecutive columns.
 template <typename T, bool kTransA, bool kTransB>
 __global__ void __launch_bounds__(kThreads)
-    GemmKernel(int64_t m, int64_t n, int64_t k, const T* __restrict__ a, const T* __restrict__ b,
-               T* __restrict__ c, int64_t y_base) {
+    GemmKernel(GroupTable tab, int64_t n, int64_t k, const T* __restrict__ a, const T* __restrict__ b,
+               int64_t b_stride, T* __restrict__ c, int64_t y_base) {
   // as[kk][r] = op(A)[row0 + r, k0 + kk]; bs[kk][cc] = op(B)[k0 + kk, col0 + cc]. The +1 pads
   // spread the kk-major stores (untransposed A, transposed B) across shared-memory banks.
   __shared__ float as[kBK][kBM + 1];
   __shared__ float bs[kBK][kBN + 1];
 
+  const int g = FindGroup(tab, blockIdx.x);
+  const int64_t m = tab.row_off[g + 1] - tab.row_off[g];
+  a += tab.row_off[g] * k;  // transposed A only ever comes as one group starting at row 0
+  b += g * b_stride;
+  c += tab.row_off[g] * n;
+
   const int t = threadIdx.x;
   const int tx = t % 16;
   const int ty = t / 16;
   // int64 before multiplying: blockIdx is 32-bit unsigned.
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kBM;
+  const int64_t row0 = (static_cast<int64_t>(blockIdx.x) - tab.tile_off[g]) * kBM;
   const int64_t col0 = (y_base + static_cast<int64_t>(blockIdx.y)) * kBN;
 
   float acc[kTM][kTN];
@@ -133,57 +172,104 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <typename T, bool kTransA, bool kTransB>
-int LaunchGemm(cudaStream_t stream, int64_t m, int64_t n, int64_t k, const void* a, const void* b,
-               void* c) {
-  const int64_t row_tiles = (m + kBM - 1) / kBM;  // gridDim.x allows 2^31 - 1: ample
-  const int64_t col_tiles = (n + kBN - 1) / kBN;
-  // gridDim.y is capped at 65535, so very wide C is covered by several launches.
-  for (int64_t y_base = 0; y_base < col_tiles; y_base += kMaxGridY) {
-    const int64_t ny = col_tiles - y_base < kMaxGridY ? col_tiles - y_base : kMaxGridY;
-    const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(ny));
-    GemmKernel<T, kTransA, kTransB><<<grid, kThreads, 0, stream>>>(
-        m, n, k, static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(c), y_base);
-    const cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return static_cast<int>(err);
-  }
-  return 0;
-}
-
-#ifdef __CUDACC__
 // ---- tensor-core kernel (bf16 / fp16 storage, sm_80+) ----
 constexpr int kTcBM = 128;             // block tile rows (of C)
 constexpr int kTcBN = 128;             // block tile columns (of C)
-constexpr int kTcBK = 32;              // k slice staged per step (two WMMA k-steps)
 constexpr int kTcThreads = 256;        // 8 warps, 2 (rows) x 4 (columns), each 64 x 32 of C
-constexpr int kTcLdA = kTcBK + 8;      // shared row pitch (elements) of the A slice: a multiple of 8
-constexpr int kTcLdB = kTcBN + 8;      // (WMMA's rule for 16-bit types) that also staggers banks
-constexpr int kTcPerThread = kTcBM * kTcBK / kTcThreads;  // 16 elements of each slice per thread
+#ifdef __CUDACC__
+constexpr int kTcBK = 32;              // k slice per pipeline stage (two WMMA k-steps)
+constexpr int kTcPad = 8;              // row padding (elements): keeps 16-byte rows, staggers banks
+constexpr int kTcNarrow = kTcBK + kTcPad;   // pitch of a slice stored 128 rows x 32
+constexpr int kTcWide = kTcBM + kTcPad;     // pitch of a slice stored 32 rows x 128
+// One operand slice in either layout (128 x 40 or 32 x 136 elements).
+constexpr int kTcSlice = kTcBM * kTcNarrow > kTcBK * kTcWide ? kTcBM * kTcNarrow : kTcBK * kTcWide;
+constexpr int kTcChunks = kTcBM * kTcBK / 8;  // 16-byte chunks (8 elements) per slice: 512
 
-static_assert(kTcBK * kTcBN == kTcBM * kTcBK, "A and B slices hold the same number of elements");
+static_assert(kTcBM == kTcBN, "one slice shape serves A and B");
+static_assert(kTcChunks % kTcThreads == 0, "whole chunks per thread");
+static_assert((kTcThreads / 32) * 256 * sizeof(float) <= 4 * kTcSlice * 2, "epilogue fits the pipeline buffers");
 
-// Block (blockIdx.x, y_base + blockIdx.y) computes C[128 bx : +128, 128 by : +128].
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void CpAsyncWait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending)); }
+
+// Stage rows [r0, r0 + kRows) x columns [c0, c0 + kCols) of a row-major (rows x cols) matrix into
+// smem (pitch kCols + kTcPad), zeros outside it. `vec`: the matrix base is 16-byte aligned and cols
+// a multiple of 8, so every in-range 8-element chunk is one aligned 16-byte cp.async.
+template <typename T, int kRows, int kCols>
+__device__ __forceinline__ void StageSlice(T* smem, const T* g, int64_t rows, int64_t cols, int64_t r0, int64_t c0,
+                                           bool vec) {
+  constexpr int kPerRow = kCols / 8;
+  const T zero = FromFloat<T>(0.0f);
+#pragma unroll
+  for (int l = 0; l < kTcChunks / kTcThreads; ++l) {
+    const int idx = threadIdx.x + l * kTcThreads;  // consecutive threads: consecutive chunks of a row
+    const int r = idx / kPerRow;
+    const int cc = (idx % kPerRow) * 8;
+    const int64_t gr = r0 + r;
+    const int64_t gc = c0 + cc;
+    T* dst = smem + r * (kCols + kTcPad) + cc;
+    if (vec && gr < rows && gc + 8 <= cols) {
+      CpAsync16(dst, g + gr * cols + gc);
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) dst[e] = (gr < rows && gc + e < cols) ? g[gr * cols + gc + e] : zero;
+    }
+  }
+}
+
+__device__ __forceinline__ bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
 template <typename T, bool kTransA, bool kTransB>
 __global__ void __launch_bounds__(kTcThreads)
-    GemmTcKernel(int64_t m, int64_t n, int64_t k, const T* __restrict__ a, const T* __restrict__ b,
-                 T* __restrict__ c, int64_t y_base) {
+    GemmTcKernel(GroupTable tab, int64_t n, int64_t k, const T* __restrict__ a, const T* __restrict__ b,
+                 int64_t b_stride, T* __restrict__ c, int64_t y_base) {
 #if __CUDA_ARCH__ >= 800
   namespace wmma = nvcuda::wmma;
-  // as[r][kk] = op(A)[row0 + r, k0 + kk]; bs[kk][cc] = op(B)[k0 + kk, col0 + cc]. 128-byte
-  // alignment covers WMMA's 256-bit pointer rule: every fragment offset below is a multiple of
-  // 32 bytes (row pitches 80 and 272 bytes, fragment steps of 16 rows / 16 columns).
-  __shared__ __align__(128) T as[kTcBM][kTcLdA];
-  __shared__ __align__(128) T bs[kTcBK][kTcLdB];
-  __shared__ __align__(128) float stage[kTcThreads / 32][16 * 16];  // per-warp epilogue tile
+  using LayoutA = std::conditional_t<kTransA, wmma::col_major, wmma::row_major>;
+  using LayoutB = std::conditional_t<kTransB, wmma::col_major, wmma::row_major>;
+  // Two pipeline stages of (A slice, B slice); reused as the fp32 epilogue tiles at the end. Every
+  // WMMA pointer below is a multiple of 32 bytes from this 128-byte-aligned base (pitches of 80
+  // and 272 bytes, steps of 16 rows / 16 columns), as load_matrix_sync requires.
+  __shared__ __align__(128) T smem[4 * kTcSlice];
 
-  const int t = threadIdx.x;
-  const int warp = t / 32;
-  const int lane = t % 32;
+  const int g = FindGroup(tab, blockIdx.x);
+  const int64_t m = tab.row_off[g + 1] - tab.row_off[g];
+  a += tab.row_off[g] * k;  // transposed A only ever comes as one group starting at row 0
+  b += g * b_stride;
+  c += tab.row_off[g] * n;
+  const int64_t row0 = (static_cast<int64_t>(blockIdx.x) - tab.tile_off[g]) * kTcBM;
+  const int64_t col0 = (y_base + static_cast<int64_t>(blockIdx.y)) * kTcBN;
+  // 16-byte copies need aligned rows: an aligned base and a row length that is a multiple of 8.
+  const bool vec_a = Aligned16(a) && (kTransA ? m : k) % 8 == 0;
+  const bool vec_b = Aligned16(b) && (kTransB ? k : n) % 8 == 0;
+
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
   const int wm = warp / 4;  // which 64-row half of the block tile
   const int wn = warp % 4;  // which 32-column quarter
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTcBM;
-  const int64_t col0 = (y_base + static_cast<int64_t>(blockIdx.y)) * kTcBN;
-  const T zero = FromFloat<T>(0.0f);
+
+  // Slice kt into stage s: op(A)[row0.., k0..] and op(B)[k0.., col0..], each in its stored layout:
+  // A (m x k) as 128 x 32, A^T (k x m) as 32 x 128, B (k x n) as 32 x 128, B^T (n x k) as 128 x 32.
+  auto stage = [&](int s, int64_t k0) {
+    T* sa = smem + (2 * s) * kTcSlice;
+    T* sb = smem + (2 * s + 1) * kTcSlice;
+    if (kTransA) {
+      StageSlice<T, kTcBK, kTcBM>(sa, a, k, m, k0, row0, vec_a);
+    } else {
+      StageSlice<T, kTcBM, kTcBK>(sa, a, m, k, row0, k0, vec_a);
+    }
+    if (kTransB) {
+      StageSlice<T, kTcBN, kTcBK>(sb, b, n, k, col0, k0, vec_b);
+    } else {
+      StageSlice<T, kTcBK, kTcBN>(sb, b, k, n, k0, col0, vec_b);
+    }
+    CpAsyncCommit();
+  };
 
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[4][2];
 #pragma unroll
@@ -192,131 +278,166 @@ __global__ void __launch_bounds__(kTcThreads)
     for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
   }
 
-  for (int64_t k0 = 0; k0 < k; k0 += kTcBK) {
-    // Consecutive threads walk the dimension that is contiguous in global memory (coalesced);
-    // out-of-range elements are zeros, which add nothing to the products.
-#pragma unroll
-    for (int l = 0; l < kTcPerThread; ++l) {
-      const int idx = t + l * kTcThreads;  // [0, 4096)
-      const int r = kTransA ? idx % kTcBM : idx / kTcBK;
-      const int kk = kTransA ? idx / kTcBM : idx % kTcBK;
-      const int64_t gi = row0 + r;
-      const int64_t gk = k0 + kk;
-      as[r][kk] = (gi < m && gk < k) ? (kTransA ? a[gk * m + gi] : a[gi * k + gk]) : zero;
+  const int64_t slices = (k + kTcBK - 1) / kTcBK;  // k == 0: none, C gets zeros
+  if (slices > 0) stage(0, 0);
+  for (int64_t kt = 0; kt < slices; ++kt) {
+    if (kt + 1 < slices) {
+      stage((kt + 1) & 1, (kt + 1) * kTcBK);  // overwrites the stage computed on in kt - 1
+      CpAsyncWait<1>();                        // slice kt has landed (kt + 1 may be in flight)
+    } else {
+      CpAsyncWait<0>();
     }
-#pragma unroll
-    for (int l = 0; l < kTcPerThread; ++l) {
-      const int idx = t + l * kTcThreads;
-      const int cc = kTransB ? idx / kTcBK : idx % kTcBN;
-      const int kk = kTransB ? idx % kTcBK : idx / kTcBN;
-      const int64_t gj = col0 + cc;
-      const int64_t gk = k0 + kk;
-      bs[kk][cc] = (gj < n && gk < k) ? (kTransB ? b[gj * k + gk] : b[gk * n + gj]) : zero;
-    }
-    __syncthreads();
+    __syncthreads();  // every thread's copies (async and element-wise) are visible
 
+    const T* sa = smem + (2 * (kt & 1)) * kTcSlice;
+    const T* sb = smem + (2 * (kt & 1) + 1) * kTcSlice;
 #pragma unroll
     for (int kk = 0; kk < kTcBK; kk += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> af[4];
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> bf[2];
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, LayoutA> af[4];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, LayoutB> bf[2];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) wmma::load_matrix_sync(af[i], &as[wm * 64 + i * 16][kk], kTcLdA);
+      for (int i = 0; i < 4; ++i) {
+        const int r = wm * 64 + i * 16;
+        if (kTransA) {
+          wmma::load_matrix_sync(af[i], sa + kk * kTcWide + r, kTcWide);
+        } else {
+          wmma::load_matrix_sync(af[i], sa + r * kTcNarrow + kk, kTcNarrow);
+        }
+      }
 #pragma unroll
-      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(bf[j], &bs[kk][wn * 32 + j * 16], kTcLdB);
+      for (int j = 0; j < 2; ++j) {
+        const int cc = wn * 32 + j * 16;
+        if (kTransB) {
+          wmma::load_matrix_sync(bf[j], sb + cc * kTcNarrow + kk, kTcNarrow);
+        } else {
+          wmma::load_matrix_sync(bf[j], sb + kk * kTcWide + cc, kTcWide);
+        }
+      }
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
 #pragma unroll
         for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], af[i], bf[j], acc[i][j]);
       }
     }
-    __syncthreads();  // before the next slice overwrites as/bs
+    __syncthreads();  // before the next iteration's copies overwrite this stage
   }
 
-  // Epilogue: each 16 x 16 accumulator goes through the warp's fp32 staging tile (the fragment's
-  // element layout is opaque), then out with one rounding to T and bounds checks.
+  // Epilogue: each 16 x 16 accumulator goes through the warp's fp32 tile in the (now idle)
+  // pipeline buffers (the fragment's element layout is opaque), then out with one rounding to T.
+  float* tile = reinterpret_cast<float*>(smem) + warp * 256;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
-      wmma::store_matrix_sync(stage[warp], acc[i][j], 16, wmma::mem_row_major);
+      wmma::store_matrix_sync(tile, acc[i][j], 16, wmma::mem_row_major);
       __syncwarp();
       for (int e = lane; e < 256; e += 32) {
         const int64_t gi = row0 + wm * 64 + i * 16 + e / 16;
         const int64_t gj = col0 + wn * 32 + j * 16 + e % 16;
-        if (gi < m && gj < n) c[gi * n + gj] = FromFloat<T>(stage[warp][e]);
+        if (gi < m && gj < n) c[gi * n + gj] = FromFloat<T>(tile[e]);
       }
-      __syncwarp();  // before the next store_matrix_sync overwrites the staging tile
+      __syncwarp();  // before the next store_matrix_sync overwrites the tile
     }
   }
 #endif  // __CUDA_ARCH__ >= 800
 }
 
+#endif  // __CUDACC__
+
+// Launch groups [0, groups) (row_off has groups + 1 entries) in chunks of kMaxGroups, each chunk
+// one launch per 65535 column tiles.
 template <typename T, bool kTransA, bool kTransB>
-int LaunchGemmTc(cudaStream_t stream, int64_t m, int64_t n, int64_t k, const void* a, const void* b,
-                 void* c) {
-  const int64_t row_tiles = (m + kTcBM - 1) / kTcBM;
-  const int64_t col_tiles = (n + kTcBN - 1) / kTcBN;
-  for (int64_t y_base = 0; y_base < col_tiles; y_base += kMaxGridY) {
-    const int64_t ny = col_tiles - y_base < kMaxGridY ? col_tiles - y_base : kMaxGridY;
-    const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(ny));
-    GemmTcKernel<T, kTransA, kTransB><<<grid, kTcThreads, 0, stream>>>(
-        m, n, k, static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(c), y_base);
-    const cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return static_cast<int>(err);
+int LaunchGroups(cudaStream_t stream, bool tensor_cores, int64_t groups, const int64_t* row_off, int64_t n,
+                 int64_t k, const void* a, const void* b, int64_t b_stride, void* c) {
+  const int bm = tensor_cores ? kTcBM : kBM;
+  const int bn = tensor_cores ? kTcBN : kBN;
+  const int threads = tensor_cores ? kTcThreads : kThreads;
+  const int64_t col_tiles = (n + bn - 1) / bn;
+  for (int64_t g0 = 0; g0 < groups; g0 += kMaxGroups) {
+    const int64_t count = groups - g0 < kMaxGroups ? groups - g0 : kMaxGroups;
+    GroupTable tab;
+    tab.groups = static_cast<int32_t>(count);
+    int64_t tiles = 0;
+    for (int64_t i = 0; i <= count; ++i) {
+      tab.row_off[i] = row_off[g0 + i];
+      tab.tile_off[i] = static_cast<int32_t>(tiles);
+      if (i < count) tiles += (row_off[g0 + i + 1] - row_off[g0 + i] + bm - 1) / bm;
+      if (tiles > 0x7fffffff) return static_cast<int>(cudaErrorInvalidConfiguration);
+    }
+    if (tiles == 0) continue;
+    const T* bg = static_cast<const T*>(b) + g0 * b_stride;
+    for (int64_t y_base = 0; y_base < col_tiles; y_base += kMaxGridY) {
+      const int64_t ny = col_tiles - y_base < kMaxGridY ? col_tiles - y_base : kMaxGridY;
+      const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(ny));
+#ifdef __CUDACC__
+      if constexpr (sizeof(T) == 2) {
+        if (tensor_cores) {
+          GemmTcKernel<T, kTransA, kTransB><<<grid, threads, 0, stream>>>(
+              tab, n, k, static_cast<const T*>(a), bg, b_stride, static_cast<T*>(c), y_base);
+          const cudaError_t err = cudaGetLastError();
+          if (err != cudaSuccess) return static_cast<int>(err);
+          continue;
+        }
+      }
+#endif
+      GemmKernel<T, kTransA, kTransB><<<grid, threads, 0, stream>>>(
+          tab, n, k, static_cast<const T*>(a), bg, b_stride, static_cast<T*>(c), y_base);
+      const cudaError_t err = cudaGetLastError();
+      if (err != cudaSuccess) return static_cast<int>(err);
+    }
   }
   return 0;
 }
 
-// bf16 / fp16 WMMA needs compute capability 8.0 (Ampere) or newer, on the current device.
-bool TensorCoresUsable() {
-  int device = 0;
-  int major = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return false;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
-  return major >= 8;
-}
-#endif  // __CUDACC__
-
 template <typename T>
-int DispatchTranspose(cudaStream_t stream, bool trans_a, bool trans_b, int64_t m, int64_t n,
-                      int64_t k, const void* a, const void* b, void* c) {
+int DispatchTranspose(cudaStream_t stream, bool trans_a, bool trans_b, int64_t groups, const int64_t* row_off,
+                      int64_t n, int64_t k, const void* a, const void* b, int64_t b_stride, void* c) {
+  bool tc = false;
 #ifdef __CUDACC__
-  if constexpr (sizeof(T) == 2) {
-    if (TensorCoresUsable()) {
-      if (trans_a) {
-        return trans_b ? LaunchGemmTc<T, true, true>(stream, m, n, k, a, b, c)
-                       : LaunchGemmTc<T, true, false>(stream, m, n, k, a, b, c);
-      }
-      return trans_b ? LaunchGemmTc<T, false, true>(stream, m, n, k, a, b, c)
-                     : LaunchGemmTc<T, false, false>(stream, m, n, k, a, b, c);
-    }
-  }
+  tc = sizeof(T) == 2 && TensorCoresUsable();
 #endif
   if (trans_a) {
-    return trans_b ? LaunchGemm<T, true, true>(stream, m, n, k, a, b, c)
-                   : LaunchGemm<T, true, false>(stream, m, n, k, a, b, c);
+    return trans_b ? LaunchGroups<T, true, true>(stream, tc, groups, row_off, n, k, a, b, b_stride, c)
+                   : LaunchGroups<T, true, false>(stream, tc, groups, row_off, n, k, a, b, b_stride, c);
   }
-  return trans_b ? LaunchGemm<T, false, true>(stream, m, n, k, a, b, c)
-                 : LaunchGemm<T, false, false>(stream, m, n, k, a, b, c);
+  return trans_b ? LaunchGroups<T, false, true>(stream, tc, groups, row_off, n, k, a, b, b_stride, c)
+                 : LaunchGroups<T, false, false>(stream, tc, groups, row_off, n, k, a, b, b_stride, c);
+}
+
+int Dispatch(void* stream, DType dtype, bool trans_a, bool trans_b, int64_t groups, const int64_t* row_off,
+             int64_t n, int64_t k, const void* a, const void* b, int64_t b_stride, void* c) {
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  switch (dtype) {
+    case DType::kFloat:
+      return DispatchTranspose<float>(s, trans_a, trans_b, groups, row_off, n, k, a, b, b_stride, c);
+    case DType::kBFloat16:
+      return DispatchTranspose<__nv_bfloat16>(s, trans_a, trans_b, groups, row_off, n, k, a, b, b_stride, c);
+    case DType::kHalf:
+      return DispatchTranspose<__half>(s, trans_a, trans_b, groups, row_off, n, k, a, b, b_stride, c);
+  }
+  return static_cast<int>(cudaErrorInvalidValue);
 }
 
 }  // namespace
 
-int GemmGpu(void* stream, DType dtype, bool trans_a, bool trans_b, int64_t m, int64_t n,
-            int64_t k, const void* a, const void* b, void* c) {
+int GemmGpu(void* stream, DType dtype, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+            const void* a, const void* b, void* c) {
   if (m < 0 || n < 0 || k < 0) return static_cast<int>(cudaErrorInvalidValue);
   if (m == 0 || n == 0) return 0;
-  if ((m + kBM - 1) / kBM > 0x7fffffff) return static_cast<int>(cudaErrorInvalidConfiguration);
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case DType::kFloat:
-      return DispatchTranspose<float>(s, trans_a, trans_b, m, n, k, a, b, c);
-    case DType::kBFloat16:
-      return DispatchTranspose<__nv_bfloat16>(s, trans_a, trans_b, m, n, k, a, b, c);
-    case DType::kHalf:
-      return DispatchTranspose<__half>(s, trans_a, trans_b, m, n, k, a, b, c);
+  const int64_t rows[2] = {0, m};
+  return Dispatch(stream, dtype, trans_a, trans_b, 1, rows, n, k, a, b, 0, c);
+}
+
+int GroupedGemmGpu(void* stream, DType dtype, bool trans_w, int64_t groups, const int64_t* row_offsets,
+                   int64_t k, int64_t n, const void* x, const void* w, void* y) {
+  if (groups < 0 || k < 0 || n < 0 || row_offsets == nullptr || row_offsets[0] != 0) {
+    return static_cast<int>(cudaErrorInvalidValue);
   }
-  return static_cast<int>(cudaErrorInvalidValue);
+  for (int64_t g = 0; g < groups; ++g) {
+    if (row_offsets[g + 1] < row_offsets[g]) return static_cast<int>(cudaErrorInvalidValue);
+  }
+  if (groups == 0 || n == 0 || row_offsets[groups] == 0) return 0;
+  return Dispatch(stream, dtype, false, trans_w, groups, row_offsets, n, k, x, w, k * n, y);
 }
 
 }  // namespace seekline

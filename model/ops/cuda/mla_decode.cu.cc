@@ -1,5 +1,10 @@
 // seekline custom ops: MlaLatentAttentionGpu (declared in ../cc/kernels.h).
 //
+// bf16 / fp16 on compute capability >= 8.0: MlaTcKernel below (tensor cores, flash-decoding: each
+// cache row is read once per 16 heads, the cache split across blocks when the batch is small).
+// fp32, older GPUs, or a latent too wide for shared memory: MlaLatentAttentionKernel, the CUDA-core
+// kernel described next (also what the CPU emulation in cuda_build_test.py runs).
+//
 // One block per (b, t, h) query row (grid-stride over rows). Per row:
 //   1. threads stride over the S keys: score[s] = scale * (q_lat·c[s] + q_pe·k_pe[s]) + bias[s]
 //      (fp32 dot products), kept in a scores buffer;
@@ -19,6 +24,10 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+
+#ifdef __CUDACC__
+#include <mma.h>
+#endif
 
 #include "../cc/kernels.h"
 #include "storage.cuh"
@@ -104,10 +113,392 @@ __global__ void MlaLatentAttentionKernel(int64_t rows, int64_t t, int64_t h, int
   }
 }
 
+#ifdef __CUDACC__
+// ---- tensor-core kernel (bf16 / fp16, sm_80+): flash-decoding over the latent cache ----
+// Block (bt, head group, split): 16 heads of one (b, t) query row against the keys of one split of
+// the cache, 32 keys per step, 4 warps. Per step, with D = C + R (zero-padded):
+//   1. K = [c | k_pe] of the 32 keys into shared memory (cp.async; each cache row is read once for
+//      16 heads);
+//   2. scores (16 x 32) = Q (16 x D) · K^T with mma.sync m16n8k16, warp w taking keys 8w..8w+7;
+//   3. online softmax in fp32 (running max m and sum l per head; P rounded to the storage type and
+//      l summed from the rounded values, so numerator and denominator agree);
+//   4. O = O · e^(m_old - m_new) + P · V, where V = c is the first C columns of the same K tile
+//      (MLA's values are the latent itself). O (16 x C, fp32) lives in registers: warp w owns
+//      columns [w C/4, (w + 1) C/4), and the m16n8 accumulator layout (a thread holds rows
+//      lane/4 and lane/4 + 8) lets each thread rescale its own rows.
+// One split: O / l is the output. Several (short batches, long caches): each writes (O, m, l) to
+// scratch and MlaCombineKernel merges them. Masked keys (bias -1e9) give e^(-1e9 - m) = 0 once any
+// key is visible; a row with every key masked has every score at -1e9 and gets the uniform
+// average, as the softmax does.
+// A block holds kGroups head tiles of 16 (the MMA's rows) and 4 warps per head tile, so the K tile
+// it loads serves 16 * kGroups heads (DeepSeek-V3's 128 heads: 2 blocks per query row, not 8).
+constexpr int kTcHeadTile = 16;   // heads per MMA row tile
+constexpr int kTcKeys = 32;       // keys per step: one n8 tile per warp of a head tile
+constexpr int kTcWarpsPerTile = 4;
+constexpr int kTcPad = 8;         // row padding (elements): 16-byte rows for ldmatrix, staggered banks
+constexpr int kTcMaxTiles = 16;   // n8 tiles of O per warp: C <= 4 * 16 * 8 = 512 on this path
+static_assert(kTcKeys == 8 * kTcWarpsPerTile, "one n8 key tile per warp of a head tile");
+static_assert(32 * kTcWarpsPerTile == kTcHeadTile * 8, "the softmax step gives each head row 8 threads");
+
+struct TcLayout {  // dynamic shared memory carve-up (byte offsets, each 128-byte aligned)
+  int64_t dp, cp;  // padded widths: K/Q rows (>= C + R, multiple of 16, >= cp), O columns (multiple of 32)
+  int64_t q, k, s, p, stats, bytes;
+};
+
+__host__ __device__ inline int64_t Align128(int64_t v) { return (v + 127) / 128 * 128; }
+
+__host__ __device__ inline TcLayout MakeTcLayout(int64_t c, int64_t r, int64_t elem, int groups) {
+  const int64_t heads = kTcHeadTile * groups;
+  TcLayout l;
+  l.cp = (c + 31) / 32 * 32;
+  l.dp = (c + r + 15) / 16 * 16;
+  if (l.dp < l.cp) l.dp = l.cp;  // P · V reads K columns [0, cp): padding columns hold zeros
+  l.q = 0;                                                      // Q [heads][dp + pad] T
+  l.k = Align128(l.q + heads * (l.dp + kTcPad) * elem);         // K [32][dp + pad] T
+  l.s = Align128(l.k + kTcKeys * (l.dp + kTcPad) * elem);       // scores z [heads][32] fp32
+  l.p = Align128(l.s + heads * kTcKeys * 4);                    // P [heads][32 + pad] T
+  l.stats = Align128(l.p + heads * (kTcKeys + kTcPad) * elem);  // m, l, corr [3][heads] fp32
+  l.bytes = Align128(l.stats + 3 * heads * 4);
+  return l;
+}
+
+__device__ __forceinline__ unsigned SmemAddr(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+// Four 8x8 b16 matrices (rows addressed by lanes 0-7, 8-15, 16-23, 24-31) into the MMA's A layout.
+__device__ __forceinline__ void LdMatrixX4(unsigned* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(SmemAddr(p)));
+}
+// Two 8x8 matrices (lanes 0-7, 8-15): a B fragment from n-major rows (K^T for the scores).
+__device__ __forceinline__ void LdMatrixX2(unsigned* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(SmemAddr(p)));
+}
+// Two 8x8 matrices transposed: a B fragment from k-major rows (V for P · V).
+__device__ __forceinline__ void LdMatrixX2Trans(unsigned* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1]) : "r"(SmemAddr(p)));
+}
+
+// d (16x8 fp32) += a (16x16) · b (16x8), fp32 accumulation.
+template <typename T>
+__device__ __forceinline__ void Mma16816(float* d, const unsigned* a, const unsigned* b);
+template <>
+__device__ __forceinline__ void Mma16816<__nv_bfloat16>(float* d, const unsigned* a, const unsigned* b) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+               "{%0, %1, %2, %3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+template <>
+__device__ __forceinline__ void Mma16816<__half>(float* d, const unsigned* a, const unsigned* b) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+               "{%0, %1, %2, %3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(SmemAddr(smem)), "l"(gmem));
+}
+
+template <typename T, int kGroups>
+__global__ void __launch_bounds__(32 * kTcWarpsPerTile * kGroups)
+    MlaTcKernel(int64_t t, int64_t h, int64_t c, int64_t r, int64_t s, int64_t split_len, int64_t bias_b,
+                int64_t bias_t, float scale, bool vec, const T* __restrict__ q_lat, const T* __restrict__ q_pe,
+                const T* __restrict__ cache, const T* __restrict__ k_pe, const float* __restrict__ bias,
+                T* __restrict__ o_lat, float* __restrict__ part) {
+#if __CUDA_ARCH__ >= 800
+  extern __shared__ __align__(128) unsigned char smem[];
+  constexpr int kHeads = kTcHeadTile * kGroups;
+  constexpr int kThreads = 32 * kTcWarpsPerTile * kGroups;
+  const TcLayout lay = MakeTcLayout(c, r, sizeof(T), kGroups);
+  const int dp = static_cast<int>(lay.dp), cp = static_cast<int>(lay.cp), ld = dp + kTcPad;
+  T* qs = reinterpret_cast<T*>(smem + lay.q);
+  T* ks = reinterpret_cast<T*>(smem + lay.k);
+  float* zs = reinterpret_cast<float*>(smem + lay.s);
+  T* ps = reinterpret_cast<T*>(smem + lay.p);
+  float* row_m = reinterpret_cast<float*>(smem + lay.stats);
+  float* row_l = row_m + kHeads;
+  float* row_corr = row_l + kHeads;
+
+  const int tid = threadIdx.x;
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+  const int ht = warp / kTcWarpsPerTile;    // this warp's head tile: heads [16 ht, 16 ht + 16)
+  const int wq = warp % kTcWarpsPerTile;    // its key tile (scores) and column quarter (P · V)
+  const int64_t bt = blockIdx.x;  // bi * t + ti
+  const int64_t bi = bt / t;
+  const int64_t ti = bt % t;
+  const int64_t h0 = static_cast<int64_t>(blockIdx.y) * kHeads;
+  const int64_t s_begin = static_cast<int64_t>(blockIdx.z) * split_len;
+  const int64_t s_end = s_begin + split_len < s ? s_begin + split_len : s;
+  const float* bias_row = bias + ((bias_b == 1 ? 0 : bi) * bias_t + (bias_t == 1 ? 0 : ti)) * s;  // [s]
+  const T zero = FromFloat<T>(0.0f);
+
+  // Q = [q_lat | q_pe | 0] for heads h0.. (rows past H are zeros); m = -inf, l = 0.
+  for (int hh = 0; hh < kHeads; ++hh) {
+    const int64_t row = bt * h + h0 + hh;
+    const bool live = h0 + hh < h;
+    for (int kk = tid; kk < dp; kk += kThreads) {
+      T v = zero;
+      if (live && kk < c) v = q_lat[row * c + kk];
+      else if (live && kk < c + r) v = q_pe[row * r + (kk - c)];
+      qs[hh * ld + kk] = v;
+    }
+  }
+  if (tid < kHeads) {
+    row_m[tid] = -INFINITY;
+    row_l[tid] = 0.0f;
+  }
+  float o[kTcMaxTiles][4];  // O rows lane/4 (o[i][0..1]) and lane/4 + 8 (o[i][2..3])
+#pragma unroll
+  for (int i = 0; i < kTcMaxTiles; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  const int tiles = cp / 32;             // n8 tiles per warp
+  const int col_base = wq * (cp / 4);   // this warp's O columns
+
+  for (int64_t s0 = s_begin; s0 < s_end; s0 += kTcKeys) {
+    __syncthreads();  // the previous step is done with ks and ps; Q and the stats are initialised
+    // 1. K tile, rows past s_end zero (their scores are excluded below).
+    if (vec) {  // C and R multiples of 8, 16-byte aligned bases: 16-byte chunks
+      const int per_row = dp / 8;
+      for (int i = tid; i < kTcKeys * per_row; i += kThreads) {
+        const int j = i / per_row;
+        const int kk = (i - j * per_row) * 8;
+        const int64_t sj = s0 + j;
+        T* dst = ks + j * ld + kk;
+        if (sj < s_end && kk < c) {
+          CpAsync16(dst, cache + (bi * s + sj) * c + kk);
+        } else if (sj < s_end && kk < c + r) {
+          CpAsync16(dst, k_pe + (bi * s + sj) * r + (kk - c));
+        } else {
+          *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
+        }
+      }
+      asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::);
+    } else {
+      for (int j = 0; j < kTcKeys; ++j) {
+        const int64_t sj = s0 + j;
+        for (int kk = tid; kk < dp; kk += kThreads) {
+          T v = zero;
+          if (sj < s_end && kk < c) v = cache[(bi * s + sj) * c + kk];
+          else if (sj < s_end && kk < c + r) v = k_pe[(bi * s + sj) * r + (kk - c)];
+          ks[j * ld + kk] = v;
+        }
+      }
+    }
+    __syncthreads();
+
+    // 2. z = scale * Q·K^T + bias for this warp's head tile and keys 8 wq..8 wq + 7 (-inf past s_end).
+    {
+      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      const int n0 = wq * 8;
+      for (int k0 = 0; k0 < dp; k0 += 16) {
+        unsigned a[4];
+        unsigned b[2];
+        LdMatrixX4(a, qs + (ht * 16 + lane % 16) * ld + k0 + (lane / 16) * 8);
+        LdMatrixX2(b, ks + (n0 + lane % 8) * ld + k0 + ((lane / 8) % 2) * 8);
+        Mma16816<T>(acc, a, b);
+      }
+      const int row = ht * 16 + lane / 4;
+      const int key = n0 + (lane % 4) * 2;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int rr = row + (e / 2) * 8;
+        const int kj = key + e % 2;
+        const int64_t sj = s0 + kj;
+        zs[rr * kTcKeys + kj] = sj < s_end ? scale * acc[e] + bias_row[sj] : -INFINITY;
+      }
+    }
+    __syncthreads();
+
+    // 3. online softmax: 8 threads per head row (a warp holds 4 rows), 4 keys per thread.
+    {
+      const int hh = tid / 8;
+      const int j0 = (tid % 8) * 4;
+      float tile_max = -INFINITY;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) tile_max = fmaxf(tile_max, zs[hh * kTcKeys + j0 + e]);
+#pragma unroll
+      for (int off = 4; off > 0; off /= 2) tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, off));
+      const float m_old = row_m[hh];
+      const float m_new = fmaxf(m_old, tile_max);  // finite: every step has a key inside the split
+      float sum = 0.0f;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float z = zs[hh * kTcKeys + j0 + e];
+        const T pv = FromFloat<T>(z == -INFINITY ? 0.0f : __expf(z - m_new));
+        ps[hh * (kTcKeys + kTcPad) + j0 + e] = pv;
+        sum += ToFloat(pv);
+      }
+#pragma unroll
+      for (int off = 4; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+      __syncwarp();  // every lane has read row_m before lane 0 of the row updates it
+      if (tid % 8 == 0) {
+        const float corr = __expf(m_old - m_new);  // m_old = -inf on the first step: 0
+        row_corr[hh] = corr;
+        row_l[hh] = row_l[hh] * corr + sum;
+        row_m[hh] = m_new;
+      }
+    }
+    __syncthreads();
+
+    // 4. O = O * corr + P · V over this warp's head tile and columns.
+    {
+      const float corr_lo = row_corr[ht * 16 + lane / 4];
+      const float corr_hi = row_corr[ht * 16 + lane / 4 + 8];
+      unsigned a[2][4];
+#pragma unroll
+      for (int kk = 0; kk < 2; ++kk) {
+        LdMatrixX4(a[kk], ps + (ht * 16 + lane % 16) * (kTcKeys + kTcPad) + kk * 16 + (lane / 16) * 8);
+      }
+#pragma unroll
+      for (int i = 0; i < kTcMaxTiles; ++i) {
+        if (i >= tiles) break;
+        o[i][0] *= corr_lo;
+        o[i][1] *= corr_lo;
+        o[i][2] *= corr_hi;
+        o[i][3] *= corr_hi;
+        const int n = col_base + i * 8;
+#pragma unroll
+        for (int kk = 0; kk < 2; ++kk) {
+          unsigned b[2];
+          LdMatrixX2Trans(b, ks + (kk * 16 + lane % 16) * ld + n);
+          Mma16816<T>(o[i], a[kk], b);
+        }
+      }
+    }
+  }
+  __syncthreads();  // the stats of the last step are visible
+
+  // Out: O / l (one split), or (O, m, l) for MlaCombineKernel.
+  const int64_t splits = gridDim.z;
+#pragma unroll
+  for (int i = 0; i < kTcMaxTiles; ++i) {
+    if (i >= tiles) break;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int hh = ht * 16 + lane / 4 + (e / 2) * 8;
+      const int64_t col = col_base + i * 8 + (lane % 4) * 2 + e % 2;
+      if (h0 + hh >= h || col >= c) continue;
+      const int64_t row = bt * h + h0 + hh;
+      if (splits == 1) {
+        o_lat[row * c + col] = FromFloat<T>(o[i][e] / row_l[hh]);
+      } else {
+        part[(row * splits + blockIdx.z) * (c + 2) + col] = o[i][e];
+      }
+    }
+  }
+  if (splits > 1 && tid < kHeads && h0 + tid < h) {
+    float* ml = part + ((bt * h + h0 + tid) * splits + blockIdx.z) * (c + 2) + c;
+    ml[0] = row_m[tid];
+    ml[1] = row_l[tid];
+  }
+#endif  // __CUDA_ARCH__ >= 800
+}
+
+// Merge the splits of one (b, t, h) row: o = sum_j e^(m_j - m) O_j / sum_j e^(m_j - m) l_j.
+template <typename T>
+__global__ void MlaCombineKernel(int64_t rows, int64_t c, int64_t splits, const float* __restrict__ part,
+                                 T* __restrict__ o_lat) {
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const float* pr = part + row * splits * (c + 2);
+    float m = -INFINITY;
+    for (int64_t j = 0; j < splits; ++j) m = fmaxf(m, pr[j * (c + 2) + c]);
+    float l = 0.0f;
+    for (int64_t j = 0; j < splits; ++j) l += __expf(pr[j * (c + 2) + c] - m) * pr[j * (c + 2) + c + 1];
+    for (int64_t kk = threadIdx.x; kk < c; kk += blockDim.x) {
+      float acc = 0.0f;
+      for (int64_t j = 0; j < splits; ++j) acc += __expf(pr[j * (c + 2) + c] - m) * pr[j * (c + 2) + kk];
+      o_lat[row * c + kk] = FromFloat<T>(acc / l);
+    }
+  }
+}
+
+// Launch the tensor-core path with kGroups head tiles per block; -1 when it does not apply.
+template <typename T, int kGroups>
+int LaunchTcGroups(cudaStream_t stream, int64_t b, int64_t t, int64_t h, int64_t c, int64_t r, int64_t s,
+                   int64_t bias_b, int64_t bias_t, float scale, const void* q_lat, const void* q_pe,
+                   const void* cache, const void* k_pe, const float* bias, void* o_lat) {
+  int device = 0, optin = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return -1;
+  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  const TcLayout lay = MakeTcLayout(c, r, sizeof(T), kGroups);
+  const int64_t heads = kTcHeadTile * kGroups;
+  const int64_t head_groups = (h + heads - 1) / heads;
+  if (c > kTcWarpsPerTile * kTcMaxTiles * 8 || lay.bytes > optin || b * t > 0x7fffffff || head_groups > 65535) {
+    return -1;
+  }
+  const auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
+  const bool vec = c % 8 == 0 && r % 8 == 0 && aligned16(cache) && aligned16(k_pe);
+  // Splits of the cache so the grid fills the GPU about twice, each split >= 4 steps of keys.
+  const int64_t base = b * t * head_groups;
+  int64_t splits = (2 * static_cast<int64_t>(sms) + base - 1) / base;
+  const int64_t max_splits = s / (4 * kTcKeys) > 1 ? s / (4 * kTcKeys) : 1;
+  splits = splits < 1 ? 1 : splits > max_splits ? max_splits : splits;
+  if (splits > 65535) splits = 65535;
+  const int64_t split_len = ((s + splits - 1) / splits + kTcKeys - 1) / kTcKeys * kTcKeys;
+  splits = (s + split_len - 1) / split_len;  // every split non-empty
+
+  cudaError_t err = cudaFuncSetAttribute(MlaTcKernel<T, kGroups>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(lay.bytes));
+  if (err != cudaSuccess) return static_cast<int>(err);
+  float* part = nullptr;
+  const int64_t rows = b * t * h;
+  if (splits > 1) {
+    err = cudaMallocAsync(reinterpret_cast<void**>(&part), static_cast<size_t>(rows * splits * (c + 2)) * sizeof(float),
+                          stream);
+    if (err != cudaSuccess) return static_cast<int>(err);
+  }
+  const dim3 grid(static_cast<unsigned>(b * t), static_cast<unsigned>(head_groups), static_cast<unsigned>(splits));
+  MlaTcKernel<T, kGroups><<<grid, 32 * kTcWarpsPerTile * kGroups, lay.bytes, stream>>>(
+      t, h, c, r, s, split_len, bias_b, bias_t, scale, vec, static_cast<const T*>(q_lat), static_cast<const T*>(q_pe),
+      static_cast<const T*>(cache), static_cast<const T*>(k_pe), bias, static_cast<T*>(o_lat), part);
+  err = cudaGetLastError();
+  if (err == cudaSuccess && splits > 1) {
+    const unsigned blocks = static_cast<unsigned>(rows < kMaxBlocks ? rows : kMaxBlocks);
+    MlaCombineKernel<T><<<blocks, 128, 0, stream>>>(rows, c, splits, part, static_cast<T*>(o_lat));
+    err = cudaGetLastError();
+  }
+  if (part != nullptr) {
+    const cudaError_t free_err = cudaFreeAsync(part, stream);  // after the kernels, in stream order
+    if (err == cudaSuccess) err = free_err;
+  }
+  return static_cast<int>(err);
+}
+
+// The tensor-core path: as many heads per block as the query has (up to 64, the rest in more
+// blocks), fewer when shared memory is short. -1: the CUDA-core kernel must do it.
+template <typename T>
+int LaunchTc(cudaStream_t stream, int64_t b, int64_t t, int64_t h, int64_t c, int64_t r, int64_t s,
+             int64_t bias_b, int64_t bias_t, float scale, const void* q_lat, const void* q_pe, const void* cache,
+             const void* k_pe, const float* bias, void* o_lat) {
+  if (!TensorCoresUsable()) return -1;
+  int rc = -1;
+  if (h > 2 * kTcHeadTile) {
+    rc = LaunchTcGroups<T, 4>(stream, b, t, h, c, r, s, bias_b, bias_t, scale, q_lat, q_pe, cache, k_pe, bias, o_lat);
+  }
+  if (rc < 0 && h > kTcHeadTile) {
+    rc = LaunchTcGroups<T, 2>(stream, b, t, h, c, r, s, bias_b, bias_t, scale, q_lat, q_pe, cache, k_pe, bias, o_lat);
+  }
+  if (rc < 0) {
+    rc = LaunchTcGroups<T, 1>(stream, b, t, h, c, r, s, bias_b, bias_t, scale, q_lat, q_pe, cache, k_pe, bias, o_lat);
+  }
+  return rc;
+}
+#endif  // __CUDACC__
+
 template <typename T>
 int Launch(cudaStream_t stream, int64_t b, int64_t t, int64_t h, int64_t c, int64_t r, int64_t s, int64_t bias_b,
            int64_t bias_t, float scale, const void* q_lat, const void* q_pe, const void* cache, const void* k_pe,
            const float* bias, void* o_lat) {
+#ifdef __CUDACC__
+  if constexpr (sizeof(T) == 2) {
+    const int tc = LaunchTc<T>(stream, b, t, h, c, r, s, bias_b, bias_t, scale, q_lat, q_pe, cache, k_pe, bias, o_lat);
+    if (tc >= 0) return tc;
+  }
+#endif
   const int64_t rows = b * t * h;
   const int64_t wanted = (s > c ? s : c) + 31;  // enough threads for the longer of the two strided loops
   const int threads = static_cast<int>(wanted / 32 * 32 < kMaxThreads ? wanted / 32 * 32 : kMaxThreads);

@@ -1,10 +1,12 @@
 // Storage type <-> fp32 for the CUDA launchers (all arithmetic is fp32; rounding to bf16 / fp16
-// is round-to-nearest-even). Shared by every *.cu.cc here.
+// is round-to-nearest-even), and the device query the tensor-core paths share. Included by every
+// *.cu.cc here.
 #ifndef SEEKLINE_OPS_CUDA_STORAGE_CUH_
 #define SEEKLINE_OPS_CUDA_STORAGE_CUH_
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
 
 namespace seekline {
 
@@ -20,6 +22,17 @@ template <>
 __device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
 template <>
 __device__ __forceinline__ __half FromFloat<__half>(float v) { return __float2half(v); }
+
+#ifdef __CUDACC__
+// bf16 / fp16 WMMA needs compute capability 8.0 (Ampere) or newer, on the current device.
+inline bool TensorCoresUsable() {
+  int device = 0;
+  int major = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
+  return major >= 8;
+}
+#endif
 
 }  // namespace seekline
 
