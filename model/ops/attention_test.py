@@ -68,6 +68,7 @@ CASES = [  # (B, T, H, Hkv, Dk, Dv, S, bias kind)
     (3, 1, 4, 2, 8, 5, 37, "keys"),             # a decode step over padded keys
     (1, 1, 1, 1, 3, 2, 1, "causal"),            # T = S = 1
     (2, 9, 4, 4, 6, 7, 9, "padded"),
+    (4, 140, 4, 2, 12, 10, 140, "packed"),      # B·Hkv >= 8: the one-pass backward
 ]
 
 
@@ -174,12 +175,17 @@ def test_results_do_not_depend_on_thread_count():
 
 
 def _thread_probe():
-    """o, dq, dk, dv of a causal GQA call spanning several query and key blocks, flattened."""
-    rng = np.random.default_rng(0)
-    q = tf.constant(rng.normal(size=(2, 300, 4, 16)), tf.float32)
-    k = tf.constant(rng.normal(size=(2, 300, 2, 16)), tf.float32)
-    v = tf.constant(rng.normal(size=(2, 300, 2, 8)), tf.float32)
-    bias = tf.constant(_bias("padded", 2, 300, 300, rng))
+    """o, dq, dk, dv of causal GQA calls spanning several query and key blocks, flattened: batch 2
+    (two-pass backward) and batch 4 (one pass per (batch, kv head))."""
+    return np.concatenate([_probe(2), _probe(4)])
+
+
+def _probe(b):
+    rng = np.random.default_rng(b)
+    q = tf.constant(rng.normal(size=(b, 300, 4, 16)), tf.float32)
+    k = tf.constant(rng.normal(size=(b, 300, 2, 16)), tf.float32)
+    v = tf.constant(rng.normal(size=(b, 300, 2, 8)), tf.float32)
+    bias = tf.constant(_bias("padded", b, 300, 300, rng))
     with tf.GradientTape() as tape:
         tape.watch([q, k, v])
         o = attention(q, k, v, bias, 0.25)

@@ -117,6 +117,12 @@ namespace {
 constexpr int64_t kBlockQ = 64;     // query rows per work item / tile
 constexpr int64_t kBlockK = 128;    // keys per tile
 constexpr float kMasked = -1e8f;    // bias at or below this hides a key (the layers use -1e9)
+// The backward runs in one pass per (batch, kv head) when there are at least this many of them
+// (enough items to share out across cores), else in two passes with finer items.
+constexpr int64_t kOnePassItems = 8;
+// The backward runs in one pass per (batch, kv head) when there are at least this many of them
+// (enough items to share out across cores), else in two passes with finer items.
+
 
 using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using CMap = Eigen::Map<const Mat>;
@@ -408,43 +414,86 @@ class AttentionGradCpu : public OpKernel {
       }
     };
 
-    // Pass 1: dk, dv per (b, kv head, key block), summing over the group's heads and query blocks.
+    // dk, dv of key block kb of (bi, kv head kvh), summing over the group's heads and the query
+    // blocks in order; with dq_acc (the group's (G, T, Dk) fp32 rows) also adds ds·k into dq.
+    struct Scratch {
+      Mat tile, dtile, dk, dv;
+      explicit Scratch(const Dims& d) : tile(kBlockQ, kBlockK), dtile(kBlockQ, kBlockK), dk(kBlockK, d.dk),
+                                        dv(kBlockK, d.dv) {}
+    };
     T* dkp = dk->flat<T>().data();
     T* dvp = dv->flat<T>().data();
-    pool->ParallelFor(d.b * d.hkv * nkb, 4 * g * d.t * kBlockK * (d.dk + d.dv),
-                      [&](int64_t begin, int64_t end) {
-      Mat tile(kBlockQ, kBlockK), dtile(kBlockQ, kBlockK), dkm(kBlockK, d.dk), dvm(kBlockK, d.dv);
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t bkv = item / nkb, kb = item % nkb, bi = bkv / d.hkv, kvh = bkv % d.hkv;
-        const int64_t k0 = kb * kBlockK, nk = std::min(kBlockK, d.s - k0);
-        const float* kh = kp + bkv * d.s * d.dk;
-        const float* vh = vp + bkv * d.s * d.dv;
-        auto dkb = dkm.topRows(nk);
-        auto dvb = dvm.topRows(nk);
-        dkb.setZero();
-        dvb.setZero();
-        for (int64_t gi = 0; gi < g; ++gi) {
-          const int64_t bh = bi * d.h + kvh * g + gi;
-          for (int64_t qb = 0; qb < nqb; ++qb) {
-            const int64_t q0 = qb * kBlockQ, nq = std::min(kBlockQ, d.t - q0);
-            if (!vis.Needed(d, bi, q0, q0 + nq, kb)) continue;
-            probs_and_ds(bh, bi, kh, vh, q0, nq, k0, nk, &tile, &dtile);
-            const int64_t r0 = bh * d.t + q0;
-            dvb.noalias() += tile.topLeftCorner(nq, nk).transpose() * CMap(dop + r0 * d.dv, nq, d.dv);
-            dkb.noalias() += dtile.topLeftCorner(nq, nk).transpose() * CMap(qp + r0 * d.dk, nq, d.dk);
+    auto key_block = [&](int64_t bi, int64_t kvh, int64_t kb, float* dq_acc, Scratch* w) {
+      const int64_t bkv = bi * d.hkv + kvh;
+      const int64_t k0 = kb * kBlockK, nk = std::min(kBlockK, d.s - k0);
+      const float* kh = kp + bkv * d.s * d.dk;
+      const float* vh = vp + bkv * d.s * d.dv;
+      auto dkb = w->dk.topRows(nk);
+      auto dvb = w->dv.topRows(nk);
+      dkb.setZero();
+      dvb.setZero();
+      for (int64_t gi = 0; gi < g; ++gi) {
+        const int64_t bh = bi * d.h + kvh * g + gi;
+        for (int64_t qb = 0; qb < nqb; ++qb) {
+          const int64_t q0 = qb * kBlockQ, nq = std::min(kBlockQ, d.t - q0);
+          if (!vis.Needed(d, bi, q0, q0 + nq, kb)) continue;
+          probs_and_ds(bh, bi, kh, vh, q0, nq, k0, nk, &w->tile, &w->dtile);
+          const int64_t r0 = bh * d.t + q0;
+          const auto ds = w->dtile.topLeftCorner(nq, nk);
+          dvb.noalias() += w->tile.topLeftCorner(nq, nk).transpose() * CMap(dop + r0 * d.dv, nq, d.dv);
+          dkb.noalias() += ds.transpose() * CMap(qp + r0 * d.dk, nq, d.dk);
+          if (dq_acc != nullptr) {
+            Eigen::Map<Mat>(dq_acc + (gi * d.t + q0) * d.dk, nq, d.dk).noalias() +=
+                ds * CMap(kh + k0 * d.dk, nk, d.dk);
           }
         }
-        for (int64_t i = 0; i < nk; ++i) {
-          T* dkr = dkp + ((bi * d.s + k0 + i) * d.hkv + kvh) * d.dk;
-          T* dvr = dvp + ((bi * d.s + k0 + i) * d.hkv + kvh) * d.dv;
-          for (int64_t j = 0; j < d.dk; ++j) dkr[j] = static_cast<T>(dkb(i, j) * scale);
-          for (int64_t j = 0; j < d.dv; ++j) dvr[j] = static_cast<T>(dvb(i, j));
+      }
+      for (int64_t i = 0; i < nk; ++i) {
+        T* dkr = dkp + ((bi * d.s + k0 + i) * d.hkv + kvh) * d.dk;
+        T* dvr = dvp + ((bi * d.s + k0 + i) * d.hkv + kvh) * d.dv;
+        for (int64_t j = 0; j < d.dk; ++j) dkr[j] = static_cast<T>(dkb(i, j) * scale);
+        for (int64_t j = 0; j < d.dv; ++j) dvr[j] = static_cast<T>(dvb(i, j));
+      }
+    };
+    T* dqp = dq->flat<T>().data();
+    auto write_dq = [&](int64_t bh, int64_t q0, int64_t nq, const float* acc) {   // acc (nq, Dk) rows
+      const int64_t bi = bh / d.h, hi = bh % d.h;
+      for (int64_t i = 0; i < nq; ++i) {
+        T* dqr = dqp + ((bi * d.t + q0 + i) * d.h + hi) * d.dk;
+        for (int64_t j = 0; j < d.dk; ++j) dqr[j] = static_cast<T>(acc[i * d.dk + j] * scale);
+      }
+    };
+
+    if (d.b * d.hkv >= kOnePassItems) {
+      // One pass per (b, kv head): the item owns its group's dq rows, so it adds ds·k there
+      // while it has ds — 5 tile GEMMs instead of 7. Chosen by shape, never by thread count.
+      Tensor dq_f;
+      OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({d.b, d.h, d.t, d.dk}), &dq_f));
+      float* dqf = dq_f.flat<float>().data();
+      pool->ParallelFor(d.b * d.hkv, 5 * g * d.t * d.s * (d.dk + d.dv), [&](int64_t begin, int64_t end) {
+        Scratch w(d);
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t bi = item / d.hkv, kvh = item % d.hkv;
+          const int64_t bh0 = bi * d.h + kvh * g;                                   // first head of the group
+          float* acc = dqf + bh0 * d.t * d.dk;                                       // (G, T, Dk)
+          std::fill(acc, acc + g * d.t * d.dk, 0.f);
+          for (int64_t kb = 0; kb < nkb; ++kb) key_block(bi, kvh, kb, acc, &w);
+          for (int64_t gi = 0; gi < g; ++gi) write_dq(bh0 + gi, 0, d.t, acc + gi * d.t * d.dk);
         }
+      });
+      return;
+    }
+
+    // Two passes (few batch x kv-head items to share out): dk, dv per (b, kv head, key block) ...
+    pool->ParallelFor(d.b * d.hkv * nkb, 4 * g * d.t * kBlockK * (d.dk + d.dv),
+                      [&](int64_t begin, int64_t end) {
+      Scratch w(d);
+      for (int64_t item = begin; item < end; ++item) {
+        key_block(item / nkb / d.hkv, (item / nkb) % d.hkv, item % nkb, nullptr, &w);
       }
     });
 
-    // Pass 2: dq per (b, head, query block), summing over key blocks in order.
-    T* dqp = dq->flat<T>().data();
+    // ... and dq per (b, head, query block), summing over key blocks in order.
     pool->ParallelFor(d.b * d.h * nqb, 6 * kBlockQ * d.s * (d.dk + d.dv), [&](int64_t begin, int64_t end) {
       Mat tile(kBlockQ, kBlockK), dtile(kBlockQ, kBlockK), dqm(kBlockQ, d.dk);
       for (int64_t item = begin; item < end; ++item) {
@@ -460,10 +509,7 @@ class AttentionGradCpu : public OpKernel {
           probs_and_ds(bh, bi, kh, vh, q0, nq, k0, nk, &tile, &dtile);
           dqb.noalias() += dtile.topLeftCorner(nq, nk) * CMap(kh + k0 * d.dk, nk, d.dk);
         }
-        for (int64_t i = 0; i < nq; ++i) {
-          T* dqr = dqp + ((bi * d.t + q0 + i) * d.h + hi) * d.dk;
-          for (int64_t j = 0; j < d.dk; ++j) dqr[j] = static_cast<T>(dqb(i, j) * scale);
-        }
+        write_dq(bh, q0, nq, dqm.data());
       }
     });
   }
