@@ -5,13 +5,13 @@
 // gridDim.x, so a whole MoE layer's expert matmuls are one launch however the tokens are routed;
 // a block finds its group by binary search in a small table passed by value (GroupTable).
 // Two kernels, both fp32-accumulating whatever the storage type:
-//   * GemmTcKernel (bf16 / fp16 storage on compute capability >= 8.0): tensor cores through the
-//     WMMA API. A 256-thread block computes a 128 x 128 tile of C; its 8 warps are laid out 2 x 4
-//     and each owns a 64 x 32 sub-tile (4 x 2 WMMA 16x16x16 accumulators). Slices of depth 32 are
-//     staged in shared memory in the operand's own memory layout (a transposed operand becomes a
-//     col_major fragment, so no transposition on the way), two stages deep: cp.async copies 16
-//     bytes at a time for the next slice while the tensor cores work on this one. Chunks at the
-//     matrix edges (or of rows not 16-byte aligned) are copied element by element with zero fill.
+//   * GemmTcKernel (bf16 / fp16 storage on compute capability >= 8.0): tensor cores through
+//     mma.sync m16n8k16 (PTX wrappers in mma.cuh). A 256-thread block computes a 128 x 128 tile of
+//     C; its 8 warps are laid out 2 x 4 and each owns a 64 x 32 sub-tile (4 x 4 MMA tiles held in
+//     registers). Slices of depth 32 go through a three-stage cp.async pipeline (16-byte copies;
+//     element copies with zero fill at the matrix edges or for unaligned rows), each operand staged
+//     in its stored layout and turned into fragments by ldmatrix (.trans for the other layout), so
+//     every transpose takes the same path.
 //   * GemmKernel (fp32 storage, or a GPU without bf16/fp16 WMMA): a plain shared-memory tiled
 //     GEMM, each 256-thread block a 64 x 64 tile of C, each thread a 4 x 4 register tile, on the
 //     CUDA cores. fp32 stays on it (not TF32) so fp32 results keep fp32 accuracy.
@@ -25,11 +25,8 @@
 #include <cstdint>
 #include <type_traits>
 
-#ifdef __CUDACC__
-#include <mma.h>
-#endif
-
 #include "../cc/kernels.h"
+#include "mma.cuh"
 #include "storage.cuh"
 
 namespace seekline {
@@ -177,25 +174,18 @@ constexpr int kTcBM = 128;             // block tile rows (of C)
 constexpr int kTcBN = 128;             // block tile columns (of C)
 constexpr int kTcThreads = 256;        // 8 warps, 2 (rows) x 4 (columns), each 64 x 32 of C
 #ifdef __CUDACC__
-constexpr int kTcBK = 32;              // k slice per pipeline stage (two WMMA k-steps)
+constexpr int kTcBK = 32;              // k slice per pipeline stage (two MMA k-steps)
+constexpr int kTcStages = 3;           // slices in flight: compute on one while two are copied
 constexpr int kTcPad = 8;              // row padding (elements): keeps 16-byte rows, staggers banks
 constexpr int kTcNarrow = kTcBK + kTcPad;   // pitch of a slice stored 128 rows x 32
 constexpr int kTcWide = kTcBM + kTcPad;     // pitch of a slice stored 32 rows x 128
 // One operand slice in either layout (128 x 40 or 32 x 136 elements).
 constexpr int kTcSlice = kTcBM * kTcNarrow > kTcBK * kTcWide ? kTcBM * kTcNarrow : kTcBK * kTcWide;
 constexpr int kTcChunks = kTcBM * kTcBK / 8;  // 16-byte chunks (8 elements) per slice: 512
+constexpr int kTcSmemBytes = kTcStages * 2 * kTcSlice * 2;  // 61440: dynamic, past the 48 KiB default
 
 static_assert(kTcBM == kTcBN, "one slice shape serves A and B");
 static_assert(kTcChunks % kTcThreads == 0, "whole chunks per thread");
-static_assert((kTcThreads / 32) * 256 * sizeof(float) <= 4 * kTcSlice * 2, "epilogue fits the pipeline buffers");
-
-__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem));
-}
-__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int kPending>
-__device__ __forceinline__ void CpAsyncWait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending)); }
 
 // Stage rows [r0, r0 + kRows) x columns [c0, c0 + kCols) of a row-major (rows x cols) matrix into
 // smem (pitch kCols + kTcPad), zeros outside it. `vec`: the matrix base is 16-byte aligned and cols
@@ -224,18 +214,17 @@ __device__ __forceinline__ void StageSlice(T* smem, const T* g, int64_t rows, in
 
 __device__ __forceinline__ bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
+// Block (blockIdx.x, y_base + blockIdx.y) computes a 128 x 128 tile of its group's C with
+// mma.sync m16n8k16: warp (wm, wn) owns rows 64 wm.. and columns 32 wn.., 4 x 4 MMA tiles in
+// registers. Slices are staged in each operand's stored layout; ldmatrix (.trans where the stored
+// layout is the other one, see mma.cuh) turns them into fragments.
 template <typename T, bool kTransA, bool kTransB>
 __global__ void __launch_bounds__(kTcThreads)
     GemmTcKernel(GroupTable tab, int64_t n, int64_t k, const T* __restrict__ a, const T* __restrict__ b,
                  int64_t b_stride, T* __restrict__ c, int64_t y_base) {
 #if __CUDA_ARCH__ >= 800
-  namespace wmma = nvcuda::wmma;
-  using LayoutA = std::conditional_t<kTransA, wmma::col_major, wmma::row_major>;
-  using LayoutB = std::conditional_t<kTransB, wmma::col_major, wmma::row_major>;
-  // Two pipeline stages of (A slice, B slice); reused as the fp32 epilogue tiles at the end. Every
-  // WMMA pointer below is a multiple of 32 bytes from this 128-byte-aligned base (pitches of 80
-  // and 272 bytes, steps of 16 rows / 16 columns), as load_matrix_sync requires.
-  __shared__ __align__(128) T smem[4 * kTcSlice];
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* smem = reinterpret_cast<T*>(smem_raw);  // [stage][A slice, B slice]
 
   const int g = FindGroup(tab, blockIdx.x);
   const int64_t m = tab.row_off[g + 1] - tab.row_off[g];
@@ -253,11 +242,11 @@ __global__ void __launch_bounds__(kTcThreads)
   const int wm = warp / 4;  // which 64-row half of the block tile
   const int wn = warp % 4;  // which 32-column quarter
 
-  // Slice kt into stage s: op(A)[row0.., k0..] and op(B)[k0.., col0..], each in its stored layout:
-  // A (m x k) as 128 x 32, A^T (k x m) as 32 x 128, B (k x n) as 32 x 128, B^T (n x k) as 128 x 32.
+  // Slice at k0 into stage s: A (m x k) as 128 x 32, A^T (k x m) as 32 x 128, B (k x n) as
+  // 32 x 128, B^T (n x k) as 128 x 32. One commit group per slice.
   auto stage = [&](int s, int64_t k0) {
     T* sa = smem + (2 * s) * kTcSlice;
-    T* sb = smem + (2 * s + 1) * kTcSlice;
+    T* sb = sa + kTcSlice;
     if (kTransA) {
       StageSlice<T, kTcBK, kTcBM>(sa, a, k, m, k0, row0, vec_a);
     } else {
@@ -271,77 +260,76 @@ __global__ void __launch_bounds__(kTcThreads)
     CpAsyncCommit();
   };
 
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[4][2];
+  float acc[4][4][4];  // [16-row tile][8-column tile][fragment]
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
 #pragma unroll
-    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+    for (int j = 0; j < 4; ++j) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.0f;
   }
 
   const int64_t slices = (k + kTcBK - 1) / kTcBK;  // k == 0: none, C gets zeros
-  if (slices > 0) stage(0, 0);
+  for (int s = 0; s < kTcStages - 1 && s < slices; ++s) stage(s, s * kTcBK);
   for (int64_t kt = 0; kt < slices; ++kt) {
     if (kt + 1 < slices) {
-      stage((kt + 1) & 1, (kt + 1) * kTcBK);  // overwrites the stage computed on in kt - 1
-      CpAsyncWait<1>();                        // slice kt has landed (kt + 1 may be in flight)
+      CpAsyncWait<1>();  // slice kt has landed; kt + 1 may still be in flight
     } else {
       CpAsyncWait<0>();
     }
-    __syncthreads();  // every thread's copies (async and element-wise) are visible
+    __syncthreads();  // slice kt visible to all; every warp is done computing on slice kt - 1
+    if (kt + kTcStages - 1 < slices) stage((kt + kTcStages - 1) % kTcStages, (kt + kTcStages - 1) * kTcBK);
 
-    const T* sa = smem + (2 * (kt & 1)) * kTcSlice;
-    const T* sb = smem + (2 * (kt & 1) + 1) * kTcSlice;
+    const T* sa = smem + (2 * (kt % kTcStages)) * kTcSlice;
+    const T* sb = sa + kTcSlice;
 #pragma unroll
     for (int kk = 0; kk < kTcBK; kk += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, LayoutA> af[4];
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, LayoutB> bf[2];
+      unsigned af[4][4];
+      unsigned bf[4][2];
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const int r = wm * 64 + i * 16;
-        if (kTransA) {
-          wmma::load_matrix_sync(af[i], sa + kk * kTcWide + r, kTcWide);
-        } else {
-          wmma::load_matrix_sync(af[i], sa + r * kTcNarrow + kk, kTcNarrow);
+        const int m0 = wm * 64 + i * 16;
+        if (kTransA) {  // stored [k][m]: transposed 8x8 loads
+          LdMatrixX4Trans(af[i], sa + (kk + lane % 8 + (lane / 16) * 8) * kTcWide + m0 + ((lane / 8) % 2) * 8);
+        } else {        // stored [m][k]
+          LdMatrixX4(af[i], sa + (m0 + lane % 16) * kTcNarrow + kk + (lane / 16) * 8);
         }
       }
 #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int cc = wn * 32 + j * 16;
-        if (kTransB) {
-          wmma::load_matrix_sync(bf[j], sb + cc * kTcNarrow + kk, kTcNarrow);
-        } else {
-          wmma::load_matrix_sync(bf[j], sb + kk * kTcWide + cc, kTcWide);
+      for (int jj = 0; jj < 2; ++jj) {  // two 8-column tiles per ldmatrix.x4
+        const int n0 = wn * 32 + jj * 16;
+        unsigned r4[4];
+        if (kTransB) {  // stored [n][k]
+          LdMatrixX4(r4, sb + (n0 + lane % 8 + (lane / 16) * 8) * kTcNarrow + kk + ((lane / 8) % 2) * 8);
+        } else {        // stored [k][n]: transposed 8x8 loads
+          LdMatrixX4Trans(r4, sb + (kk + lane % 8 + ((lane / 8) % 2) * 8) * kTcWide + n0 + (lane / 16) * 8);
         }
+        bf[2 * jj][0] = r4[0];
+        bf[2 * jj][1] = r4[1];
+        bf[2 * jj + 1][0] = r4[2];
+        bf[2 * jj + 1][1] = r4[3];
       }
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
 #pragma unroll
-        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], af[i], bf[j], acc[i][j]);
+        for (int j = 0; j < 4; ++j) Mma16816<T>(acc[i][j], af[i], bf[j]);
       }
     }
-    __syncthreads();  // before the next iteration's copies overwrite this stage
   }
 
-  // Epilogue: each 16 x 16 accumulator goes through the warp's fp32 tile in the (now idle)
-  // pipeline buffers (the fragment's element layout is opaque), then out with one rounding to T.
-  float* tile = reinterpret_cast<float*>(smem) + warp * 256;
+  // Epilogue: the accumulator layout is known (mma.cuh), so each thread writes its own elements.
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      wmma::store_matrix_sync(tile, acc[i][j], 16, wmma::mem_row_major);
-      __syncwarp();
-      for (int e = lane; e < 256; e += 32) {
-        const int64_t gi = row0 + wm * 64 + i * 16 + e / 16;
-        const int64_t gj = col0 + wn * 32 + j * 16 + e % 16;
-        if (gi < m && gj < n) c[gi * n + gj] = FromFloat<T>(tile[e]);
+    for (int j = 0; j < 4; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t gi = row0 + wm * 64 + i * 16 + lane / 4 + (e / 2) * 8;
+        const int64_t gj = col0 + wn * 32 + j * 8 + (lane % 4) * 2 + e % 2;
+        if (gi < m && gj < n) c[gi * n + gj] = FromFloat<T>(acc[i][j][e]);
       }
-      __syncwarp();  // before the next store_matrix_sync overwrites the tile
     }
   }
 #endif  // __CUDA_ARCH__ >= 800
 }
-
 #endif  // __CUDACC__
 
 // Launch groups [0, groups) (row_off has groups + 1 entries) in chunks of kMaxGroups, each chunk
@@ -372,7 +360,10 @@ int LaunchGroups(cudaStream_t stream, bool tensor_cores, int64_t groups, const i
 #ifdef __CUDACC__
       if constexpr (sizeof(T) == 2) {
         if (tensor_cores) {
-          GemmTcKernel<T, kTransA, kTransB><<<grid, threads, 0, stream>>>(
+          const cudaError_t attr = cudaFuncSetAttribute(GemmTcKernel<T, kTransA, kTransB>,
+                                                        cudaFuncAttributeMaxDynamicSharedMemorySize, kTcSmemBytes);
+          if (attr != cudaSuccess) return static_cast<int>(attr);
+          GemmTcKernel<T, kTransA, kTransB><<<grid, threads, kTcSmemBytes, stream>>>(
               tab, n, k, static_cast<const T*>(a), bg, b_stride, static_cast<T*>(c), y_base);
           const cudaError_t err = cudaGetLastError();
           if (err != cudaSuccess) return static_cast<int>(err);

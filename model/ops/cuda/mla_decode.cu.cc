@@ -25,11 +25,8 @@
 
 #include <cstdint>
 
-#ifdef __CUDACC__
-#include <mma.h>
-#endif
-
 #include "../cc/kernels.h"
+#include "mma.cuh"
 #include "storage.cuh"
 
 namespace seekline {
@@ -162,46 +159,6 @@ __host__ __device__ inline TcLayout MakeTcLayout(int64_t c, int64_t r, int64_t e
   return l;
 }
 
-__device__ __forceinline__ unsigned SmemAddr(const void* p) {
-  return static_cast<unsigned>(__cvta_generic_to_shared(p));
-}
-// Four 8x8 b16 matrices (rows addressed by lanes 0-7, 8-15, 16-23, 24-31) into the MMA's A layout.
-__device__ __forceinline__ void LdMatrixX4(unsigned* r, const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(SmemAddr(p)));
-}
-// Two 8x8 matrices (lanes 0-7, 8-15): a B fragment from n-major rows (K^T for the scores).
-__device__ __forceinline__ void LdMatrixX2(unsigned* r, const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(SmemAddr(p)));
-}
-// Two 8x8 matrices transposed: a B fragment from k-major rows (V for P · V).
-__device__ __forceinline__ void LdMatrixX2Trans(unsigned* r, const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
-               : "=r"(r[0]), "=r"(r[1]) : "r"(SmemAddr(p)));
-}
-
-// d (16x8 fp32) += a (16x16) · b (16x8), fp32 accumulation.
-template <typename T>
-__device__ __forceinline__ void Mma16816(float* d, const unsigned* a, const unsigned* b);
-template <>
-__device__ __forceinline__ void Mma16816<__nv_bfloat16>(float* d, const unsigned* a, const unsigned* b) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-               "{%0, %1, %2, %3};\n"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-template <>
-__device__ __forceinline__ void Mma16816<__half>(float* d, const unsigned* a, const unsigned* b) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-               "{%0, %1, %2, %3};\n"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(SmemAddr(smem)), "l"(gmem));
-}
-
 template <typename T, int kGroups>
 __global__ void __launch_bounds__(32 * kTcWarpsPerTile * kGroups)
     MlaTcKernel(int64_t t, int64_t h, int64_t c, int64_t r, int64_t s, int64_t split_len, int64_t bias_b,
@@ -275,7 +232,8 @@ __global__ void __launch_bounds__(32 * kTcWarpsPerTile * kGroups)
           *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
         }
       }
-      asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::);
+      CpAsyncCommit();
+      CpAsyncWait<0>();
     } else {
       for (int j = 0; j < kTcKeys; ++j) {
         const int64_t sj = s0 + j;
