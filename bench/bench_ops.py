@@ -4,7 +4,8 @@ One process, interleaved rounds (op side and pure-TF side alternate which goes f
   roofline   the machine's measured fp32 matmul ceiling: the best GFLOP/s of large square tf.matmul
   ops        each custom op vs its pure-TF reference on the `small` preset's shapes (and a wider
              MoE shape): grouped matmul forward / dx / weight grad, MoE layer forward+backward,
-             RMSNorm forward+backward
+             RMSNorm forward+backward, causal attention forward and forward+backward (prefill
+             1x1024 and training 4x256: 8 heads, qk 48, v 32)
   forward    the `small` model's forward pass (batch 1 x 1024 tokens, tf.function) with ops on and
              off (ops.disabled() while tracing the off side): tokens/s, achieved GFLOP/s from
              2·N_active FLOPs per token plus attention's score/value matmuls, fraction of roofline
@@ -42,6 +43,11 @@ def forward_flops_per_token(cfg, context: int) -> float:
     v = cfg.v_head_dim if cfg.attention_type == "mla" else cfg.head_dim
     attn = 2 * cfg.num_attention_heads * (qk + v) * (context / 2) * cfg.num_hidden_layers
     return 2.0 * n_active + attn
+
+
+def causal_attention_flops(b: int, t: int, heads: int, dk: int, dv: int) -> int:
+    """QKᵀ and PV over the visible (causal) pairs only, T = S: 2·(Dk + Dv) per pair and head."""
+    return 2 * b * heads * (dk + dv) * (t * (t + 1) // 2)
 
 
 def interleaved(sides: dict, rounds: int) -> dict:
@@ -134,6 +140,43 @@ def layer_case(tf, ops, layer, x, rounds: int) -> dict:
     return ratio(interleaved({"op": lambda: _sync(on(x)), "pure_tf": lambda: _sync(off(x))}, rounds))
 
 
+def attention_cases(tf, rounds: int, b: int, t: int, heads: int = 8, dk: int = 48, dv: int = 32) -> dict:
+    """The fused attention op vs the pure-TF batched-matmul path (model/ops/attention.py), causal."""
+    from model.layers.attention_utils import mask_bias
+    from model.ops.attention import attention, attention_reference
+    q, k = tf.random.normal([b, t, heads, dk]), tf.random.normal([b, t, heads, dk])
+    v = tf.random.normal([b, t, heads, dv])
+    pos = tf.range(t)[None]
+    bias = mask_bias(pos, pos, tf.ones([1, t]))                                  # (1, 1, T, T)
+    scale = dk ** -0.5
+
+    def forward(fn):
+        def f():
+            return fn(q, k, v, bias, scale)
+        return f
+
+    def fwd_bwd(fn):
+        def f():
+            with tf.GradientTape() as tape:
+                tape.watch([q, k, v])
+                loss = tf.reduce_sum(tf.square(fn(q, k, v, bias, scale)))
+            return tape.gradient(loss, [q, k, v])
+        return f
+
+    fl = causal_attention_flops(b, t, heads, dk, dv)
+    res = {}
+    for name, (op_fn, ref_fn, flops) in {
+            "forward": (forward(attention), forward(attention_reference), fl),
+            "fwd+bwd": (fwd_bwd(attention), fwd_bwd(attention_reference), 3.5 * fl)}.items():
+        op_fn, ref_fn = tf.function(op_fn), tf.function(ref_fn)
+        _sync(op_fn()), _sync(ref_fn())
+        r = ratio(interleaved({"op": lambda f=op_fn: _sync(f()),
+                               "pure_tf": lambda f=ref_fn: _sync(f())}, rounds))
+        r["op_gflops"] = flops / r["op_median_s"] / 1e9     # causal FLOPs (bwd: 2.5x fwd) per second
+        res[name] = r
+    return res
+
+
 def op_cases(tf, ops, rounds: int) -> dict:
     from model.layers.moe import MoE
     from model.layers.rmsnorm import RMSNorm
@@ -147,6 +190,9 @@ def op_cases(tf, ops, rounds: int) -> dict:
     res["MoE layer fwd+bwd (4x256 tokens, small preset)"] = layer_case(
         tf, ops, MoE(256, 128, 16, 1, 4, 1, 1, 2.5, True, "sigmoid", "noaux_tc"), x, rounds)
     res["RMSNorm fwd+bwd (4x256x256)"] = layer_case(tf, ops, RMSNorm(256), x, rounds)
+    for label, (b, t) in {"prefill 1x1024": (1, 1024), "train 4x256": (4, 256)}.items():
+        for name, r in attention_cases(tf, rounds, b, t).items():
+            res[f"attention {name}, {label} (8 heads, qk 48, v 32, causal)"] = r
     return res
 
 

@@ -22,3 +22,8 @@ def test_forward_flops_per_token_by_hand():
     n_active = model.count_params(cfg.to_hf_dict())["activated"]
     # small: 8 heads, qk 32 + 16, v 32, 6 layers; context 1024 -> 512 keys on average
     assert bench_ops.forward_flops_per_token(cfg, 1024) == 2 * n_active + 2 * 8 * (48 + 32) * 512 * 6
+
+
+def test_causal_attention_flops_by_hand():
+    # T = 3: 1 + 2 + 3 = 6 visible pairs; per pair and head 2·(Dk + Dv) = 2·(4 + 2)
+    assert bench_ops.causal_attention_flops(2, 3, 5, 4, 2) == 2 * 5 * 6 * 2 * (4 + 2)

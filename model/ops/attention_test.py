@@ -195,7 +195,8 @@ def _probe(b):
 
 def test_rejects_mismatched_shapes_with_one_line_errors():
     lib = ops.library()
-    q, k, v, bias = tf.ones([1, 4, 4, 8]), tf.ones([1, 6, 2, 8]), tf.ones([1, 6, 2, 3]), tf.zeros([1, 1, 4, 6])
+    q, k, v = tf.ones([1, 4, 4, 8]), tf.ones([1, 6, 2, 8]), tf.ones([1, 6, 2, 3])
+    bias = tf.zeros([1, 1, 4, 6])
     bad = {
         "does not match q": (q, tf.ones([1, 6, 2, 7]), v, bias),
         "does not match k": (q, k, tf.ones([1, 5, 2, 3]), bias),
