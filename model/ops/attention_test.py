@@ -69,6 +69,7 @@ CASES = [  # (B, T, H, Hkv, Dk, Dv, S, bias kind)
     (1, 1, 1, 1, 3, 2, 1, "causal"),            # T = S = 1
     (2, 9, 4, 4, 6, 7, 9, "padded"),
     (4, 140, 4, 2, 12, 10, 140, "packed"),      # B·Hkv >= 8: the one-pass backward
+    (1, 40, 2, 1, 8, 8, 600, "padded"),         # a long chunked prefill: five key blocks
 ]
 
 
@@ -176,16 +177,16 @@ def test_results_do_not_depend_on_thread_count():
 
 def _thread_probe():
     """o, dq, dk, dv of causal GQA calls spanning several query and key blocks, flattened: batch 2
-    (two-pass backward) and batch 4 (one pass per (batch, kv head))."""
-    return np.concatenate([_probe(2), _probe(4)])
+    (two-pass backward), batch 4 (one pass per (batch, kv head)), and a longer sequence."""
+    return np.concatenate([_probe(2, 300), _probe(4, 300), _probe(1, 600)])
 
 
-def _probe(b):
+def _probe(b, t):
     rng = np.random.default_rng(b)
-    q = tf.constant(rng.normal(size=(b, 300, 4, 16)), tf.float32)
-    k = tf.constant(rng.normal(size=(b, 300, 2, 16)), tf.float32)
-    v = tf.constant(rng.normal(size=(b, 300, 2, 8)), tf.float32)
-    bias = tf.constant(_bias("padded", b, 300, 300, rng))
+    q = tf.constant(rng.normal(size=(b, t, 4, 16)), tf.float32)
+    k = tf.constant(rng.normal(size=(b, t, 2, 16)), tf.float32)
+    v = tf.constant(rng.normal(size=(b, t, 2, 8)), tf.float32)
+    bias = tf.constant(_bias("padded", b, t, t, rng))
     with tf.GradientTape() as tape:
         tape.watch([q, k, v])
         o = attention(q, k, v, bias, 0.25)
