@@ -168,6 +168,7 @@ def test_kernels_on_cpu_emulation(tmp_path, sanitizer):
     # -I shim first so its cuda_*.h win; the sources' "../cc/kernels.h" resolves via CUDA_DIR.
     recover = ["-fno-sanitize-recover=undefined"] if "undefined" in sanitizer else []
     cmd = ["g++", "-std=c++20", "-O1", "-g", "-pthread", f"-fsanitize={sanitizer}", *recover, "-Wno-unknown-pragmas",
+           "-DSEEKLINE_CUDA_EMULATION",
            "-I", str(shim), "-I", str(build_cuda.CUDA_DIR), "-I", str(build_cuda.CC_DIR), str(tmp_path / "check.cc"),
            *map(str, units), "-o", str(exe)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
