@@ -1,9 +1,12 @@
-// Helpers shared by the op files: the storage-type tag the GPU launchers take, and (GPU builds)
-// TF's CUDA stream for a kernel plus the launcher-code-to-Status mapping.
+// Helpers shared by the op files: the TF names every op file uses, the storage-type tag the GPU
+// launchers take, and (GPU builds) TF's CUDA stream for a kernel plus the launcher-code-to-Status
+// mapping.
 #ifndef SEEKLINE_OPS_OP_UTIL_H_
 #define SEEKLINE_OPS_OP_UTIL_H_
 
+#include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
 
 #include "kernels.h"
 
@@ -12,6 +15,18 @@
 #endif
 
 namespace seekline {
+
+using tensorflow::DEVICE_CPU;
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Status;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+using tensorflow::errors::InvalidArgument;
+using tensorflow::shape_inference::DimensionHandle;
+using tensorflow::shape_inference::InferenceContext;
+using tensorflow::shape_inference::ShapeHandle;
 
 template <typename T> constexpr DType kDType = DType::kFloat;
 template <> constexpr DType kDType<Eigen::bfloat16> = DType::kBFloat16;

@@ -212,8 +212,6 @@ __device__ __forceinline__ void StageSlice(T* smem, const T* g, int64_t rows, in
   }
 }
 
-__device__ __forceinline__ bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
 // Block (blockIdx.x, y_base + blockIdx.y) computes a 128 x 128 tile of its group's C with
 // mma.sync m16n8k16: warp (wm, wn) owns rows 64 wm.. and columns 32 wn.., 4 x 4 MMA tiles in
 // registers. Slices are staged in each operand's stored layout; ldmatrix (.trans where the stored

@@ -388,8 +388,7 @@ int LaunchTcGroups(cudaStream_t stream, int64_t b, int64_t t, int64_t h, int64_t
   if (c > kTcWarpsPerTile * kTcMaxTiles * 8 || lay.bytes > optin || b * t > 0x7fffffff || head_groups > 65535) {
     return -1;
   }
-  const auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
-  const bool vec = c % 8 == 0 && r % 8 == 0 && aligned16(cache) && aligned16(k_pe);
+  const bool vec = c % 8 == 0 && r % 8 == 0 && Aligned16(cache) && Aligned16(k_pe);
   // Splits of the cache so the grid fills the GPU about twice, each split >= 4 steps of keys.
   const int64_t base = b * t * head_groups;
   int64_t splits = (2 * static_cast<int64_t>(sms) + base - 1) / base;

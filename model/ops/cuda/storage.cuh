@@ -8,6 +8,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
+
 namespace seekline {
 
 __device__ __forceinline__ float ToFloat(float v) { return v; }
@@ -22,6 +24,9 @@ template <>
 __device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
 template <>
 __device__ __forceinline__ __half FromFloat<__half>(float v) { return __float2half(v); }
+
+// 16-byte copies (cp.async, uint4) need 16-byte aligned addresses.
+__host__ __device__ inline bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 #ifdef __CUDACC__
 // bf16 / fp16 WMMA needs compute capability 8.0 (Ampere) or newer, on the current device.
