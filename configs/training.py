@@ -180,6 +180,26 @@ class SFTConfig(_Strict):
     trainer: TrainerConfig = TrainerConfig(steps=200, warmup_steps=20, lr=1e-4, mtp_weight=0.0)
 
 
+class ActionValidityConfig(_Strict):
+    """The sampled-action validity term of agent distillation (training/agent_validity.py): on
+    some steps the student writes the Action line itself at the Action positions of the step's
+    rows (group_size samples each, at temperature), reward 1 for an executable JSON tool call,
+    group-relative advantages, weight · policy-gradient loss added to SAD + process. With weight 4
+    and the other defaults it beat plain SFT on both tool choice and valid JSON in the learning
+    check (docs/agent.md); off (weight 0) by default: it samples on the host (one replica) and
+    components/distill does not drive it yet."""
+
+    weight: float = Field(0.0, ge=0)
+    every: int = Field(1, ge=1)                       # sample on every `every`-th step …
+    start_fraction: float = Field(0.5, ge=0, le=1)    # … from this share of the run on
+    prompts: int = Field(8, ge=1)                     # Action positions per sampling step
+    group_size: int = Field(4, ge=2)
+    max_new_tokens: int = Field(96, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    # the first member of each group is the greedy action (where runaway repetitions show)
+    greedy_member: bool = True
+
+
 class ProcessSupervisionConfig(_Strict):
     """Agent-trajectory distillation (training/agent_task.py): used when the distill data's rows
     carry reason/action masks (components/agent/dataset.py) and `enabled`. Loss: span-weighted
@@ -194,6 +214,7 @@ class ProcessSupervisionConfig(_Strict):
     # span: the tool / JSON terms share the SAD term's denominator (an emphasis on those targets);
     # term: each is a mean over its own targets (training/agent_losses.py has the measurements).
     normalize: Literal["span", "term"] = "span"
+    validity: ActionValidityConfig = ActionValidityConfig()
 
     @model_validator(mode="after")
     def _some_span_weight(self):

@@ -9,7 +9,9 @@ mask_valid_json_tokens, …]} (B, T). The objective is training/agent_losses.age
           does — else the span-weighted CE on the teacher's text;
   + tool_weight · L_tool + json_weight · L_json (process-step supervision, 0 without the masks),
 plus, in training, the MTP loss (hard labels on loss_mask = reason OR action) and the student's
-sequence-wise balance loss (lm_task.with_model_terms).
+sequence-wise balance loss (lm_task.with_model_terms), and — on the steps whose batch carries
+rollout features (training/agent_validity.ValiditySource) with validity_weight > 0 —
+validity_weight · L_valid, the policy gradient of the parse reward on the student's own actions.
 
 weight(batch) = Σ_i w(i), the SAD weights the loss is normalised by: the engine scales each
 micro-batch by its share of the step's total weight, so the step's SAD term is the weighted
@@ -30,11 +32,12 @@ import tensorflow as tf
 
 from common.errors import UserError
 from training import agent_losses as al
+from training import agent_validity as av
 from training.data import TEACHER_IDS
 from training.lm_task import with_model_terms
 from training.loop import StepOutput
 
-METRICS = ("sad", "ce", "tool_loss", "json_loss", "tool_name_acc", "json_token_acc")
+METRICS = ("sad", "ce", "tool_loss", "json_loss", "tool_name_acc", "json_token_acc")   # + validity_loss when sampled
 
 
 def _check_batch(batch) -> None:
@@ -53,6 +56,8 @@ class AgentDistillTask:
     teacher: Any = None           # online teacher DecoderLM; None = span-weighted CE on the text
     mtp_weight: float = 0.0       # λ of the MTP loss (hard labels on loss_mask); 0 = off
     aux_loss_alpha: float = 1e-4  # sequence-wise balance loss of the student's MoE layers
+    validity_weight: float = 0.0  # weight of the sampled-action validity term (training/agent_validity.py)
+    validity_temperature: float = 1.0   # τ the rollouts were sampled at (their log-probs are taken at it)
 
     def weight(self, batch):
         """Σ_i w(i): the λ-weighted count of REASON / ACT targets (float32 scalar)."""
@@ -85,5 +90,10 @@ class AgentDistillTask:
                                            lambda_reason=spec.lambda_reason, lambda_act=spec.lambda_act)
         if not training:
             return StepOutput(metrics["ce"], {**metrics, "loss": metrics["ce"]})
+        if av.ROLLOUT_IDS in batch and self.validity_weight > 0:
+            # a sampling step (agent_validity.ValiditySource): the student's own actions, rewarded
+            v_loss, v_metrics = av.validity_loss(model, batch, self.validity_temperature)
+            objective = objective + self.validity_weight * v_loss
+            metrics.update(v_metrics)
         return with_model_terms(objective, metrics, model, out, batch, use_mtp=use_mtp,
                                 mtp_weight=self.mtp_weight, aux_loss_alpha=self.aux_loss_alpha)

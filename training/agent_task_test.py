@@ -108,6 +108,30 @@ def test_aux_loss_is_added_in_training(student):
                                rtol=1e-5)
 
 
+def test_validity_term_is_added_on_sampling_steps_only(student):
+    """With rollout features in the batch the training objective gains validity_weight · L_valid
+    (training/agent_validity.validity_loss on the same features); evaluation and weight 0 ignore them."""
+    from training import agent_validity as av
+
+    rng = np.random.default_rng(1)
+    ids = rng.integers(3, V, size=(2, 1, 6))                                 # (M, K, L): one rollout per row
+    seg, mask = np.ones_like(ids), np.zeros((2, 1, 6), np.float32)
+    mask[:, :, 3:] = 1.0
+    roll = {av.ROLLOUT_IDS: ids, av.ROLLOUT_SEG: seg, av.ROLLOUT_POS: np.broadcast_to(np.arange(6), ids.shape),
+            av.ROLLOUT_MASK: mask, av.ROLLOUT_ADV: np.array([[1.0], [-0.5]], np.float32)}
+    b = {**_batch(), **{k: tf.constant(v) for k, v in roll.items()}}
+    plain = AgentDistillTask(SPEC, aux_loss_alpha=0.0).compute(student, b, True)
+    task = AgentDistillTask(SPEC, aux_loss_alpha=0.0, validity_weight=2.0, validity_temperature=0.5)
+    out = task.compute(student, b, True)
+    want, _ = av.validity_loss(student, b, 0.5)
+    assert abs(float(want)) > 1e-4
+    np.testing.assert_allclose(float(out.loss), float(plain.loss) + 2.0 * float(want), rtol=1e-5)
+    np.testing.assert_allclose(float(out.metrics["validity_loss"]), float(want), rtol=1e-6)
+    assert "validity_loss" not in plain.metrics
+    np.testing.assert_allclose(float(task.compute(student, b, False).loss),
+                               float(AgentDistillTask(SPEC).compute(student, _batch(), False).loss), rtol=1e-6)
+
+
 def test_rows_without_span_masks_are_a_user_error(student):
     b = {k: v for k, v in _batch().items() if k != al.ACTION_MASK}
     with pytest.raises(UserError, match="action_mask"):
