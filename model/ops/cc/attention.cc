@@ -30,6 +30,7 @@
 #include "Eigen/Core"
 
 #include "op_util.h"
+#include "tile_gemm.h"
 
 namespace seekline {
 
@@ -170,25 +171,33 @@ void ToHeadMajor(OpKernelContext* ctx, const T* src, int64_t b, int64_t l, int64
   });
 }
 
-// Which (bias row, key block) tiles hold a visible key, and which bias rows hold any at all.
+// Per (bias row, key block of `block` keys): whether it holds a visible key, and whether its bias
+// is exactly 0 everywhere (nothing to add); per bias row: whether it sees any key at all.
 struct Visibility {
-  int64_t k_blocks;
+  int64_t block, k_blocks;
   std::vector<uint8_t> in_block;   // (bias rows, key blocks)
+  std::vector<uint8_t> zero_block; // (bias rows, key blocks)
   std::vector<uint8_t> in_row;     // (bias rows,)
 
-  Visibility(OpKernelContext* ctx, const Dims& d, const float* bias) : k_blocks(d.k_blocks()) {
+  Visibility(OpKernelContext* ctx, const Dims& d, const float* bias, int64_t block_keys)
+      : block(block_keys), k_blocks((d.s + block_keys - 1) / block_keys) {
     const int64_t rows = d.bb * d.bt;
     in_block.assign(rows * k_blocks, 0);
+    zero_block.assign(rows * k_blocks, 0);
     in_row.assign(rows, 0);
     auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
     pool->ParallelFor(rows, d.s, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const float* row = bias + r * d.s;
         for (int64_t kb = 0; kb < k_blocks; ++kb) {
-          const int64_t k0 = kb * kBlockK, k1 = std::min(d.s, k0 + kBlockK);
-          uint8_t any = 0;
-          for (int64_t j = k0; j < k1; ++j) any |= row[j] > kMasked;
+          const int64_t k0 = kb * block, k1 = std::min(d.s, k0 + block);
+          int any = 0, zero = 1;                                  // int: the loop vectorises
+          for (int64_t j = k0; j < k1; ++j) {
+            any |= static_cast<int>(row[j] > kMasked);
+            zero &= static_cast<int>(row[j] == 0.f);
+          }
           in_block[r * k_blocks + kb] = any;
+          zero_block[r * k_blocks + kb] = zero;
           in_row[r] |= any;
         }
       }
@@ -205,14 +214,70 @@ struct Visibility {
     }
     return false;
   }
+
+  // Whether every row of the tile has bias 0 on every key of block kb (the add can be skipped).
+  bool Zero(const Dims& d, int64_t bi, int64_t t0, int64_t t1, int64_t kb) const {
+    if (d.bt == 1) t1 = std::min(t1, t0 + 1);
+    for (int64_t ti = t0; ti < t1; ++ti) {
+      if (!zero_block[d.bias_row(bi, ti) * k_blocks + kb]) return false;
+    }
+    return true;
+  }
 };
 
-// z = scale·s + bias over one tile row, in place: the forward and both backward passes use this
-// one expression so the recomputed p matches the forward's bit for bit.
+// z = q_s·k + bias with q_s = scale·q (scaled once, when q is converted to fp32): the forward and
+// both backward passes use the same q_s and this one expression, so the recomputed p matches the
+// forward's bit for bit. Adding a bias that is exactly 0 changes nothing, so zero tiles skip it.
 template <typename Row>
-inline void Logits(Row&& row, float scale, const float* bias, int64_t n) {
-  row = row * scale + CRow(bias, n);
+inline void AddBias(Row&& row, const float* bias, int64_t n) {
+  row += CRow(bias, n);
 }
+
+// (B, L, Hx, D) -> (B, Hx, L, D) fp32 times `scale`.
+template <typename T>
+void ToHeadMajorScaled(OpKernelContext* ctx, const T* src, int64_t b, int64_t l, int64_t hx, int64_t d, float scale,
+                       float* dst) {
+  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  pool->ParallelFor(b * l, 2 * hx * d, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t bi = r / l, li = r % l;
+      const T* in = src + r * hx * d;
+      for (int64_t hi = 0; hi < hx; ++hi) {
+        float* out = dst + ((bi * hx + hi) * l + li) * d;
+        for (int64_t j = 0; j < d; ++j) out[j] = static_cast<float>(in[hi * d + j]) * scale;
+      }
+    }
+  });
+}
+
+// (B, L, Hx, D) -> (B, Hx, D, L) fp32: each head's keys contiguous per feature, the layout the
+// tile products read a run of keys from (tile::QkRows).
+template <typename T>
+void ToFeatureMajor(OpKernelContext* ctx, const T* src, int64_t b, int64_t l, int64_t hx, int64_t d, int64_t ldl,
+                    float* dst) {
+  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  pool->ParallelFor(b * hx, 2 * l * d, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t bi = i / hx, hi = i % hx;
+      float* out = dst + i * d * ldl;
+      // 16 positions at a time: the reads stay in 16 rows (in L1) and each write is one line.
+      for (int64_t l0 = 0; l0 < l; l0 += 16) {
+        const int64_t n = std::min<int64_t>(16, l - l0);
+        const T* in = src + ((bi * l + l0) * hx + hi) * d;
+        for (int64_t j = 0; j < d; ++j) {
+          float* o = out + j * ldl + l0;
+          for (int64_t li = 0; li < n; ++li) o[li] = static_cast<float>(in[li * hx * d + j]);
+        }
+      }
+    }
+  });
+}
+
+// Keys are scanned in runs of consecutive needed blocks of kGran keys, up to kChunk keys per run:
+// one (query block x run) GEMM pair per run instead of one per 128 keys, while the causal
+// diagonal wastes at most kGran - 1 keys per query block.
+constexpr int64_t kGran = 64;
+constexpr int64_t kChunk = 512;
 
 template <typename T>
 class AttentionCpu : public OpKernel {
@@ -232,60 +297,85 @@ class AttentionCpu : public OpKernel {
     if (d.b * d.t * d.h == 0) return;
     Tensor qf, kf, vf;
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({d.b, d.h, d.t, d.dk}), &qf));
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({d.b, d.hkv, d.s, d.dk}), &kf));
+    // K's feature rows are padded to a stride that is not a multiple of 4 KiB: with S = 1024 the
+    // Dk rows a tile product walks down would all map to the same L1 sets.
+    const int64_t lds = (d.s + 15) / 16 * 16 + 16;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({d.b, d.hkv, d.dk, lds}), &kf));
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({d.b, d.hkv, d.s, d.dv}), &vf));
     float* qp = qf.flat<float>().data();
     float* kp = kf.flat<float>().data();
     float* vp = vf.flat<float>().data();
-    ToHeadMajor(ctx, q.flat<T>().data(), d.b, d.t, d.h, d.dk, qp);
-    ToHeadMajor(ctx, k.flat<T>().data(), d.b, d.s, d.hkv, d.dk, kp);
-    ToHeadMajor(ctx, v.flat<T>().data(), d.b, d.s, d.hkv, d.dv, vp);
+    const float scale = scale_;
+    ToHeadMajorScaled(ctx, q.flat<T>().data(), d.b, d.t, d.h, d.dk, scale, qp);  // (B, H, T, Dk)
+    ToFeatureMajor(ctx, k.flat<T>().data(), d.b, d.s, d.hkv, d.dk, lds, kp);          // (B, Hkv, Dk, S)
+    ToHeadMajor(ctx, v.flat<T>().data(), d.b, d.s, d.hkv, d.dv, vp);             // (B, Hkv, S, Dv)
     const float* bp = bias.flat<float>().data();
-    const Visibility vis(ctx, d, bp);
+    const Visibility vis(ctx, d, bp, kGran);
     T* op = out->flat<T>().data();
     float* lp = lse->flat<float>().data();
-    const float scale = scale_;
-    const int64_t nqb = d.q_blocks(), nkb = d.k_blocks(), g = d.group();
+    const int64_t nqb = d.q_blocks(), ngr = vis.k_blocks, g = d.group();
+    const int64_t run_max = std::min(kChunk, ngr * kGran);
 
     auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
     // One item per (b, h, query block); the query block is innermost, so a contiguous range of
     // items spans whole heads and the causal triangle's uneven blocks even out across threads.
+    // Within an item: for each run of needed keys, each group of tile::kMaxRows query rows gets
+    // its logits (kMaxRows x run, in L1), its online-softmax update and its p·v in one go.
     pool->ParallelFor(d.b * d.h * nqb, 2 * kBlockQ * d.s * (d.dk + d.dv) + 8 * kBlockQ * d.s,
                       [&](int64_t begin, int64_t end) {
-      Mat tile(kBlockQ, kBlockK), acc(kBlockQ, d.dv);
+      Mat tile(tile::kMaxRows, run_max), acc(kBlockQ, d.dv);
       float m[kBlockQ], l[kBlockQ];
       for (int64_t item = begin; item < end; ++item) {
         const int64_t bh = item / nqb, qb = item % nqb;
         const int64_t bi = bh / d.h, hi = bh % d.h;
         const int64_t q0 = qb * kBlockQ, nq = std::min(kBlockQ, d.t - q0);
-        const CMap qm(qp + (bh * d.t + q0) * d.dk, nq, d.dk);                  // (nq, Dk)
-        const float* kh = kp + (bi * d.hkv + hi / g) * d.s * d.dk;             // (S, Dk)
+        const float* qh = qp + (bh * d.t + q0) * d.dk;                         // (nq, Dk), scaled
+        const float* kth = kp + (bi * d.hkv + hi / g) * d.dk * lds;            // (Dk, lds)
         const float* vh = vp + (bi * d.hkv + hi / g) * d.s * d.dv;             // (S, Dv)
-        auto a = acc.topRows(nq);                                              // (nq, Dv)
-        a.setZero();
+        acc.topRows(nq).setZero();                                             // (nq, Dv)
         std::fill(m, m + nq, -std::numeric_limits<float>::infinity());
         std::fill(l, l + nq, 0.f);
-        for (int64_t kb = 0; kb < nkb; ++kb) {
-          if (!vis.Needed(d, bi, q0, q0 + nq, kb)) continue;
-          const int64_t k0 = kb * kBlockK, nk = std::min(kBlockK, d.s - k0);
-          auto z = tile.topLeftCorner(nq, nk);                                 // (nq, nk)
-          z.noalias() = qm * CMap(kh + k0 * d.dk, nk, d.dk).transpose();
-          for (int64_t i = 0; i < nq; ++i) {
-            auto row = z.row(i).array();
-            Logits(row, scale, bp + d.bias_row(bi, q0 + i) * d.s + k0, nk);
-            const float mx = std::max(m[i], row.maxCoeff());
-            const float corr = std::exp(m[i] - mx);                           // 0 on a row's first tile
-            row = (row - mx).exp();
-            l[i] = l[i] * corr + row.sum();
-            a.row(i) *= corr;
-            m[i] = mx;
+        for (int64_t gb = 0; gb < ngr;) {
+          if (!vis.Needed(d, bi, q0, q0 + nq, gb)) {
+            ++gb;
+            continue;
           }
-          a.noalias() += z * CMap(vh + k0 * d.dv, nk, d.dv);
+          const int64_t first = gb;
+          bool biased[kChunk / kGran];                                         // which granules add a bias
+          for (; gb < ngr && (gb - first) * kGran < kChunk && vis.Needed(d, bi, q0, q0 + nq, gb); ++gb) {
+            biased[gb - first] = !vis.Zero(d, bi, q0, q0 + nq, gb);
+          }
+          const int64_t k0 = first * kGran, nk = std::min(gb * kGran, d.s) - k0;
+          for (int64_t r0 = 0; r0 < nq; r0 += tile::kMaxRows) {
+            const int rows = static_cast<int>(std::min<int64_t>(tile::kMaxRows, nq - r0));
+            tile::Qk(rows, qh + r0 * d.dk, d.dk, kth + k0, lds, nk, tile.data(), run_max);   // (rows, nk)
+            for (int r = 0; r < rows; ++r) {
+              const int64_t i = r0 + r;
+              auto row = Eigen::Map<Eigen::Array<float, 1, Eigen::Dynamic>>(tile.data() + r * run_max, nk);
+              const float* brow = bp + d.bias_row(bi, q0 + i) * d.s + k0;
+              for (int64_t c = 0; c < gb - first; ++c) {
+                if (!biased[c]) continue;
+                const int64_t c0 = c * kGran, w = std::min(kGran, nk - c0);
+                AddBias(row.segment(c0, w), brow + c0, w);
+              }
+              const float mx = std::max(m[i], row.maxCoeff());
+              const float s_row = tile::ExpRow(row.data(), nk, mx);
+              if (mx != m[i]) {                                              // rescale only when the max moved
+                const float corr = std::exp(m[i] - mx);                     // 0 on a row's first run
+                l[i] = l[i] * corr + s_row;
+                acc.row(i) *= corr;
+                m[i] = mx;
+              } else {
+                l[i] += s_row;
+              }
+            }
+            tile::Pv(rows, tile.data(), run_max, 1, nk, vh + k0 * d.dv, d.dv, d.dv, acc.data() + r0 * d.dv, d.dv);
+          }
         }
         for (int64_t i = 0; i < nq; ++i) {
           const float inv = 1.f / l[i];
           T* o = op + ((bi * d.t + q0 + i) * d.h + hi) * d.dv;
-          for (int64_t j = 0; j < d.dv; ++j) o[j] = static_cast<T>(a(i, j) * inv);
+          for (int64_t j = 0; j < d.dv; ++j) o[j] = static_cast<T>(acc(i, j) * inv);
           lp[bh * d.t + q0 + i] = m[i] + std::log(l[i]);
         }
       }
@@ -330,29 +420,34 @@ class AttentionGradCpu : public OpKernel {
       dv->flat<T>().setZero();
       return;
     }
-    Tensor qf, kf, vf, dof, rows;
+    Tensor qf, kf, ktf, vtf, dof, rows;
+    // K's and V's feature rows padded off a 4 KiB stride (see the forward).
+    const int64_t lds = (d.s + 15) / 16 * 16 + 16;
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({d.b, d.h, d.t, d.dk}), &qf));
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({d.b, d.hkv, d.s, d.dk}), &kf));
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({d.b, d.hkv, d.s, d.dv}), &vf));
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({d.b, d.hkv, d.dk, lds}), &ktf));
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({d.b, d.hkv, d.dv, lds}), &vtf));
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({d.b, d.h, d.t, d.dv}), &dof));
     // per (b, h, t) row: shift, 1 / l and D, so that p = exp(z − shift) / l and ds = p ⊙ (dp − D)
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({3, d.b, d.h, d.t}), &rows));
     float* qp = qf.flat<float>().data();
     float* kp = kf.flat<float>().data();
-    float* vp = vf.flat<float>().data();
+    float* ktp = ktf.flat<float>().data();
+    float* vtp = vtf.flat<float>().data();
     float* dop = dof.flat<float>().data();
-    ToHeadMajor(ctx, q.flat<T>().data(), d.b, d.t, d.h, d.dk, qp);
-    ToHeadMajor(ctx, k.flat<T>().data(), d.b, d.s, d.hkv, d.dk, kp);
-    ToHeadMajor(ctx, v.flat<T>().data(), d.b, d.s, d.hkv, d.dv, vp);
-    ToHeadMajor(ctx, d_o.flat<T>().data(), d.b, d.t, d.h, d.dv, dop);
+    ToHeadMajorScaled(ctx, q.flat<T>().data(), d.b, d.t, d.h, d.dk, scale_, qp);     // q_s = scale·q
+    ToHeadMajor(ctx, k.flat<T>().data(), d.b, d.s, d.hkv, d.dk, kp);                  // (B, Hkv, S, Dk)
+    ToFeatureMajor(ctx, k.flat<T>().data(), d.b, d.s, d.hkv, d.dk, lds, ktp);          // (B, Hkv, Dk, lds)
+    ToFeatureMajor(ctx, v.flat<T>().data(), d.b, d.s, d.hkv, d.dv, lds, vtp);          // (B, Hkv, Dv, lds)
+    ToHeadMajor(ctx, d_o.flat<T>().data(), d.b, d.t, d.h, d.dv, dop);                 // (B, H, T, Dv)
     const float* bp = bias.flat<float>().data();
-    const Visibility vis(ctx, d, bp);
+    const Visibility vis(ctx, d, bp, kBlockK);
     const int64_t n_rows = d.b * d.h * d.t;
     float* shift = rows.flat<float>().data();
     float* inv_l = shift + n_rows;
     float* delta = inv_l + n_rows;
     const float scale = scale_;
-    const int64_t nqb = d.q_blocks(), nkb = d.k_blocks(), g = d.group();
+    const int64_t nqb = d.q_blocks(), nkb = vis.k_blocks, g = d.group();
     auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
 
     // Row statistics. A row with a visible key: p = exp(z − lse). A fully masked row has
@@ -362,7 +457,7 @@ class AttentionGradCpu : public OpKernel {
     const float* lse_p = lse.flat<float>().data();
     const float* dlse_p = d_lse.flat<float>().data();
     pool->ParallelFor(n_rows, 2 * d.dv + 4, [&](int64_t r0, int64_t r1) {
-      Eigen::Array<float, 1, Eigen::Dynamic> z;
+      std::vector<float> z;
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t bh = r / d.t, ti = r % d.t, bi = bh / d.h, hi = bh % d.h;
         const float* dor = dop + r * d.dv;
@@ -374,70 +469,80 @@ class AttentionGradCpu : public OpKernel {
         inv_l[r] = 1.f;
         if (vis.in_row[d.bias_row(bi, ti)]) continue;
         z.resize(d.s);
-        z.matrix().noalias() = CMap(qp + r * d.dk, 1, d.dk) *
-                               CMap(kp + (bi * d.hkv + hi / g) * d.s * d.dk, d.s, d.dk).transpose();
-        Logits(z, scale, bp + d.bias_row(bi, ti) * d.s, d.s);
-        shift[r] = z.maxCoeff();
-        inv_l[r] = 1.f / (z - shift[r]).exp().sum();
+        tile::Qk(1, qp + r * d.dk, d.dk, ktp + (bi * d.hkv + hi / g) * d.dk * lds, lds, d.s, z.data(), d.s);
+        auto zr = Eigen::Map<Eigen::Array<float, 1, Eigen::Dynamic>>(z.data(), d.s);
+        AddBias(zr, bp + d.bias_row(bi, ti) * d.s, d.s);
+        shift[r] = zr.maxCoeff();
+        inv_l[r] = 1.f / tile::ExpRow(z.data(), d.s, shift[r]);
       }
     });
 
-    // Recomputes p (nq, nk) for query rows [q0, q0 + nq) of head bh against key block k0 into z,
-    // and turns dp = do·vᵀ into ds = p ⊙ (dp − D) in place.
-    auto probs_and_ds = [&](int64_t bh, int64_t bi, const float* kh, const float* vh, int64_t q0, int64_t nq,
-                            int64_t k0, int64_t nk, Mat* tile, Mat* dtile) {
-      auto z = tile->topLeftCorner(nq, nk);
-      auto ds = dtile->topLeftCorner(nq, nk);
-      const int64_t r0 = bh * d.t + q0;
-      z.noalias() = CMap(qp + r0 * d.dk, nq, d.dk) * CMap(kh + k0 * d.dk, nk, d.dk).transpose();
-      ds.noalias() = CMap(dop + r0 * d.dv, nq, d.dv) * CMap(vh + k0 * d.dv, nk, d.dv).transpose();
+    // Recomputes p (nq, nk) for query rows [q0, q0 + nq) of head bh against key block kb into
+    // pt, and dp = do·vᵀ into dst turned into ds = p ⊙ (dp − D) in place (both ld kBlockK).
+    auto probs_and_ds = [&](int64_t bh, int64_t bi, int64_t bkv, int64_t q0, int64_t nq, int64_t kb, float* pt,
+                            float* dst) {
+      const int64_t k0 = kb * kBlockK, nk = std::min(kBlockK, d.s - k0);
+      const int64_t rq = bh * d.t + q0;
+      const float* kth = ktp + bkv * d.dk * lds + k0;
+      const float* vth = vtp + bkv * d.dv * lds + k0;
+      for (int64_t r0 = 0; r0 < nq; r0 += tile::kMaxRows) {
+        const int rows = static_cast<int>(std::min<int64_t>(tile::kMaxRows, nq - r0));
+        tile::Qk(rows, qp + (rq + r0) * d.dk, d.dk, kth, lds, nk, pt + r0 * kBlockK, kBlockK);
+        tile::Qk(rows, dop + (rq + r0) * d.dv, d.dv, vth, lds, nk, dst + r0 * kBlockK, kBlockK);
+      }
+      const bool zero = vis.Zero(d, bi, q0, q0 + nq, kb);
       for (int64_t i = 0; i < nq; ++i) {
-        auto row = z.row(i).array();
-        Logits(row, scale, bp + d.bias_row(bi, q0 + i) * d.s + k0, nk);
-        row = (row - shift[r0 + i]).exp() * inv_l[r0 + i];
-        ds.row(i).array() = row * (ds.row(i).array() - delta[r0 + i]);
+        auto row = Eigen::Map<Eigen::Array<float, 1, Eigen::Dynamic>>(pt + i * kBlockK, nk);
+        auto ds = Eigen::Map<Eigen::Array<float, 1, Eigen::Dynamic>>(dst + i * kBlockK, nk);
+        if (!zero) AddBias(row, bp + d.bias_row(bi, q0 + i) * d.s + k0, nk);
+        tile::ExpRow(row.data(), nk, shift[rq + i]);
+        row *= inv_l[rq + i];
+        ds = row * (ds - delta[rq + i]);
       }
     };
 
     // dk, dv of key block kb of (bi, kv head kvh), summing over the group's heads and the query
     // blocks in order; with dq_acc (the group's (G, T, Dk) fp32 rows) also adds ds·k into dq.
     struct Scratch {
-      Mat tile, dtile, dk, dv;
-      explicit Scratch(const Dims& d) : tile(kBlockQ, kBlockK), dtile(kBlockQ, kBlockK), dk(kBlockK, d.dk),
-                                        dv(kBlockK, d.dv) {}
+      std::vector<float> pt, dst, dk, dv;
+      explicit Scratch(const Dims& d)
+          : pt(kBlockQ * kBlockK), dst(kBlockQ * kBlockK), dk(kBlockK * d.dk), dv(kBlockK * d.dv) {}
     };
     T* dkp = dk->flat<T>().data();
     T* dvp = dv->flat<T>().data();
     auto key_block = [&](int64_t bi, int64_t kvh, int64_t kb, float* dq_acc, Scratch* w) {
       const int64_t bkv = bi * d.hkv + kvh;
       const int64_t k0 = kb * kBlockK, nk = std::min(kBlockK, d.s - k0);
-      const float* kh = kp + bkv * d.s * d.dk;
-      const float* vh = vp + bkv * d.s * d.dv;
-      auto dkb = w->dk.topRows(nk);
-      auto dvb = w->dv.topRows(nk);
-      dkb.setZero();
-      dvb.setZero();
+      float* dkb = w->dk.data();                                                // (nk, Dk)
+      float* dvb = w->dv.data();                                                // (nk, Dv)
+      std::fill(dkb, dkb + nk * d.dk, 0.f);
+      std::fill(dvb, dvb + nk * d.dv, 0.f);
       for (int64_t gi = 0; gi < g; ++gi) {
         const int64_t bh = bi * d.h + kvh * g + gi;
         for (int64_t qb = 0; qb < nqb; ++qb) {
           const int64_t q0 = qb * kBlockQ, nq = std::min(kBlockQ, d.t - q0);
           if (!vis.Needed(d, bi, q0, q0 + nq, kb)) continue;
-          probs_and_ds(bh, bi, kh, vh, q0, nq, k0, nk, &w->tile, &w->dtile);
-          const int64_t r0 = bh * d.t + q0;
-          const auto ds = w->dtile.topLeftCorner(nq, nk);
-          dvb.noalias() += w->tile.topLeftCorner(nq, nk).transpose() * CMap(dop + r0 * d.dv, nq, d.dv);
-          dkb.noalias() += ds.transpose() * CMap(qp + r0 * d.dk, nq, d.dk);
-          if (dq_acc != nullptr) {
-            Eigen::Map<Mat>(dq_acc + (gi * d.t + q0) * d.dk, nq, d.dk).noalias() +=
-                ds * CMap(kh + k0 * d.dk, nk, d.dk);
+          probs_and_ds(bh, bi, bkv, q0, nq, kb, w->pt.data(), w->dst.data());
+          const int64_t rq = bh * d.t + q0;
+          for (int64_t c0 = 0; c0 < nk; c0 += tile::kMaxRows) {    // key rows: dv += pᵀ·do, dk += dsᵀ·q_s
+            const int rows = static_cast<int>(std::min<int64_t>(tile::kMaxRows, nk - c0));
+            tile::Pv(rows, w->pt.data() + c0, 1, kBlockK, nq, dop + rq * d.dv, d.dv, d.dv, dvb + c0 * d.dv, d.dv);
+            tile::Pv(rows, w->dst.data() + c0, 1, kBlockK, nq, qp + rq * d.dk, d.dk, d.dk, dkb + c0 * d.dk, d.dk);
+          }
+          if (dq_acc != nullptr) {                                  // query rows: dq += ds·k
+            for (int64_t r0 = 0; r0 < nq; r0 += tile::kMaxRows) {
+              const int rows = static_cast<int>(std::min<int64_t>(tile::kMaxRows, nq - r0));
+              tile::Pv(rows, w->dst.data() + r0 * kBlockK, kBlockK, 1, nk, kp + (bkv * d.s + k0) * d.dk, d.dk, d.dk,
+                       dq_acc + (gi * d.t + q0 + r0) * d.dk, d.dk);
+            }
           }
         }
       }
       for (int64_t i = 0; i < nk; ++i) {
         T* dkr = dkp + ((bi * d.s + k0 + i) * d.hkv + kvh) * d.dk;
         T* dvr = dvp + ((bi * d.s + k0 + i) * d.hkv + kvh) * d.dv;
-        for (int64_t j = 0; j < d.dk; ++j) dkr[j] = static_cast<T>(dkb(i, j) * scale);
-        for (int64_t j = 0; j < d.dv; ++j) dvr[j] = static_cast<T>(dvb(i, j));
+        for (int64_t j = 0; j < d.dk; ++j) dkr[j] = static_cast<T>(dkb[i * d.dk + j]);   // q_s carries the scale
+        for (int64_t j = 0; j < d.dv; ++j) dvr[j] = static_cast<T>(dvb[i * d.dv + j]);
       }
     };
     T* dqp = dq->flat<T>().data();
@@ -451,7 +556,7 @@ class AttentionGradCpu : public OpKernel {
 
     if (d.b * d.hkv >= kOnePassItems) {
       // One pass per (b, kv head): the item owns its group's dq rows, so it adds ds·k there
-      // while it has ds — 5 tile GEMMs instead of 7. Chosen by shape, never by thread count.
+      // while it has ds. Chosen by shape, never by thread count.
       Tensor dq_f;
       OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({d.b, d.h, d.t, d.dk}), &dq_f));
       float* dqf = dq_f.flat<float>().data();
@@ -480,19 +585,22 @@ class AttentionGradCpu : public OpKernel {
 
     // ... and dq per (b, head, query block), summing over key blocks in order.
     pool->ParallelFor(d.b * d.h * nqb, 6 * kBlockQ * d.s * (d.dk + d.dv), [&](int64_t begin, int64_t end) {
-      Mat tile(kBlockQ, kBlockK), dtile(kBlockQ, kBlockK), dqm(kBlockQ, d.dk);
+      Scratch w(d);
+      std::vector<float> dqm(kBlockQ * d.dk);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t bh = item / nqb, qb = item % nqb, bi = bh / d.h, hi = bh % d.h;
+        const int64_t bkv = bi * d.hkv + hi / g;
         const int64_t q0 = qb * kBlockQ, nq = std::min(kBlockQ, d.t - q0);
-        const float* kh = kp + (bi * d.hkv + hi / g) * d.s * d.dk;
-        const float* vh = vp + (bi * d.hkv + hi / g) * d.s * d.dv;
-        auto dqb = dqm.topRows(nq);
-        dqb.setZero();
+        std::fill(dqm.begin(), dqm.end(), 0.f);
         for (int64_t kb = 0; kb < nkb; ++kb) {
           if (!vis.Needed(d, bi, q0, q0 + nq, kb)) continue;
           const int64_t k0 = kb * kBlockK, nk = std::min(kBlockK, d.s - k0);
-          probs_and_ds(bh, bi, kh, vh, q0, nq, k0, nk, &tile, &dtile);
-          dqb.noalias() += dtile.topLeftCorner(nq, nk) * CMap(kh + k0 * d.dk, nk, d.dk);
+          probs_and_ds(bh, bi, bkv, q0, nq, kb, w.pt.data(), w.dst.data());
+          for (int64_t r0 = 0; r0 < nq; r0 += tile::kMaxRows) {
+            const int rows = static_cast<int>(std::min<int64_t>(tile::kMaxRows, nq - r0));
+            tile::Pv(rows, w.dst.data() + r0 * kBlockK, kBlockK, 1, nk, kp + (bkv * d.s + k0) * d.dk, d.dk, d.dk,
+                     dqm.data() + r0 * d.dk, d.dk);
+          }
         }
         write_dq(bh, q0, nq, dqm.data());
       }
