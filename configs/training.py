@@ -187,7 +187,7 @@ class ActionValidityConfig(_Strict):
     group-relative advantages, weight · policy-gradient loss added to SAD + process. With weight 4
     and the other defaults it raised the learning check's valid-JSON mean above plain SFT's, but
     beyond the seed spread in only one of two runs (docs/agent.md); off (weight 0) by default: it
-    samples on the host (one replica) and components/distill does not drive it yet."""
+    samples on the host (one replica: components/distill refuses more) and costs ~3x the steps."""
 
     weight: float = Field(0.0, ge=0)
     every: int = Field(1, ge=1)                       # sample on every `every`-th step …

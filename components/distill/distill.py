@@ -84,6 +84,21 @@ def uses_agent_task(cfg: DistillConfig, data) -> bool:
     return cfg.process_supervision.enabled and all(f in data.extra_features for f in SPAN_FEATURES)
 
 
+def _validity_inputs(tokenizer_json: str, data_dir: str):
+    """(tokenizers.Tokenizer, pad id of the rows) for the sampled-action validity term."""
+    from tokenizers import Tokenizer
+    if not os.path.exists(tokenizer_json):
+        raise InputDataError(f"{tokenizer_json}: the validity term decodes the student's actions and needs "
+                             "the tokenizer (pass --tokenizer or a teacher folder with tokenizer.json)")
+    cfg_path = os.path.join(data_dir, "config.json")
+    try:
+        with open(cfg_path) as f:
+            pad_id = int(json.load(f).get("pad_id", 0))
+    except (OSError, ValueError, TypeError) as e:
+        raise InputDataError(f"{cfg_path}: unreadable data config ({e})") from None
+    return Tokenizer.from_file(tokenizer_json), pad_id
+
+
 def run_distill(cfg: DistillConfig, teacher_dir: str | None, data_dir: str, tokenizer_dir: str | None,
                 output_dir: str, *, runtime: Runtime | None = None, max_steps: int | None = None,
                 checkpoint_every: int | None = None, progress: bool = True) -> dict[str, Any]:
@@ -109,6 +124,11 @@ def run_distill(cfg: DistillConfig, teacher_dir: str | None, data_dir: str, toke
                 tok if os.path.exists(tok) else None)
 
     agent = uses_agent_task(cfg, data)
+    validity = cfg.process_supervision.validity
+    sample_actions = agent and validity.weight > 0
+    if sample_actions and rt.num_replicas != 1:
+        raise ConfigError("distill.process_supervision.validity samples on the host: it needs one replica "
+                          f"(got {rt.num_replicas}); set its weight to 0 for multi-device runs")
     if agent and cfg.teacher_logits == "offline":
         raise ConfigError(f"{data_dir}: agent rows train with an online teacher; set distill.teacher_logits=online "
                           "(or distill.process_supervision.enabled=false for plain logit distillation)")
@@ -137,13 +157,24 @@ def run_distill(cfg: DistillConfig, teacher_dir: str | None, data_dir: str, toke
     if agent:
         from training.agent_task import AgentDistillTask
         task = AgentDistillTask(agent_spec(cfg), teacher=teacher, mtp_weight=cfg.trainer.mtp_weight,
-                                aux_loss_alpha=cfg.trainer.aux_loss_alpha)
+                                aux_loss_alpha=cfg.trainer.aux_loss_alpha,
+                                validity_weight=validity.weight if sample_actions else 0.0,
+                                validity_temperature=validity.temperature)
     else:
         task = DistillTask(distill_spec(cfg), teacher=teacher)
-    objective = "agent SAD + process" if agent else cfg.loss
+    objective = "agent SAD + process" + (" + validity" if sample_actions else "") if agent else cfg.loss
     trainer = Trainer(cfg.trainer, rt, build, task, output_dir, title=f"distill ({objective})")
+    if sample_actions:
+        # the student writes Action lines on the host between steps: it needs the tokenizer and
+        # the rows' pad id, and one replica (checked before any compute)
+        from training.agent_validity import ValiditySpec, fit_with_validity
+        tokenizer, pad_id = _validity_inputs(tok, data_dir)
     before = trainer.baseline_eval(data)
-    result = trainer.fit(data, max_steps=max_steps, checkpoint_every=checkpoint_every, progress=progress)
+    if sample_actions:
+        result = fit_with_validity(trainer, data, ValiditySpec.from_config(validity), tokenizer, pad_id=pad_id,
+                                   max_steps=max_steps, checkpoint_every=checkpoint_every, progress=progress)
+    else:
+        result = trainer.fit(data, max_steps=max_steps, checkpoint_every=checkpoint_every, progress=progress)
     report: dict[str, Any] = {
         "phase": "distill", "loss": "agent" if agent else cfg.loss, "teacher_logits": cfg.teacher_logits,
         "teacher": teacher_dir,
@@ -157,6 +188,7 @@ def run_distill(cfg: DistillConfig, teacher_dir: str | None, data_dir: str, toke
         report["agent"] = {
             "lambda_reason": ps.lambda_reason, "lambda_act": ps.lambda_act, "tool_weight": ps.tool_weight,
             "json_weight": ps.json_weight, "temperature": cfg.temperature,
+            "validity": ps.validity.model_dump() if sample_actions else None,
             **{k: {"before": before.get(f"eval_{k}"), "after": result.final_eval.get(f"eval_{k}")}
                for k in ("sad", "ce", "tool_loss", "json_loss", "tool_name_acc", "json_token_acc")}}
     if not rt.is_chief:

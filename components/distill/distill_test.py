@@ -111,3 +111,27 @@ def test_run_distill_on_agent_rows_reports_agent_metrics_before_and_after(world,
     assert os.path.exists(os.path.join(out, "final", "config.json"))
     saved = json.loads(open(os.path.join(out, "report.json"), encoding="utf-8").read())
     assert saved["agent"]["sad"] == agent["sad"]
+
+
+def test_run_distill_drives_the_validity_term_when_its_weight_is_set(world, tmp_path):
+    """distill.process_supervision.validity.weight > 0: the student samples Action lines on the
+    second half of the steps (start_fraction 0.5), their rewards are logged, the step count and the
+    report are those of the run; a multi-replica runtime is refused before any compute."""
+    from components.distill.distill import run_distill
+    from training.metrics import METRICS_FILE
+
+    teacher, rows, _, _ = world
+    out = tmp_path / "out"
+    validity = {"weight": 1.0, "start_fraction": 0.5, "prompts": 2, "group_size": 2, "max_new_tokens": 8}
+    cfg = _cfg(process_supervision={"validity": validity})
+    rep = run_distill(cfg, teacher, rows, None, str(out), runtime=RT, progress=False)
+    assert rep["loss"] == "agent" and rep["steps"] == 8
+    assert rep["agent"]["validity"]["weight"] == 1.0 and rep["agent"]["validity"]["group_size"] == 2
+    logged = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines() if line.strip()]
+    rewards = [r["validity_reward"] for r in logged if "validity_reward" in r]
+    assert rewards and all(0.0 <= r <= 1.0 for r in rewards), logged
+
+    class TwoReplicas:                       # only what run_distill reads before refusing
+        num_replicas, is_chief = 2, True
+    with pytest.raises(ConfigError, match="one replica"):
+        run_distill(cfg, teacher, rows, None, str(tmp_path / "two"), runtime=TwoReplicas(), progress=False)
