@@ -167,12 +167,20 @@ def test_kernels_on_cpu_emulation(tmp_path, sanitizer):
     exe = tmp_path / "check_emu"
     # -I shim first so its cuda_*.h win; the sources' "../cc/kernels.h" resolves via CUDA_DIR.
     recover = ["-fno-sanitize-recover=undefined"] if "undefined" in sanitizer else []
-    cmd = ["g++", "-std=c++20", "-O1", "-g", "-pthread", f"-fsanitize={sanitizer}", *recover, "-Wno-unknown-pragmas",
-           "-DSEEKLINE_CUDA_EMULATION",
-           "-I", str(shim), "-I", str(build_cuda.CUDA_DIR), "-I", str(build_cuda.CC_DIR), str(tmp_path / "check.cc"),
-           *map(str, units), "-o", str(exe)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    flags = ["-std=c++20", "-O1", "-g", "-pthread", f"-fsanitize={sanitizer}", *recover, "-Wno-unknown-pragmas",
+             "-DSEEKLINE_CUDA_EMULATION",
+             "-I", str(shim), "-I", str(build_cuda.CUDA_DIR), "-I", str(build_cuda.CC_DIR)]
+    # One g++ per translation unit, all at once, then one link: the same flags and objects as a
+    # single `g++ a.cc b.cc ... -o exe` (which compiles them one after another), on every core.
+    sources = [tmp_path / "check.cc", *units]
+    compiles = [subprocess.Popen(["g++", *flags, "-c", str(src), "-o", str(src.with_suffix(".o"))],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for src in sources]
+    for src, proc in zip(sources, compiles, strict=True):
+        _, err = proc.communicate()
+        assert proc.returncode == 0, f"{src.name}: {err[-4000:]}"
+    link = subprocess.run(["g++", *flags, *(str(src.with_suffix(".o")) for src in sources), "-o", str(exe)],
+                          capture_output=True, text=True)
+    assert link.returncode == 0, link.stderr[-4000:]
     env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=0", "TSAN_OPTIONS": "halt_on_error=1"}
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=900, env=env)
     assert run.returncode == 0 and run.stdout.strip().endswith("OK"), (run.stdout + run.stderr)[-4000:]
