@@ -15,7 +15,8 @@ the step's training rows and the policy gradient of a parse reward is added to t
             (docs/agent.md, "Learning check": without it the term did not move the greedy
             valid-JSON rate)
   reward    r = 1 when the line is one JSON object naming a registry tool with an object of
-            arguments — serving/agent/protocol.parse_reply decides, as the agent loop does — else 0
+            arguments — serving/agent/protocol.parse_reply decides, as the agent loop does, through
+            the reward callable the phase passes in (components/agent/action_reward.py) — else 0
   advantage A = (r − mean_group r) / (std_group r + eps)  (training/grpo_objective.group_advantages:
             a group whose samples are all valid or all invalid gives no signal)
   loss      L_valid = −Σ_t m_t · A · log π(o_t) / Σ_t m_t over the completion tokens (ρ = 1: one
@@ -29,7 +30,6 @@ training row) and AgentDistillTask adds the term when they are present.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -85,24 +85,6 @@ class ValiditySpec:
         return self.weight > 0 and step >= first and (step - first) % self.every == 0
 
 
-def action_reward(text: str, tool_names: Sequence[str]) -> float:
-    """1.0 when the generated rest of an Action line (after "Action:") is one JSON tool call the
-    agent loop can execute — serving/agent/protocol.parse_reply reads it, as the loop does — with
-    the line starting at its object, a registry tool's name and "arguments" an object as written
-    (parse_reply would also take a JSON string holding one; the acting evaluation does not);
-    else 0.0."""
-    from serving.agent.protocol import balanced_object, parse_reply
-
-    line = text.split("\n", 1)[0]
-    if not line.lstrip().startswith("{"):
-        return 0.0
-    _, action, err = parse_reply(ACTION_LABEL + line)
-    if err is not None or action is None or action["name"] not in tool_names:
-        return 0.0
-    begin, end = balanced_object(line)
-    return float(isinstance(json.loads(line[begin:end]).get("arguments"), dict))
-
-
 def action_prompt_ends(input_ids: np.ndarray, action_mask: np.ndarray, piece: Callable[[int], str]) -> list[int]:
     """Exclusive ends of the Action prompts in one row (T,): for each run of action_mask tokens, the
     position right after the token that completes "Action:" inside the run (the label is a format
@@ -141,13 +123,16 @@ class ValiditySource:
     features. Host metrics: validity_reward (mean reward of the step's samples) and
     validity_groups (groups with a learning signal)."""
 
-    def __init__(self, trainer, data, spec: ValiditySpec, tokenizer, *, pad_id: int = 0):
+    def __init__(self, trainer, data, spec: ValiditySpec, tokenizer, reward: Callable[[str], float], *,
+                 pad_id: int = 0):
         from training.data import train_stream
 
         cfg = trainer.cfg
         if trainer.rt.num_replicas != 1:
-            raise ConfigError("the validity term samples on the host: one replica only")
+            raise ConfigError("the validity term samples on the host: it needs one replica "
+                              f"(got {trainer.rt.num_replicas}); set distill.process_supervision.validity.weight=0")
         self.trainer, self.spec, self.pad_id, self.seq_len = trainer, spec, pad_id, data.seq_len
+        self.reward = reward                     # decoded Action line -> 0 / 1 (components/agent/action_reward.py)
         self.total = trainer.total_steps
         vocab = tokenizer.get_vocab()
         self._pieces = {i: tokenizer.decode([i]) for i in vocab.values()}
@@ -214,7 +199,7 @@ class ValiditySource:
             comps = [c for j in range(len(pick)) for c in [greedy[j]] + sampled[j * (g - 1):(j + 1) * (g - 1)]]
         else:
             comps = complete(prompts, gen)
-        rewards = np.array([action_reward(self.decode(c), spec.tool_names) for c in comps], np.float32)
+        rewards = np.array([self.reward(self.decode(c)) for c in comps], np.float32)
         adv = group_advantages(rewards, spec.group_size, scale="group")
         roll = build_rows(prompts, comps, self.seq_len, self.pad_id)
         accum, m = batch["input_ids"].shape[:2]
@@ -227,10 +212,12 @@ class ValiditySource:
                        "validity_groups": float((~adv.zero_std).sum())}
 
 
-def fit_with_validity(trainer, data, spec: ValiditySpec, tokenizer, *, pad_id: int = 0, max_steps=None,
-                      checkpoint_every=None, progress: bool = True):
-    """Trainer.fit with the validity term: the same rows and steps, rollouts added on the sampling steps."""
-    source = ValiditySource(trainer, data, spec, tokenizer, pad_id=pad_id)
+def fit_with_validity(trainer, data, spec: ValiditySpec, tokenizer, reward: Callable[[str], float], *,
+                      pad_id: int = 0, max_steps=None, checkpoint_every=None, progress: bool = True):
+    """Trainer.fit with the validity term: the same rows and steps, rollouts added on the sampling steps.
+    reward: the text the student wrote after "Action:" -> 1.0 for an executable tool call, else 0.0
+    (components/agent/action_reward.py; the agent protocol lives above this layer)."""
+    source = ValiditySource(trainer, data, spec, tokenizer, reward, pad_id=pad_id)
     return trainer.fit_online(source, max_steps=max_steps, checkpoint_every=checkpoint_every, progress=progress,
                               evaluate=lambda: trainer.evaluate(data))
 

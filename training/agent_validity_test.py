@@ -13,12 +13,17 @@ from training.strategy import make_runtime
 
 RT = make_runtime("one_device", "fp32")
 
+from components.agent.action_reward import action_reward  # noqa: E402  (tests may drive a layer from above)
 from model.decoder import build_model  # noqa: E402
 from training import agent_validity as av  # noqa: E402
 from training.grpo_objective import group_advantages  # noqa: E402
 from training.testing_worker import tiny_model_config, trainer_config  # noqa: E402
 
 TOOLS = ("python", "retrieve", "finish")
+
+
+def reward_fn(text):
+    return action_reward(text, TOOLS)
 
 
 @pytest.mark.parametrize("text,reward", [
@@ -35,7 +40,7 @@ TOOLS = ("python", "retrieve", "finish")
     (' {"name": "finish", "arguments": {"answer": "1"},}\n', 0.0),              # not JSON
 ])
 def test_action_reward_hand_cases(text, reward):
-    assert av.action_reward(text, TOOLS) == reward
+    assert action_reward(text, TOOLS) == reward
 
 
 def test_action_prompt_ends_cut_after_the_action_label():
@@ -164,7 +169,7 @@ def test_source_rows_and_rollouts(agent_data, tmp_path):
                            max_new_tokens=24)
     task = AgentDistillTask(AgentLossSpec(), validity_weight=1.0)
     tr = Trainer(cfg, RT, lambda: model_core.load_hf_checkpoint(model_dir), task, str(tmp_path))
-    src = av.ValiditySource(tr, data, spec, tok)
+    src = av.ValiditySource(tr, data, spec, tok, reward_fn)
     own = train_stream(data.train_files, data.seq_len, micro_batch=cfg.micro_batch_size, accum=cfg.grad_accum_steps,
                        num_replicas=1, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
                        num_rows=data.num_rows("train"), replica_range=(0, 1)).as_numpy_iterator()
@@ -177,7 +182,7 @@ def test_source_rows_and_rollouts(agent_data, tmp_path):
     for r in range(m * k):
         first = int(np.argmax(mask[r]))
         assert tok.decode(ids[r, :first].tolist(), skip_special_tokens=False).endswith("Action:")
-        rewards.append(av.action_reward(tok.decode(ids[r, mask[r] > 0].tolist(), skip_special_tokens=False), TOOLS))
+        rewards.append(action_reward(tok.decode(ids[r, mask[r] > 0].tolist(), skip_special_tokens=False), TOOLS))
     want = group_advantages(np.array(rewards), 2).advantages
     np.testing.assert_allclose(b0[av.ROLLOUT_ADV].reshape(-1), want, rtol=1e-6)
     assert host["validity_reward"] == pytest.approx(np.mean(rewards))
@@ -186,5 +191,5 @@ def test_source_rows_and_rollouts(agent_data, tmp_path):
     np.testing.assert_array_equal(b1["input_ids"], next(own)["input_ids"])
 
     res = av.fit_with_validity(Trainer(cfg, RT, lambda: model_core.load_hf_checkpoint(model_dir), task,
-                                       str(tmp_path / "run")), data, spec, tok, progress=False)
+                                       str(tmp_path / "run")), data, spec, tok, reward_fn, progress=False)
     assert res.steps == 4 and res.nonfinite_steps == 0 and "eval_sad" in res.final_eval

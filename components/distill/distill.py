@@ -85,18 +85,26 @@ def uses_agent_task(cfg: DistillConfig, data) -> bool:
 
 
 def _validity_inputs(tokenizer_json: str, data_dir: str):
-    """(tokenizers.Tokenizer, pad id of the rows) for the sampled-action validity term."""
+    """(tokenizers.Tokenizer, pad id of the rows, reward) for the sampled-action validity term; the
+    reward knows the tool registry the rows were built with (their config.json's tool_names)."""
+    import functools
+
     from tokenizers import Tokenizer
+
+    from components.agent.action_reward import action_reward
+    from components.agent.process import DEFAULT_TOOLS
     if not os.path.exists(tokenizer_json):
         raise InputDataError(f"{tokenizer_json}: the validity term decodes the student's actions and needs "
                              "the tokenizer (pass --tokenizer or a teacher folder with tokenizer.json)")
     cfg_path = os.path.join(data_dir, "config.json")
     try:
         with open(cfg_path) as f:
-            pad_id = int(json.load(f).get("pad_id", 0))
-    except (OSError, ValueError, TypeError) as e:
-        raise InputDataError(f"{cfg_path}: unreadable data config ({e})") from None
-    return Tokenizer.from_file(tokenizer_json), pad_id
+            meta = json.load(f)
+        pad_id = int(meta.get("pad_id", 0))
+        tools = tuple(meta.get("tool_names") or DEFAULT_TOOLS)
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise InputDataError(f"{cfg_path}: unreadable pack config ({e})") from None
+    return Tokenizer.from_file(tokenizer_json), pad_id, functools.partial(action_reward, tool_names=tools)
 
 
 def run_distill(cfg: DistillConfig, teacher_dir: str | None, data_dir: str, tokenizer_dir: str | None,
@@ -168,11 +176,12 @@ def run_distill(cfg: DistillConfig, teacher_dir: str | None, data_dir: str, toke
         # the student writes Action lines on the host between steps: it needs the tokenizer and
         # the rows' pad id, and one replica (checked before any compute)
         from training.agent_validity import ValiditySpec, fit_with_validity
-        tokenizer, pad_id = _validity_inputs(tok, data_dir)
+        tokenizer, pad_id, reward = _validity_inputs(tok, data_dir)
     before = trainer.baseline_eval(data)
     if sample_actions:
-        result = fit_with_validity(trainer, data, ValiditySpec.from_config(validity), tokenizer, pad_id=pad_id,
-                                   max_steps=max_steps, checkpoint_every=checkpoint_every, progress=progress)
+        result = fit_with_validity(trainer, data, ValiditySpec.from_config(validity), tokenizer, reward,
+                                   pad_id=pad_id, max_steps=max_steps, checkpoint_every=checkpoint_every,
+                                   progress=progress)
     else:
         result = trainer.fit(data, max_steps=max_steps, checkpoint_every=checkpoint_every, progress=progress)
     report: dict[str, Any] = {
