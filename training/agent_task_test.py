@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from common.errors import UserError
 from training.strategy import make_runtime
+from training.testdata import agent_trajectory
 
 RT = make_runtime("one_device", "fp32")
 
@@ -139,17 +140,6 @@ def test_rows_without_span_masks_are_a_user_error(student):
 
 
 # ------------------------------------------------------------------ engine run on built rows
-def _trajectory(a: int, b: int) -> dict:
-    text = (f"Thought: add {a} and {b}\n"
-            f'Action: {{"name": "python", "arguments": {{"code": "print({a}+{b})"}}}}\n'
-            f"Observation: {a + b}\n"
-            f"Thought: it is {a + b}\n"
-            f'Action: {{"name": "finish", "arguments": {{"answer": "{a + b}"}}}}')
-    tid = f"add-{a}-{b}"
-    return {"id": tid, "task_id": tid, "task": {"task_id": tid, "prompt": f"{a}+{b}=?"}, "text": text,
-            "success": True, "teacher": "hand"}
-
-
 @pytest.fixture(scope="module")
 def agent_data(tmp_path_factory):
     from components.agent.dataset import build_agent_dataset_files
@@ -159,7 +149,7 @@ def agent_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("agent")
     model_dir = grpo_model_dir(str(root), seq=176, layers=1)
     src = root / "traj.jsonl"
-    src.write_text("".join(json.dumps(_trajectory(a, b)) + "\n" for a in range(1, 7) for b in range(2, 6)))
+    src.write_text("".join(json.dumps(agent_trajectory(a, b)) + "\n" for a in range(1, 7) for b in range(2, 6)))
     rep = build_agent_dataset_files(str(src), str(root / "rows"), tokenizer_path=model_dir, seq_len=176,
                                     eval_fraction=0.25, seed=1)
     assert rep["train"]["truncated"] == 0 and rep["train"]["tool_name_tokens"] > 0

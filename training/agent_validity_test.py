@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from common.errors import ConfigError
 from training.strategy import make_runtime
+from training.testdata import agent_trajectory
 
 RT = make_runtime("one_device", "fp32")
 
@@ -129,17 +130,6 @@ def test_one_update_raises_the_rewarded_sample_and_lowers_the_other():
 
 
 # ------------------------------------------------------------------ the batch source on built rows
-def _trajectory(a: int, b: int) -> dict:
-    text = (f"Thought: add {a} and {b}\n"
-            f'Action: {{"name": "python", "arguments": {{"code": "print({a}+{b})"}}}}\n'
-            f"Observation: {a + b}\n"
-            f"Thought: it is {a + b}\n"
-            f'Action: {{"name": "finish", "arguments": {{"answer": "{a + b}"}}}}')
-    tid = f"add-{a}-{b}"
-    return {"id": tid, "task_id": tid, "task": {"task_id": tid, "prompt": f"{a}+{b}=?"}, "text": text,
-            "success": True, "teacher": "hand"}
-
-
 @pytest.fixture(scope="module")
 def agent_data(tmp_path_factory):
     from components.agent.dataset import build_agent_dataset_files
@@ -150,7 +140,7 @@ def agent_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("validity")
     model_dir = grpo_model_dir(str(root), seq=176, layers=1)
     src = root / "traj.jsonl"
-    src.write_text("".join(json.dumps(_trajectory(a, b)) + "\n" for a in range(1, 7) for b in range(2, 6)))
+    src.write_text("".join(json.dumps(agent_trajectory(a, b)) + "\n" for a in range(1, 7) for b in range(2, 6)))
     build_agent_dataset_files(str(src), str(root / "rows"), tokenizer_path=model_dir, seq_len=176,
                               eval_fraction=0.25, seed=1)
     return model_dir, open_packed(str(root / "rows")), load(f"{model_dir}/tokenizer.json")

@@ -53,3 +53,16 @@ def write_packed(root: str, seq_len: int, vocab: int, *, train_rows: int = 64, e
     with open(os.path.join(root, "config.json"), "w") as f:
         json.dump({"seq_len": seq_len}, f)
     return root
+
+
+def agent_trajectory(a: int, b: int) -> dict:
+    """A two-step Thought / Action / Observation trajectory adding a and b (python, then finish), as
+    the agent loop writes them: the agent-row tests build their rows from these."""
+    text = (f"Thought: add {a} and {b}\n"
+            f'Action: {{"name": "python", "arguments": {{"code": "print({a}+{b})"}}}}\n'
+            f"Observation: {a + b}\n"
+            f"Thought: it is {a + b}\n"
+            f'Action: {{"name": "finish", "arguments": {{"answer": "{a + b}"}}}}')
+    tid = f"add-{a}-{b}"
+    return {"id": tid, "task_id": tid, "task": {"task_id": tid, "prompt": f"{a}+{b}=?"}, "text": text,
+            "success": True, "teacher": "hand"}

@@ -9,21 +9,11 @@ import pytest
 from common.errors import ConfigError
 from configs.training import DistillConfig, TrainerConfig
 from training.strategy import make_runtime
+from training.testdata import agent_trajectory
 
 RT = make_runtime("one_device", "fp32")
 SEQ = 176
 AGENT_KEYS = ("sad", "ce", "tool_loss", "json_loss", "tool_name_acc", "json_token_acc")
-
-
-def _trajectory(a: int, b: int) -> dict:
-    text = (f"Thought: add {a} and {b}\n"
-            f'Action: {{"name": "python", "arguments": {{"code": "print({a}+{b})"}}}}\n'
-            f"Observation: {a + b}\n"
-            f"Thought: it is {a + b}\n"
-            f'Action: {{"name": "finish", "arguments": {{"answer": "{a + b}"}}}}')
-    tid = f"add-{a}-{b}"
-    return {"id": tid, "task_id": tid, "task": {"task_id": tid, "prompt": f"{a}+{b}=?"}, "text": text,
-            "success": True, "teacher": "hand"}
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +35,7 @@ def world(tmp_path_factory):
             v.assign(v * 10.0)
     teacher = export_final(t, str(root / "sharp"), base, {})
     src = root / "traj.jsonl"
-    src.write_text("".join(json.dumps(_trajectory(a, b)) + "\n" for a in range(1, 7) for b in range(2, 6)))
+    src.write_text("".join(json.dumps(agent_trajectory(a, b)) + "\n" for a in range(1, 7) for b in range(2, 6)))
     rows = str(root / "rows")
     build_agent_dataset_files(str(src), rows, tokenizer_path=teacher, seq_len=SEQ, eval_fraction=0.25, seed=1)
     plain = str(root / "plain")

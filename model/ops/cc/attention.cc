@@ -157,7 +157,8 @@ using Pool = Eigen::ThreadPoolInterface;
 // (B, L, Hx, D) in the storage type -> (B, Hx, L, D) fp32: each head's rows contiguous for the
 // tile GEMMs, converted once instead of once per tile.
 template <typename T>
-void ToHeadMajor(OpKernelContext* ctx, const T* src, int64_t b, int64_t l, int64_t hx, int64_t d, float* dst) {
+void ToHeadMajor(OpKernelContext* ctx, const T* src, int64_t b, int64_t l, int64_t hx, int64_t d, float* dst,
+                 float scale = 1.f) {
   auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
   pool->ParallelFor(b * l, 2 * hx * d, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
@@ -165,7 +166,7 @@ void ToHeadMajor(OpKernelContext* ctx, const T* src, int64_t b, int64_t l, int64
       const T* in = src + r * hx * d;
       for (int64_t hi = 0; hi < hx; ++hi) {
         float* out = dst + ((bi * hx + hi) * l + li) * d;
-        for (int64_t j = 0; j < d; ++j) out[j] = static_cast<float>(in[hi * d + j]);
+        for (int64_t j = 0; j < d; ++j) out[j] = static_cast<float>(in[hi * d + j]) * scale;   // ×1 is exact
       }
     }
   });
@@ -233,23 +234,6 @@ inline void AddBias(Row&& row, const float* bias, int64_t n) {
   row += CRow(bias, n);
 }
 
-// (B, L, Hx, D) -> (B, Hx, L, D) fp32 times `scale`.
-template <typename T>
-void ToHeadMajorScaled(OpKernelContext* ctx, const T* src, int64_t b, int64_t l, int64_t hx, int64_t d, float scale,
-                       float* dst) {
-  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  pool->ParallelFor(b * l, 2 * hx * d, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t bi = r / l, li = r % l;
-      const T* in = src + r * hx * d;
-      for (int64_t hi = 0; hi < hx; ++hi) {
-        float* out = dst + ((bi * hx + hi) * l + li) * d;
-        for (int64_t j = 0; j < d; ++j) out[j] = static_cast<float>(in[hi * d + j]) * scale;
-      }
-    }
-  });
-}
-
 // (B, L, Hx, D) -> (B, Hx, D, L) fp32: each head's keys contiguous per feature, the layout the
 // tile products read a run of keys from (tile::QkRows).
 template <typename T>
@@ -306,7 +290,7 @@ class AttentionCpu : public OpKernel {
     float* kp = kf.flat<float>().data();
     float* vp = vf.flat<float>().data();
     const float scale = scale_;
-    ToHeadMajorScaled(ctx, q.flat<T>().data(), d.b, d.t, d.h, d.dk, scale, qp);  // (B, H, T, Dk)
+    ToHeadMajor(ctx, q.flat<T>().data(), d.b, d.t, d.h, d.dk, qp, scale);  // (B, H, T, Dk)
     ToFeatureMajor(ctx, k.flat<T>().data(), d.b, d.s, d.hkv, d.dk, lds, kp);          // (B, Hkv, Dk, S)
     ToHeadMajor(ctx, v.flat<T>().data(), d.b, d.s, d.hkv, d.dv, vp);             // (B, Hkv, S, Dv)
     const float* bp = bias.flat<float>().data();
@@ -435,7 +419,7 @@ class AttentionGradCpu : public OpKernel {
     float* ktp = ktf.flat<float>().data();
     float* vtp = vtf.flat<float>().data();
     float* dop = dof.flat<float>().data();
-    ToHeadMajorScaled(ctx, q.flat<T>().data(), d.b, d.t, d.h, d.dk, scale_, qp);     // q_s = scale·q
+    ToHeadMajor(ctx, q.flat<T>().data(), d.b, d.t, d.h, d.dk, qp, scale_);     // q_s = scale·q
     ToHeadMajor(ctx, k.flat<T>().data(), d.b, d.s, d.hkv, d.dk, kp);                  // (B, Hkv, S, Dk)
     ToFeatureMajor(ctx, k.flat<T>().data(), d.b, d.s, d.hkv, d.dk, lds, ktp);          // (B, Hkv, Dk, lds)
     ToFeatureMajor(ctx, v.flat<T>().data(), d.b, d.s, d.hkv, d.dv, lds, vtp);          // (B, Hkv, Dv, lds)
