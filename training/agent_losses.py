@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from common.errors import ConfigError
 from model.losses import shift_targets
+from model.ops.softmax_xent import sparse_softmax_xent
 
 # Batch keys of agent rows. All (T,) int64 in the TFRecords; masks are 0/1.
 REASON_MASK = "reason_mask"
@@ -93,8 +94,7 @@ def _weighted_mean(per_pos, weights):
 def _token_ce(student_logits, input_ids):
     """(B, T) −log p_S(t_{i+1} | i); the last position's label is a dummy its masks drop."""
     labels, _ = shift_targets(input_ids, None, 1)
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32),
-                                                          logits=tf.cast(student_logits, tf.float32))
+    return sparse_softmax_xent(student_logits, labels)
 
 
 def _forward_kl(student_logits, teacher_logits, temperature):

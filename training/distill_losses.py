@@ -43,6 +43,8 @@ import math
 
 import tensorflow as tf
 
+from model.ops.softmax_xent import sparse_softmax_xent
+
 # Probability floor of the top-k tail bucket on both sides (see the module docstring).
 TAIL_FLOOR = 1e-10
 
@@ -85,8 +87,7 @@ def _log_softmax(logits, temperature: float):
 # ------------------------------------------------------------------ full-vocabulary losses
 def ce_loss(student_logits, labels, valid):
     """Hard-label cross-entropy: mean over valid positions of −log p_S(labels) (temperature 1)."""
-    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32),
-                                                        logits=tf.cast(student_logits, tf.float32))
+    ce = sparse_softmax_xent(student_logits, labels)
     return _masked_mean(ce, valid)                                          # ce (B, T)
 
 

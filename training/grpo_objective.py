@@ -40,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 from common.errors import ConfigError
+from model.ops.softmax_xent import sparse_softmax_xent
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 SCALE_REWARDS = ("group", "batch", "none")
@@ -114,8 +115,7 @@ class ObjectiveSpec:
 def token_logprobs(logits, token_ids):
     """logits (B, T, V), token_ids (B, T) -> (B, T) float32: [:, t] = log p(token t | tokens < t)
     from position t − 1's logits; column 0 (no context) is 0."""
-    logits = tf.cast(logits, tf.float32)
-    lp = -tf.nn.sparse_softmax_cross_entropy_with_logits(labels=token_ids[:, 1:], logits=logits[:, :-1])  # (B, T-1)
+    lp = -sparse_softmax_xent(logits[:, :-1], token_ids[:, 1:])                  # (B, T-1) fp32
     return tf.pad(lp, [[0, 0], [1, 0]])
 
 

@@ -4,6 +4,8 @@ The ops replace the model core's hottest pure-TF subgraphs (docs/performance.md 
   grouped_matmul  MoE dispatch: all experts' ragged matmuls in one kernel (model/ops/grouped_matmul.py)
   rms_norm        RMSNorm forward + backward in one pass (model/ops/rms_norm.py)
   mla_latent_attention  MLA's absorbed decode attention over the latent cache (model/ops/mla_attention.py)
+  causal_attention  flash-style prefill / training attention (model/ops/attention.py)
+  softmax_xent    sparse softmax cross-entropy of the LM / MTP heads (model/ops/softmax_xent.py)
 
 The pure-TF paths stay and are the fallback, chosen automatically when the compiled library is
 missing, stale (built from other sources or another TF), disabled, or the graph is being
@@ -36,7 +38,7 @@ BUILD_DIR = Path(__file__).resolve().parent / "_build"
 CPU_LIB = "libseekline_ops.so"
 GPU_LIB = "libseekline_ops_gpu.so"
 MODES = ("auto", "on", "off")
-OPS = ("grouped_matmul", "rms_norm", "mla_latent_attention", "causal_attention")
+OPS = ("grouped_matmul", "rms_norm", "mla_latent_attention", "causal_attention", "softmax_xent")
 GPU_KERNELS = frozenset({"grouped_matmul", "rms_norm", "mla_latent_attention"})  # ops with a CUDA kernel
 # CUDA kernels that beat the pure-TF path's kernels on an H200 at every measured shape
 # (bench/results/cuda_kernels.json): RMSNorm forward + backward 1.9-3.4x. The grouped GEMM is 1.4x

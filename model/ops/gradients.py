@@ -6,6 +6,8 @@ SeeklineGroupedMatmul (y = x·w[g] per group, or x·w[g]^T with transpose_w):
 SeeklineRmsNorm: SeeklineRmsNormGrad(dy, x, w) -> (dx, dw).
 SeeklineAttention (o, lse): SeeklineAttentionGrad(q, k, v, bias, o, lse, do, dlse) -> (dq, dk, dv);
   no gradient for the bias (a mask).
+SeeklineSoftmaxXent (loss, lse): SeeklineSoftmaxXentGrad(logits, labels, lse, dloss, dlse) -> dlogits;
+  no gradient for the labels.
 group_sizes is an integer input: no gradient.
 """
 from __future__ import annotations
@@ -44,5 +46,13 @@ def register(lib) -> None:
             dlse = tf.zeros_like(lse)
         dq, dk, dv = lib.seekline_attention_grad(q, k, v, bias, o, lse, do, dlse, scale=op.get_attr("scale"))
         return dq, dk, dv, None
+
+    @tf.RegisterGradient("SeeklineSoftmaxXent")
+    def _softmax_xent_grad(op, dloss, dlse):
+        logits, labels = op.inputs
+        lse = op.outputs[1]
+        dloss = tf.zeros_like(lse) if dloss is None else dloss
+        dlse = tf.zeros_like(lse) if dlse is None else dlse
+        return lib.seekline_softmax_xent_grad(logits, labels, lse, dloss, dlse), None
 
     _registered = True
