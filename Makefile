@@ -49,14 +49,16 @@ run: setup ops-if-compiler ## run the whole pipeline locally on the tiny preset 
 
 # The suite spends most of its time in single-threaded Python + small TF ops (CPU time ~= wall
 # time in one process), so one pytest-xdist worker per core (at most 4) nearly divides it. Whole
-# files go to one worker (--dist loadfile): their module fixtures (trained models) are built once.
+# files go to one worker (--dist loadfile): their module fixtures (trained models) are built once;
+# files start in collection order (--no-loadscope-reorder; tests/ first: its end-to-end files are
+# the longest, so they start first).
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 
 test: setup ops-if-compiler ## run every test (unit, integration, end-to-end; TEST_WORKERS=N processes)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 
 test-fast: setup ops-if-compiler ## run the tests not marked slow
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow" $(ARGS)
 
 lint: setup ## ruff + Helm chart lint (Helm's Go library through helm-python-sdk)
 	$(BIN)/ruff check .

@@ -14,12 +14,12 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 from model.layers.moe import RouterOutput
+from model.ops.softmax_xent import sparse_softmax_xent
 
 
 def _masked_ce(logits, labels, mask):
     """Mean CE over positions where mask is 1. logits (B, T, V), labels/mask (B, T)."""
-    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32),
-                                                        logits=tf.cast(logits, tf.float32))
+    ce = sparse_softmax_xent(logits, labels)                              # (B, T) fp32
     mask = tf.cast(mask, tf.float32)
     return tf.reduce_sum(ce * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
 

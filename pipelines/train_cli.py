@@ -195,7 +195,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _print_report(report: dict, output: str) -> None:
     from rich.console import Console
 
-    c = Console(highlight=False)
+    # soft_wrap: never break a line (a path split over two lines cannot be copied); the terminal wraps
+    c = Console(highlight=False, soft_wrap=True)
     c.print("  ".join(f"{k}={report[k]:.4g}" if isinstance(report.get(k), float) else f"{k}={report.get(k)}"
                       for k in REPORT_KEYS if k in report))
     before = report.get("before") or {}
