@@ -58,29 +58,41 @@ class RouterOutput(NamedTuple):
 def route(logits, bias, *, top_k: int, n_group: int, topk_group: int, scoring_func: str,
           topk_method: str, norm_topk_prob: bool, routed_scaling_factor: float) -> RouterOutput:
     """logits (N, E) fp32, bias (E,) or None -> RouterOutput. Pure function (tested directly)."""
-    n_experts = logits.shape[-1]
     if scoring_func == "sigmoid":
         scores = tf.sigmoid(logits)                                        # (N, E)
     else:
         scores = tf.nn.softmax(logits, axis=-1)
     choice = scores + bias[None, :] if bias is not None else scores       # selection only
-    if topk_method != "greedy" and n_group > 1:
-        per = n_experts // n_group
-        grouped = tf.reshape(choice, [-1, n_group, per])                   # (N, G, E/G)
-        if topk_method == "noaux_tc":
-            group_score = tf.reduce_sum(tf.math.top_k(grouped, k=2).values, axis=-1)  # (N, G)
-        else:  # group_limited_greedy (V2): best expert per group
-            group_score = tf.reduce_max(grouped, axis=-1)
-        keep = tf.math.top_k(group_score, k=topk_group).indices           # (N, topk_group)
-        group_mask = tf.reduce_sum(tf.one_hot(keep, n_group, dtype=tf.float32), axis=1) > 0  # (N, G)
-        expert_mask = tf.reshape(tf.repeat(group_mask[:, :, None], per, axis=2), [-1, n_experts])
-        choice = tf.where(expert_mask, choice, tf.fill(tf.shape(choice), float("-inf")))
-    topk_idx = tf.math.top_k(choice, k=top_k).indices                      # (N, K)
+    grouped = topk_method != "greedy" and n_group > 1
+    if ops.active("route_topk"):
+        # the same choice in one kernel pass per token (model/ops/cc/route.cc): same experts, same order
+        mode = ("top2_sum" if topk_method == "noaux_tc" else "max") if grouped else "none"
+        topk_idx = ops.library().seekline_route_top_k(choice, top_k=top_k, n_group=n_group, topk_group=topk_group,
+                                                       group_mode=mode)       # (N, K) int32
+    else:
+        topk_idx = _route_top_k_reference(choice, top_k, n_group, topk_group, topk_method, grouped)
     topk_weight = tf.gather(scores, topk_idx, batch_dims=1)                # (N, K) unbiased
     if norm_topk_prob:
         topk_weight = topk_weight / (tf.reduce_sum(topk_weight, -1, keepdims=True) + 1e-20)
     topk_weight = topk_weight * routed_scaling_factor
     return RouterOutput(scores, tf.cast(topk_idx, tf.int32), topk_weight)
+
+
+def _route_top_k_reference(choice, top_k: int, n_group: int, topk_group: int, topk_method: str, grouped: bool):
+    """choice (N, E) -> (N, K) expert ids: top_k over the experts of the topk_group best groups."""
+    n_experts = choice.shape[-1]
+    if grouped:
+        per = n_experts // n_group
+        per_group = tf.reshape(choice, [-1, n_group, per])                 # (N, G, E/G)
+        if topk_method == "noaux_tc":
+            group_score = tf.reduce_sum(tf.math.top_k(per_group, k=2).values, axis=-1)  # (N, G)
+        else:  # group_limited_greedy (V2): best expert per group
+            group_score = tf.reduce_max(per_group, axis=-1)
+        keep = tf.math.top_k(group_score, k=topk_group).indices           # (N, topk_group)
+        group_mask = tf.reduce_sum(tf.one_hot(keep, n_group, dtype=tf.float32), axis=1) > 0  # (N, G)
+        expert_mask = tf.reshape(tf.repeat(group_mask[:, :, None], per, axis=2), [-1, n_experts])
+        choice = tf.where(expert_mask, choice, tf.fill(tf.shape(choice), float("-inf")))
+    return tf.math.top_k(choice, k=top_k).indices                          # (N, K)
 
 
 def dispatch_plan(topk_idx, n_experts: int):

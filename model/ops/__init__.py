@@ -6,6 +6,7 @@ The ops replace the model core's hottest pure-TF subgraphs (docs/performance.md 
   mla_latent_attention  MLA's absorbed decode attention over the latent cache (model/ops/mla_attention.py)
   causal_attention  flash-style prefill / training attention (model/ops/attention.py)
   softmax_xent    sparse softmax cross-entropy of the LM / MTP heads (model/ops/softmax_xent.py)
+  route_topk      the MoE router's group-limited top-k expert choice (model/layers/moe.py `route`)
 
 The pure-TF paths stay and are the fallback, chosen automatically when the compiled library is
 missing, stale (built from other sources or another TF), disabled, or the graph is being
@@ -38,7 +39,8 @@ BUILD_DIR = Path(__file__).resolve().parent / "_build"
 CPU_LIB = "libseekline_ops.so"
 GPU_LIB = "libseekline_ops_gpu.so"
 MODES = ("auto", "on", "off")
-OPS = ("grouped_matmul", "rms_norm", "mla_latent_attention", "causal_attention", "softmax_xent")
+OPS = ("grouped_matmul", "rms_norm", "mla_latent_attention", "causal_attention", "softmax_xent",
+       "route_topk")
 GPU_KERNELS = frozenset({"grouped_matmul", "rms_norm", "mla_latent_attention"})  # ops with a CUDA kernel
 # CUDA kernels that beat the pure-TF path's kernels on an H200 at every measured shape
 # (bench/results/cuda_kernels.json): RMSNorm forward + backward 1.9-3.4x. The grouped GEMM is 1.4x

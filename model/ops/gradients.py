@@ -8,6 +8,7 @@ SeeklineAttention (o, lse): SeeklineAttentionGrad(q, k, v, bias, o, lse, do, dls
   no gradient for the bias (a mask).
 SeeklineSoftmaxXent (loss, lse): SeeklineSoftmaxXentGrad(logits, labels, lse, dloss, dlse) -> dlogits;
   no gradient for the labels.
+SeeklineRouteTopK: integer expert ids, no gradient.
 group_sizes is an integer input: no gradient.
 """
 from __future__ import annotations
@@ -54,5 +55,7 @@ def register(lib) -> None:
         dloss = tf.zeros_like(lse) if dloss is None else dloss
         dlse = tf.zeros_like(lse) if dlse is None else dlse
         return lib.seekline_softmax_xent_grad(logits, labels, lse, dloss, dlse), None
+
+    tf.no_gradient("SeeklineRouteTopK")    # expert ids: the router's gradient flows through the gathered weights
 
     _registered = True
