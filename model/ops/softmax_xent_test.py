@@ -97,8 +97,9 @@ def test_labels_outside_the_vocabulary_are_an_error(bad):
         ops.library().seekline_softmax_xent(tf.zeros([2, 9]), tf.constant([0, bad], tf.int32))
 
 
-def test_results_do_not_depend_on_thread_count():
-    """Rows are independent: the same bits whatever the pool splits (each row is one thread's)."""
+def test_rows_do_not_depend_on_the_batch_around_them():
+    """Each row is one thread's work: the same bits for a row alone or in any batch (so any split
+    of the rows over the pool gives the same result)."""
     rng = np.random.default_rng(1)
     x = tf.constant(rng.normal(size=(64, 1000)).astype(np.float32))
     labels = rng.integers(0, 1000, size=64).astype(np.int32)

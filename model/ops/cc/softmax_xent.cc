@@ -120,20 +120,19 @@ inline void ScaledExp(const float* x, int64_t n, float shift, float scale, float
 }
 #endif
 
-Status CheckLabels(const int32_t* labels, int64_t n, int64_t v) {
-  for (int64_t r = 0; r < n; ++r) {
-    if (labels[r] < 0 || labels[r] >= v) {
-      return InvalidArgument("Received a label value of ", labels[r], " which is outside the valid range of [0, ",
-                             v, ").  Label values: row ", r);
-    }
-  }
-  return tensorflow::OkStatus();
-}
-
+// logits (N, V), labels (N,) each in [0, V) (so V = 0 with N > 0 is an error too), as TF's kernel
 Status CheckInputs(const Tensor& logits, const Tensor& labels) {
   if (logits.dims() != 2) return InvalidArgument("logits must be (N, V), got ", logits.shape().DebugString());
-  if (labels.dims() != 1 || labels.dim_size(0) != logits.dim_size(0)) {
-    return InvalidArgument("labels must be (N,) with N = ", logits.dim_size(0), ", got ", labels.shape().DebugString());
+  const int64_t n = logits.dim_size(0), v = logits.dim_size(1);
+  if (labels.dims() != 1 || labels.dim_size(0) != n) {
+    return InvalidArgument("labels must be (N,) with N = ", n, ", got ", labels.shape().DebugString());
+  }
+  const int32_t* lp = labels.flat<int32_t>().data();
+  for (int64_t r = 0; r < n; ++r) {
+    if (lp[r] < 0 || lp[r] >= v) {
+      return InvalidArgument("Received a label value of ", lp[r], " which is outside the valid range of [0, ", v,
+                             ").  Label values: row ", r);
+    }
   }
   return tensorflow::OkStatus();
 }
@@ -152,9 +151,7 @@ class SoftmaxXentCpu : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({n}), &loss));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({n}), &lse));
     if (n == 0) return;
-    OP_REQUIRES(ctx, v > 0, InvalidArgument("logits must have at least one class, got ", logits.shape().DebugString()));
     const int32_t* lp = labels.flat<int32_t>().data();
-    OP_REQUIRES_OK(ctx, CheckLabels(lp, n, v));
     const T* xp = logits.flat<T>().data();
     float* lossp = loss->flat<float>().data();
     float* lsep = lse->flat<float>().data();
@@ -190,9 +187,8 @@ class SoftmaxXentGradCpu : public OpKernel {
     }
     Tensor* dx = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, logits.shape(), &dx));
-    if (n == 0 || v == 0) return;
+    if (n == 0) return;
     const int32_t* lp = labels.flat<int32_t>().data();
-    OP_REQUIRES_OK(ctx, CheckLabels(lp, n, v));
     const T* xp = logits.flat<T>().data();
     const float* lsep = ctx->input(2).flat<float>().data();
     const float* gp = ctx->input(3).flat<float>().data();
