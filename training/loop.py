@@ -31,7 +31,7 @@ from model.balance import layer_loads, update_routing_bias
 from training.checkpoint import CheckpointStore
 from training.data import PackedData, eval_stream, train_stream
 from training.metrics import MetricsLog, expert_load_stats, plot_loss_curve
-from training.optimizer import build_optimizer, lr_at
+from training.optimizer import build_optimizer, clip_scale, lr_at
 from training.strategy import Runtime
 
 
@@ -138,24 +138,24 @@ class Trainer:
         tokens = ctx.all_reduce(red, tokens)
         gnorm = tf.linalg.global_norm(grads)
         finite = tf.math.is_finite(gnorm) & tf.math.is_finite(metric_sums.get("loss", tf.constant(0.0)))
-        if cfg.clip_norm > 0:
-            grads, _ = tf.clip_by_global_norm(grads, cfg.clip_norm, use_norm=gnorm)
+        # clip_by_global_norm's factor, applied inside the optimizer's per-variable update
+        scale = clip_scale(gnorm, cfg.clip_norm)
 
-        def apply(g):
-            self.optimizer.apply_gradients(zip(g, self.variables, strict=True))
+        def apply(g, scale):
+            self.optimizer.apply_scaled(g, self.variables, scale)
             return tf.constant(True)
         if tf.__internal__.distribute.strategy_supports_no_merge_call():
-            tf.cond(finite, lambda: apply(grads), lambda: tf.constant(False))
+            tf.cond(finite, lambda: apply(grads, scale), lambda: tf.constant(False))
         else:
             # Mirrored/multi-worker (without XLA on GPUs): apply_gradients synchronises through
             # merge_call, which a cond branch in replica context cannot do. Decide in
             # cross-replica context and run the update per replica from there, as Keras'
             # LossScaleOptimizer does.
-            def cross_replica(strategy, finite, grads):
+            def cross_replica(strategy, finite, grads, scale):
                 ok = strategy.experimental_local_results(finite)[0]
-                return tf.cond(ok, lambda: strategy.extended.call_for_each_replica(apply, args=(grads,)),
+                return tf.cond(ok, lambda: strategy.extended.call_for_each_replica(apply, args=(grads, scale)),
                                lambda: tf.constant(False))
-            ctx.merge_call(cross_replica, args=(finite, grads))
+            ctx.merge_call(cross_replica, args=(finite, grads, scale))
         return metric_sums, gnorm, finite, loads, tokens
 
     def _build_train_fn(self):

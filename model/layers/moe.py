@@ -39,6 +39,7 @@ from model import ops
 from model.layers.linear import Linear
 from model.layers.mlp import SwiGLU
 from model.ops.grouped_matmul import grouped_matmul
+from model.ops.swiglu import swiglu
 
 # Routed projections that may carry adapters, in the HF order gate_proj, up_proj, down_proj.
 EXPERT_PROJECTIONS = ("gate", "up", "down")
@@ -306,7 +307,7 @@ class MoE(keras.layers.Layer):
     def _experts_grouped(self, xs, counts, dt):
         """All experts in three grouped-matmul ops (custom kernel; gradients registered with it)."""
         gate, up, down = (tf.cast(v, dt) for v in self._expert_weights())   # (E, D, I) ×2, (E, I, D)
-        h = tf.nn.silu(grouped_matmul(xs, gate, counts)) * grouped_matmul(xs, up, counts)  # (N*K, I)
+        h = swiglu(grouped_matmul(xs, gate, counts), grouped_matmul(xs, up, counts))   # (N*K, I)
         return grouped_matmul(h, down, counts)                               # (N*K, D)
 
     def _experts_unrolled(self, xs, counts, dt):
