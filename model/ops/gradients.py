@@ -13,6 +13,8 @@ SeeklineSwiglu (h = silu(g) * u): SeeklineSwigluGrad(dh, g, u) -> (dg, du).
 SeeklineRope (a rotation, linear in x): dx = SeeklineRope(dy, cos, sin, inverse = not inverse);
   no gradient for cos / sin (functions of the positions).
 SeeklineApplyAdamW: an optimizer update, never differentiated.
+SeeklineMoeCombine (y[n] = Σ_k w[n,k]·ys[pos[n,k]]): SeeklineMoeCombineGrad(dy, ys, w, pos) -> (dys, dw);
+  no gradient for pos.
 group_sizes is an integer input: no gradient.
 """
 from __future__ import annotations
@@ -71,6 +73,12 @@ def register(lib) -> None:
         dx = lib.seekline_rope(dy, cos, sin, offset=op.get_attr("offset"),
                                interleaved=op.get_attr("interleaved"), inverse=not op.get_attr("inverse"))
         return dx, None, None
+
+    @tf.RegisterGradient("SeeklineMoeCombine")
+    def _moe_combine_grad(op, dy):
+        ys, w, pos = op.inputs
+        dys, dw = lib.seekline_moe_combine_grad(dy, ys, w, pos)
+        return dys, dw, None
 
     tf.no_gradient("SeeklineRouteTopK")    # expert ids: the router's gradient flows through the gathered weights
 
