@@ -201,7 +201,7 @@ def elementwise_cases(tf, ops, rounds: int) -> dict:
             with tf.GradientTape() as tape:
                 tape.watch(list(xs))
                 y = f(*xs)
-            return tape.gradient(y, list(xs), output_gradients=tf.ones_like(y))
+            return [tf.convert_to_tensor(d) for d in tape.gradient(y, list(xs), output_gradients=tf.ones_like(y))]
         return run
 
     res = {}

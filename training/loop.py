@@ -71,10 +71,6 @@ class TrainResult:
     skipped_steps: int = 0                   # steps the batch source skipped (fit_online)
 
 
-def _zeros_like_vars(variables):
-    return [tf.zeros(v.shape, tf.float32) for v in variables]
-
-
 class Trainer:
     def __init__(self, cfg: TrainerConfig, runtime: Runtime, build_model: Callable[[], Any], task: Task,
                  output_dir: str, *, title: str = "training"):
@@ -110,7 +106,7 @@ class Trainer:
         weights = [tf.cast(task.weight(m), tf.float32) for m in micro]
         global_w = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.add_n(weights))
         global_w = tf.maximum(global_w, 1.0)
-        grads = _zeros_like_vars(self.variables)
+        grads = None
         metric_sums: dict[str, tf.Tensor] = {}
         n_exp = self.model.cfg.n_routed_experts if self.moe else 0
         loads = [tf.zeros([n_exp], tf.float32) for _ in self.moe]
@@ -121,8 +117,12 @@ class Trainer:
             with tf.GradientTape() as tape:
                 out = task.compute(self.model, m, True)
                 objective = tf.cast(out.loss, tf.float32) * (w / global_w)
-            g = tape.gradient(objective, self.variables)
-            grads = [a if b is None else a + tf.cast(b, tf.float32) for a, b in zip(grads, g, strict=True)]
+            # dense fp32 (an embedding's IndexedSlices densified, as adding it to zeros did); the first
+            # micro-batch's gradients are the sum so far (no zeros + g pass per variable)
+            g = [None if b is None else tf.cast(tf.convert_to_tensor(b), tf.float32)
+                 for b in tape.gradient(objective, self.variables)]
+            grads = g if grads is None else [b if a is None else a if b is None else a + b
+                                             for a, b in zip(grads, g, strict=True)]
             for k, v in out.metrics.items():
                 metric_sums[k] = metric_sums.get(k, 0.0) + tf.cast(v, tf.float32) * (w / global_w)
             if self.moe:
@@ -131,6 +131,8 @@ class Trainer:
             seg = m.get("segment_ids")
             tokens += tf.reduce_sum(tf.cast(seg != 0, tf.float32)) if seg is not None else \
                 tf.cast(tf.size(m["input_ids"]), tf.float32)
+        grads = [tf.zeros(v.shape, tf.float32) if a is None else a
+                 for a, v in zip(grads, self.variables, strict=True)]          # unused variables: 0
         red = tf.distribute.ReduceOp.SUM
         grads = ctx.all_reduce(red, grads)
         metric_sums = {k: ctx.all_reduce(red, v) for k, v in metric_sums.items()}
