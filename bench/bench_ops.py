@@ -177,6 +177,66 @@ def attention_cases(tf, rounds: int, b: int, t: int, heads: int = 8, dk: int = 4
     return res
 
 
+def pair_case(tf, ops, fn, rounds: int) -> dict:
+    """fn() traced twice — custom ops on, and under ops.disabled() — and timed interleaved."""
+    on = tf.function(fn)
+    off = tf.function(fn)
+    _sync(on())
+    with ops.disabled():
+        _sync(off())                        # traced on the pure-TF path
+    return ratio(interleaved({"op": lambda: _sync(on()), "pure_tf": lambda: _sync(off())}, rounds))
+
+
+def elementwise_cases(tf, ops, rounds: int) -> dict:
+    """SwiGLU gate, RoPE on MLA's query, the MoE combine, one AdamW step: fused op vs pure path."""
+    from configs.training import TrainerConfig
+    from model.layers.moe import dispatch_plan
+    from model.layers.rope import apply_rope_tail, rope_cos_sin, rope_inv_freq
+    from model.ops.moe_combine import combine, gather_rows
+    from model.ops.swiglu import swiglu
+    from training.optimizer import build_optimizer, clip_scale
+
+    def grads_of(f, *xs):
+        def run():
+            with tf.GradientTape() as tape:
+                tape.watch(list(xs))
+                y = f(*xs)
+            return [tf.convert_to_tensor(d) for d in tape.gradient(y, list(xs), output_gradients=tf.ones_like(y))]
+        return run
+
+    res = {}
+    g, u = tf.random.normal([4096, 128]), tf.random.normal([4096, 128])
+    res["SwiGLU gate fwd+bwd (4096x128, routed experts)"] = pair_case(tf, ops, grads_of(swiglu, g, u), rounds)
+    inv, amp = rope_inv_freq(16, 10000.0, None)
+    cos, sin = rope_cos_sin(tf.range(256)[None] + tf.zeros([4, 1], tf.int32), inv, amp)
+    q = tf.random.normal([4, 256, 8, 48])
+    res["RoPE on MLA q fwd+bwd (4x256x8x48, rope 16)"] = pair_case(
+        tf, ops, grads_of(lambda x: apply_rope_tail(x, cos, sin, 32, True), q), rounds)
+    n, k, e = 1024, 4, 16
+    idx = tf.argsort(tf.random.uniform([n, e]), axis=-1)[:, :k]
+    order, token_of, _ = dispatch_plan(idx, e)
+    pos = tf.reshape(tf.math.invert_permutation(order), [-1, k])
+    x, w = tf.random.normal([n, 256]), tf.random.uniform([n, k])
+
+    def moe_combine(x, w):
+        if ops.active("moe_combine"):
+            return combine(tf.tanh(gather_rows(x, token_of, pos)), w, pos)
+        ys = tf.tanh(tf.gather(x, token_of)) * tf.gather(tf.reshape(w, [-1]), order)[:, None]
+        return tf.math.unsorted_segment_sum(ys, token_of, n)
+    res["MoE dispatch + combine fwd+bwd (1024 tokens x top-4, D 256)"] = pair_case(
+        tf, ops, grads_of(moe_combine, x, w), rounds)
+    shapes = [(256, 1024)] * 12 + [(1024,)] * 12                   # ~3.2M parameters
+    variables = [tf.Variable(tf.random.normal(s) * 0.02) for s in shapes]
+    opt = build_optimizer(TrainerConfig(lr=1e-3, warmup_steps=0, steps=1000, weight_decay=0.1), variables)
+    grads = [tf.random.normal(s) for s in shapes]
+
+    def adamw_step():
+        opt.apply_scaled(grads, variables, clip_scale(tf.linalg.global_norm(grads), 1.0))
+        return variables[0].read_value()
+    res["AdamW step with clip + decay (24 variables, 3.2M parameters)"] = pair_case(tf, ops, adamw_step, rounds)
+    return res
+
+
 def op_cases(tf, ops, rounds: int) -> dict:
     from model.layers.moe import MoE
     from model.layers.rmsnorm import RMSNorm
@@ -193,6 +253,7 @@ def op_cases(tf, ops, rounds: int) -> dict:
     for label, (b, t) in {"prefill 1x1024": (1, 1024), "train 4x256": (4, 256)}.items():
         for name, r in attention_cases(tf, rounds, b, t).items():
             res[f"attention {name}, {label} (8 heads, qk 48, v 32, causal)"] = r
+    res.update(elementwise_cases(tf, ops, rounds))
     return res
 
 

@@ -287,7 +287,8 @@ def scoped_model():
                ("model.layers.moe", "MoE", "gathered_experts", "routed_experts"),
                ("model.decoder", "DecoderLM", "rope", "rope"),
                ("model.layers.mla", None, "apply_rope", "rope"),
-               ("model.layers.gqa", None, "apply_rope", "rope"),
+               ("model.layers.mla", None, "apply_rope_tail", "rope"),
+               ("model.layers.gqa", None, "apply_rope_tail", "rope"),
                ("training.lm_task", None, "causal_lm_loss", "lm_loss"),
                ("training.lm_task", None, "mtp_loss", "mtp_loss"),
                ("training.lm_task", None, "total_sequence_aux_loss", "aux_loss")]

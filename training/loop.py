@@ -31,7 +31,7 @@ from model.balance import layer_loads, update_routing_bias
 from training.checkpoint import CheckpointStore
 from training.data import PackedData, eval_stream, train_stream
 from training.metrics import MetricsLog, expert_load_stats, plot_loss_curve
-from training.optimizer import build_optimizer, lr_at
+from training.optimizer import build_optimizer, clip_scale, lr_at
 from training.strategy import Runtime
 
 
@@ -71,10 +71,6 @@ class TrainResult:
     skipped_steps: int = 0                   # steps the batch source skipped (fit_online)
 
 
-def _zeros_like_vars(variables):
-    return [tf.zeros(v.shape, tf.float32) for v in variables]
-
-
 class Trainer:
     def __init__(self, cfg: TrainerConfig, runtime: Runtime, build_model: Callable[[], Any], task: Task,
                  output_dir: str, *, title: str = "training"):
@@ -110,7 +106,7 @@ class Trainer:
         weights = [tf.cast(task.weight(m), tf.float32) for m in micro]
         global_w = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.add_n(weights))
         global_w = tf.maximum(global_w, 1.0)
-        grads = _zeros_like_vars(self.variables)
+        grads = None
         metric_sums: dict[str, tf.Tensor] = {}
         n_exp = self.model.cfg.n_routed_experts if self.moe else 0
         loads = [tf.zeros([n_exp], tf.float32) for _ in self.moe]
@@ -121,8 +117,12 @@ class Trainer:
             with tf.GradientTape() as tape:
                 out = task.compute(self.model, m, True)
                 objective = tf.cast(out.loss, tf.float32) * (w / global_w)
-            g = tape.gradient(objective, self.variables)
-            grads = [a if b is None else a + tf.cast(b, tf.float32) for a, b in zip(grads, g, strict=True)]
+            # dense fp32 (an embedding's IndexedSlices densified, as adding it to zeros did); the first
+            # micro-batch's gradients are the sum so far (no zeros + g pass per variable)
+            g = [None if b is None else tf.cast(tf.convert_to_tensor(b), tf.float32)
+                 for b in tape.gradient(objective, self.variables)]
+            grads = g if grads is None else [b if a is None else a if b is None else a + b
+                                             for a, b in zip(grads, g, strict=True)]
             for k, v in out.metrics.items():
                 metric_sums[k] = metric_sums.get(k, 0.0) + tf.cast(v, tf.float32) * (w / global_w)
             if self.moe:
@@ -131,6 +131,8 @@ class Trainer:
             seg = m.get("segment_ids")
             tokens += tf.reduce_sum(tf.cast(seg != 0, tf.float32)) if seg is not None else \
                 tf.cast(tf.size(m["input_ids"]), tf.float32)
+        grads = [tf.zeros(v.shape, tf.float32) if a is None else a
+                 for a, v in zip(grads, self.variables, strict=True)]          # unused variables: 0
         red = tf.distribute.ReduceOp.SUM
         grads = ctx.all_reduce(red, grads)
         metric_sums = {k: ctx.all_reduce(red, v) for k, v in metric_sums.items()}
@@ -138,24 +140,24 @@ class Trainer:
         tokens = ctx.all_reduce(red, tokens)
         gnorm = tf.linalg.global_norm(grads)
         finite = tf.math.is_finite(gnorm) & tf.math.is_finite(metric_sums.get("loss", tf.constant(0.0)))
-        if cfg.clip_norm > 0:
-            grads, _ = tf.clip_by_global_norm(grads, cfg.clip_norm, use_norm=gnorm)
+        # clip_by_global_norm's factor, applied inside the optimizer's per-variable update
+        scale = clip_scale(gnorm, cfg.clip_norm)
 
-        def apply(g):
-            self.optimizer.apply_gradients(zip(g, self.variables, strict=True))
+        def apply(g, scale):
+            self.optimizer.apply_scaled(g, self.variables, scale)
             return tf.constant(True)
         if tf.__internal__.distribute.strategy_supports_no_merge_call():
-            tf.cond(finite, lambda: apply(grads), lambda: tf.constant(False))
+            tf.cond(finite, lambda: apply(grads, scale), lambda: tf.constant(False))
         else:
             # Mirrored/multi-worker (without XLA on GPUs): apply_gradients synchronises through
             # merge_call, which a cond branch in replica context cannot do. Decide in
             # cross-replica context and run the update per replica from there, as Keras'
             # LossScaleOptimizer does.
-            def cross_replica(strategy, finite, grads):
+            def cross_replica(strategy, finite, grads, scale):
                 ok = strategy.experimental_local_results(finite)[0]
-                return tf.cond(ok, lambda: strategy.extended.call_for_each_replica(apply, args=(grads,)),
+                return tf.cond(ok, lambda: strategy.extended.call_for_each_replica(apply, args=(grads, scale)),
                                lambda: tf.constant(False))
-            ctx.merge_call(cross_replica, args=(finite, grads))
+            ctx.merge_call(cross_replica, args=(finite, grads, scale))
         return metric_sums, gnorm, finite, loads, tokens
 
     def _build_train_fn(self):

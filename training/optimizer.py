@@ -7,6 +7,7 @@ import keras
 import tensorflow as tf
 
 from configs.training import TrainerConfig
+from model import ops
 
 
 @keras.saving.register_keras_serializable(package="seekline")
@@ -40,34 +41,89 @@ def lr_at(cfg: TrainerConfig, step: int) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def clip_scale(gnorm, clip_norm: float):
+    """The factor tf.clip_by_global_norm multiplies every gradient by (same expression, same fp32
+    rounding): clip_norm · min(1/‖g‖, 1/clip_norm); None when clipping is off."""
+    if clip_norm <= 0:
+        return None
+    return clip_norm * tf.minimum(1.0 / gnorm, 1.0 / clip_norm)
+
+
 class AdamW(keras.optimizers.AdamW):
-    """keras AdamW whose update takes gradients already all-reduced by the engine.
+    """keras AdamW whose update takes gradients already all-reduced by the engine, and runs as one
+    fused kernel per variable.
 
     The engine sums gradients across replicas itself so it can clip and NaN-check the *global*
     gradient once; Keras' replica-context all-reduce would then sum them a second time.
+
+    The update, per variable: with seekline's ops (model/ops, CPU, fp32 variables) one
+    SeeklineApplyAdamW — the clip scale, the decoupled decay and Adam in a single in-place pass;
+    otherwise Keras' decay (matrices only), the scaled gradient and TF's fused ResourceApplyAdam.
+    Both are Keras' AdamW up to fp32 rounding (optimizer_test.py).
     """
+
+    _grad_scale = None   # set by apply_scaled for the duration of one apply
 
     def _all_reduce_sum_gradients(self, grads_and_vars):
         return list(grads_and_vars)
 
-    def update_step(self, gradient, variable, learning_rate):
-        """Adam's update as TF's fused kernel: m, v and the variable in one pass.
+    def apply_scaled(self, grads, variables, grad_scale=None):
+        """apply_gradients with every gradient multiplied by the scalar grad_scale (the global-norm
+        clip factor, clip_scale) — folded into the fused kernel instead of one Mul per variable."""
+        self._grad_scale = grad_scale
+        try:
+            self.apply_gradients(zip(grads, variables, strict=True))
+        finally:
+            self._grad_scale = None
 
-        Keras' update is about ten elementwise ops per variable, each a full read (and most a
-        write) of a variable-sized tensor; ResourceApplyAdam reads g, m, v and the variable once
-        and writes them in place — the same update (m_t = β1·m + (1−β1)·g, v_t likewise with g²,
-        var −= lr·√(1−β2^t)/(1−β1^t) · m_t/(√v_t + ε)), equal to Keras' up to fp32 rounding.
-        The decoupled weight decay stays Keras' (applied before this, matrices only).
+    def _fuses(self, variable) -> bool:
+        """Whether `variable`'s update runs as SeeklineApplyAdamW (decided at trace time)."""
+        return not self.amsgrad and tf.as_dtype(variable.dtype) == tf.float32 and ops.active("adamw")
+
+    def _apply_weight_decay(self, variables):
+        # the fused kernel applies the decay of the variables it updates itself
+        return super()._apply_weight_decay([v for v in variables if not self._fuses(v)])
+
+    def _decay_coefficient(self, variable, learning_rate, dtype):
+        if self.weight_decay is None or not self._use_weight_decay(variable):
+            return tf.zeros([], dtype)
+        return tf.cast(learning_rate, dtype) * tf.cast(self.weight_decay, dtype)
+
+    def update_step(self, gradient, variable, learning_rate):
+        """One variable's AdamW step: m_t = β1·m + (1−β1)·g, v_t likewise with g²,
+        var −= lr·√(1−β2^t)/(1−β1^t) · m_t/(√v_t + ε), after the decoupled decay var −= lr·wd·var.
+
+        Keras' own update is about ten elementwise ops per variable, each a full read (and most a
+        write) of a variable-sized tensor. TF's ResourceApplyAdam reads g, m, v and the variable once
+        and writes them in place; SeeklineApplyAdamW also folds in the clip scale and the decay
+        (a Mul, and a Mul + AssignSub, per variable before).
         """
+        dtype = variable.dtype
+        fused = self._fuses(variable)
+        if self._grad_scale is not None and not (fused and not isinstance(gradient, tf.IndexedSlices)):
+            scale = tf.cast(self._grad_scale, gradient.dtype)
+            gradient = (tf.IndexedSlices(gradient.values * scale, gradient.indices, gradient.dense_shape)
+                        if isinstance(gradient, tf.IndexedSlices) else gradient * scale)
+        if fused and isinstance(gradient, tf.IndexedSlices):
+            # sparse gradients take Keras' path; the decay _apply_weight_decay left to the kernel first
+            variable.assign_sub(variable * self._decay_coefficient(variable, learning_rate, dtype))
         if self.amsgrad or isinstance(gradient, tf.IndexedSlices):
             return super().update_step(gradient, variable, learning_rate)
-        dtype = variable.dtype
         step = tf.cast(self.iterations + 1, dtype)
         b1, b2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        lr = tf.cast(learning_rate, dtype)
         i = self._get_variable_index(variable)
+        if fused:
+            alpha = lr * tf.sqrt(1 - tf.pow(b2, step)) / (1 - tf.pow(b1, step))
+            scale = tf.ones([], dtype) if self._grad_scale is None else tf.cast(self._grad_scale, dtype)
+            ops.library().seekline_apply_adam_w(
+                var=variable.handle, m=self._momentums[i].handle, v=self._velocities[i].handle,
+                grad=tf.cast(gradient, dtype), alpha=alpha, decay=self._decay_coefficient(variable, lr, dtype),
+                beta1=b1, beta2=b2, epsilon=tf.cast(self.epsilon, dtype), grad_scale=scale)
+            return
         tf.raw_ops.ResourceApplyAdam(
             var=variable.handle, m=self._momentums[i].handle, v=self._velocities[i].handle,
-            beta1_power=tf.pow(b1, step), beta2_power=tf.pow(b2, step), lr=tf.cast(learning_rate, dtype),
+            beta1_power=tf.pow(b1, step), beta2_power=tf.pow(b2, step), lr=lr,
             beta1=b1, beta2=b2, epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype),
             use_locking=False)
 

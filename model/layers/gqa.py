@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from model.layers.linear import Linear
 from model.layers.mla import _scatter_rows
-from model.layers.rope import apply_rope
+from model.layers.rope import apply_rope_tail
 from model.ops.attention import attention
 
 
@@ -38,8 +38,9 @@ class GroupedQueryAttention(keras.layers.Layer):
         q = tf.reshape(self.q_proj(x), [b, t, self.num_heads, self.head_dim])      # (B, T, H, hd)
         k = tf.reshape(self.k_proj(x), [b, t, self.num_kv_heads, self.head_dim])   # (B, T, Hkv, hd)
         v = tf.reshape(self.v_proj(x), [b, t, self.num_kv_heads, self.head_dim])
-        return (apply_rope(q, cos, sin, self.rope_interleave),
-                apply_rope(k, cos, sin, self.rope_interleave), v)
+        # one kernel each with the custom ops (offset 0: every channel rotated), else apply_rope
+        return (apply_rope_tail(q, cos, sin, 0, self.rope_interleave),
+                apply_rope_tail(k, cos, sin, 0, self.rope_interleave), v)
 
     def _attend(self, q, k, v, bias):
         # q (B, T, H, hd), k / v (B, S, Hkv, hd): query heads grouped by their KV head, never

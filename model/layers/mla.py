@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from model.layers.linear import Linear
 from model.layers.rmsnorm import RMSNorm
-from model.layers.rope import apply_rope
+from model.layers.rope import apply_rope, apply_rope_tail
 from model.ops.attention import attention
 from model.ops.mla_attention import mla_latent_attention
 
@@ -61,14 +61,19 @@ class MultiHeadLatentAttention(keras.layers.Layer):
 
     # ---------------------------------------------------------------- pieces
     def _query(self, x, cos, sin):
-        """x (B, T, D) -> q_nope (B, T, H, dn), roped q_pe (B, T, H, dr)."""
+        """x (B, T, D) -> q (B, T, H, dn+dr) = [q_nope | roped q_pe] per head."""
         q = self.q_proj(x) if self.q_lora_rank is None else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
         q = tf.reshape(q, [tf.shape(x)[0], tf.shape(x)[1], self.num_heads,
                            self.qk_nope_head_dim + self.qk_rope_head_dim])      # (B, T, H, dn+dr)
+        # RoPE on the trailing dr channels in place: one kernel with the custom ops, else
+        # split → rope → concat (the concat the attention needs anyway)
+        return apply_rope_tail(q, cos, sin, self.qk_nope_head_dim, self.rope_interleave)
+
+    def _split_query(self, q):
+        """q (B, T, H, dn+dr) -> q_nope (B, T, H, dn), q_pe (B, T, H, dr)."""
         # tf.split, not two slices: its gradient is one concat, where each slice's gradient
         # (StridedSliceGrad) writes a zero-filled full-size tensor (8.5% of a train step, profiled).
-        q_nope, q_pe = tf.split(q, [self.qk_nope_head_dim, self.qk_rope_head_dim], axis=-1)
-        return q_nope, apply_rope(q_pe, cos, sin, self.rope_interleave)
+        return tf.split(q, [self.qk_nope_head_dim, self.qk_rope_head_dim], axis=-1)
 
     def latent(self, x, cos, sin):
         """x (B, T, D) -> what the cache stores: RMSNorm(c) (B, T, C), roped k_pe (B, T, dr)."""
@@ -84,19 +89,20 @@ class MultiHeadLatentAttention(keras.layers.Layer):
         k_nope, v = tf.split(kv, [self.qk_nope_head_dim, self.v_head_dim], axis=-1)
         return k_nope, v
 
-    def _naive(self, q_nope, q_pe, c_norm, k_pe, bias):
+    def _naive(self, q, c_norm, k_pe, bias):
         # One attention over [q_nope | q_pe]·[k_nope | k_pe]: the fused flash-style op when the
         # custom ops are active (model/ops/attention.py), else batched matmuls + fp32 softmax.
+        # q (B, T, H, dn+dr) from _query.
         k_nope, v = self._expand_heads(c_norm)                                  # (B,S,H,dn), (B,S,H,dv)
         b, s = tf.shape(k_nope)[0], tf.shape(k_nope)[1]
-        q = tf.concat([q_nope, q_pe], -1)                                       # (B, T, H, dn+dr)
         # k_pe is one head shared by all heads: broadcast it to every head.
         k_pe_h = tf.broadcast_to(k_pe[:, :, None, :],
                                  [b, s, self.num_heads, self.qk_rope_head_dim])  # (B, S, H, dr)
         k = tf.concat([k_nope, k_pe_h], -1)                                     # (B, S, H, dn+dr)
         return attention(q, k, v, bias, self.softmax_scale)                     # (B, T, H, dv)
 
-    def _absorbed(self, q_nope, q_pe, c_norm, k_pe, bias):
+    def _absorbed(self, q, c_norm, k_pe, bias):
+        q_nope, q_pe = self._split_query(q)                                       # (B,T,H,dn), (B,T,H,dr)
         w = tf.reshape(tf.cast(self.kv_b_proj.effective_kernel(), q_nope.dtype),
                        [self.kv_lora_rank, self.num_heads, self.qk_nope_head_dim + self.v_head_dim])
         w_uk, w_uv = w[..., :self.qk_nope_head_dim], w[..., self.qk_nope_head_dim:]  # (C,H,dn),(C,H,dv)
@@ -113,9 +119,9 @@ class MultiHeadLatentAttention(keras.layers.Layer):
     # ---------------------------------------------------------------- entry points
     def call(self, x, cos, sin, bias):
         """Full-sequence attention. x (B, T, D); cos/sin (B, T, dr/2); bias (B, 1, T, T)."""
-        q_nope, q_pe = self._query(x, cos, sin)
+        q = self._query(x, cos, sin)
         c_norm, k_pe = self.latent(x, cos, sin)
-        return self._out(self._naive(q_nope, q_pe, c_norm, k_pe, bias))
+        return self._out(self._naive(q, c_norm, k_pe, bias))
 
     def init_cache(self, batch: int, max_len: int, dtype="float32") -> tuple[tf.Tensor, tf.Tensor]:
         """Latent cache: (B, S, kv_lora_rank) normalised latent + (B, S, rope dim) roped k_pe."""
@@ -128,12 +134,12 @@ class MultiHeadLatentAttention(keras.layers.Layer):
         bias (B, 1, T, S) must hide slots that are empty, padding, or in the future.
         Returns (out (B, T, D), new_cache).
         """
-        q_nope, q_pe = self._query(x, cos, sin)
+        q = self._query(x, cos, sin)
         c_new, pe_new = self.latent(x, cos, sin)
         cache_c = _scatter_rows(cache[0], write_idx, c_new)
         cache_pe = _scatter_rows(cache[1], write_idx, pe_new)
         attend = self._absorbed if absorb else self._naive
-        o = attend(q_nope, q_pe, cache_c, cache_pe, bias)
+        o = attend(q, cache_c, cache_pe, bias)
         return self._out(o), (cache_c, cache_pe)
 
     def get_config(self):

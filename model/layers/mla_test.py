@@ -55,7 +55,7 @@ def test_naive_attention_matches_score_formula():
     (q_nope·k_nope + q_pe·k_pe) × softmax_scale, causal, then ·v, per head."""
     layer = _layer(12)
     x, pos, cos, sin = _inputs(2, 5)
-    q_nope, q_pe = (a.numpy() for a in layer._query(x, cos, sin))         # (B, T, H, dn), (B, T, H, dr)
+    q_nope, q_pe = (a.numpy() for a in layer._split_query(layer._query(x, cos, sin)))  # (B,T,H,dn), (B,T,H,dr)
     c_norm, k_pe = layer.latent(x, cos, sin)
     kv = (c_norm.numpy() @ layer.kv_b_proj.kernel.numpy()).reshape(2, 5, 4, 8 + 6)
     k_nope, v = kv[..., :8], kv[..., 8:]                                  # (B, S, H, dn), (B, S, H, dv)
@@ -65,5 +65,5 @@ def test_naive_attention_matches_score_formula():
     p = np.exp(scores - scores.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
     want = np.einsum("bhts,bshd->bthd", p, v)                             # (B, T, H, dv)
-    got = layer._naive(*layer._query(x, cos, sin), c_norm, k_pe, mask_bias(pos, pos, tf.ones([2, 5])))
+    got = layer._naive(layer._query(x, cos, sin), c_norm, k_pe, mask_bias(pos, pos, tf.ones([2, 5])))
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)

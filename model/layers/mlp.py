@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 
 from model.layers.linear import Linear
+from model.ops.swiglu import swiglu
 
 
 @keras.saving.register_keras_serializable(package="seekline")
@@ -25,7 +25,7 @@ class SwiGLU(keras.layers.Layer):
 
     def call(self, x):
         # x: (..., D) -> (..., D)
-        return self.down_proj(tf.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
 
     def get_config(self):
         return {**super().get_config(), "hidden_size": self.hidden_size,

@@ -39,6 +39,8 @@ from model import ops
 from model.layers.linear import Linear
 from model.layers.mlp import SwiGLU
 from model.ops.grouped_matmul import grouped_matmul
+from model.ops.moe_combine import combine, gather_rows
+from model.ops.swiglu import swiglu
 
 # Routed projections that may carry adapters, in the HF order gate_proj, up_proj, down_proj.
 EXPERT_PROJECTIONS = ("gate", "up", "down")
@@ -291,9 +293,15 @@ class MoE(keras.layers.Layer):
         n = tf.shape(x2d)[0]
         e = self.n_routed_experts
         order, token_of, counts = dispatch_plan(r.topk_idx, e)
+        dt = x2d.dtype
+        if self.use_grouped_op and ops.active("grouped_matmul") and ops.active("moe_combine"):
+            # gathers both ways through pos = the sort's inverse (model/ops/moe_combine.py): no
+            # scatter-adds, no (N*K, D) weight Mul, the weights used in their (N, K) layout
+            pos = tf.reshape(tf.math.invert_permutation(order), [-1, self.num_experts_per_tok])  # (N, K)
+            xs = gather_rows(x2d, token_of, pos)                             # (N*K, D) expert-major
+            return combine(self._experts_grouped(xs, counts, dt), r.topk_weight, pos)  # (N, D)
         xs = tf.gather(x2d, token_of)                                       # (N*K, D) expert-major
         w = tf.gather(tf.reshape(r.topk_weight, [-1]), order)               # (N*K,)
-        dt = x2d.dtype
         if self.use_grouped_op and ops.active("grouped_matmul"):
             ys = self._experts_grouped(xs, counts, dt)
         elif self.expert_loop == "unrolled":
@@ -306,7 +314,7 @@ class MoE(keras.layers.Layer):
     def _experts_grouped(self, xs, counts, dt):
         """All experts in three grouped-matmul ops (custom kernel; gradients registered with it)."""
         gate, up, down = (tf.cast(v, dt) for v in self._expert_weights())   # (E, D, I) ×2, (E, I, D)
-        h = tf.nn.silu(grouped_matmul(xs, gate, counts)) * grouped_matmul(xs, up, counts)  # (N*K, I)
+        h = swiglu(grouped_matmul(xs, gate, counts), grouped_matmul(xs, up, counts))   # (N*K, I)
         return grouped_matmul(h, down, counts)                               # (N*K, D)
 
     def _experts_unrolled(self, xs, counts, dt):

@@ -17,6 +17,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from model import ops
 from model.config import RopeScaling, yarn_get_mscale
 
 
@@ -75,3 +76,18 @@ def apply_rope(x, cos, sin, interleaved: bool):
     else:
         x1, x2 = tf.split(x, 2, axis=-1)
     return tf.concat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def apply_rope_tail(x, cos, sin, offset: int, interleaved: bool):
+    """x (B, T, [H,] offset + d) -> the same shape: channels [offset, ·) rotated as apply_rope does,
+    channels [0, offset) unchanged (MLA's [q_nope | q_pe]; offset 0 rotates all of x).
+
+    One pass forward and one backward with seekline's ops (model/ops/cc/rope.cc) where the pure path
+    is split → apply_rope → concat."""
+    if ops.active("rope"):
+        return ops.library().seekline_rope(x, tf.cast(cos, tf.float32), tf.cast(sin, tf.float32),
+                                           offset=int(offset), interleaved=bool(interleaved))
+    if offset == 0:
+        return apply_rope(x, cos, sin, interleaved)
+    keep, rot = tf.split(x, [offset, x.shape[-1] - offset], axis=-1)
+    return tf.concat([keep, apply_rope(rot, cos, sin, interleaved)], axis=-1)

@@ -7,6 +7,10 @@ The ops replace the model core's hottest pure-TF subgraphs (docs/performance.md 
   causal_attention  flash-style prefill / training attention (model/ops/attention.py)
   softmax_xent    sparse softmax cross-entropy of the LM / MTP heads (model/ops/softmax_xent.py)
   route_topk      the MoE router's group-limited top-k expert choice (model/layers/moe.py `route`)
+  swiglu          the feed-forwards' silu(g) * u gate, forward and backward in one pass (model/ops/swiglu.py)
+  rope            rotary embedding of a projection's trailing channels in place (model/layers/rope.py)
+  moe_combine     the MoE layer's weighted combine (and dispatch gradient) as gathers (model/ops/moe_combine.py)
+  adamw           one AdamW step (clip scale, decoupled decay, Adam) per variable in place (training/optimizer.py)
 
 The pure-TF paths stay and are the fallback, chosen automatically when the compiled library is
 missing, stale (built from other sources or another TF), disabled, or the graph is being
@@ -40,7 +44,7 @@ CPU_LIB = "libseekline_ops.so"
 GPU_LIB = "libseekline_ops_gpu.so"
 MODES = ("auto", "on", "off")
 OPS = ("grouped_matmul", "rms_norm", "mla_latent_attention", "causal_attention", "softmax_xent",
-       "route_topk")
+       "route_topk", "swiglu", "rope", "moe_combine", "adamw")
 GPU_KERNELS = frozenset({"grouped_matmul", "rms_norm", "mla_latent_attention"})  # ops with a CUDA kernel
 # CUDA kernels that beat the pure-TF path's kernels on an H200 at every measured shape
 # (bench/results/cuda_kernels.json): RMSNorm forward + backward 1.9-3.4x. The grouped GEMM is 1.4x

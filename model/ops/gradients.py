@@ -9,6 +9,12 @@ SeeklineAttention (o, lse): SeeklineAttentionGrad(q, k, v, bias, o, lse, do, dls
 SeeklineSoftmaxXent (loss, lse): SeeklineSoftmaxXentGrad(logits, labels, lse, dloss, dlse) -> dlogits;
   no gradient for the labels.
 SeeklineRouteTopK: integer expert ids, no gradient.
+SeeklineSwiglu (h = silu(g) * u): SeeklineSwigluGrad(dh, g, u) -> (dg, du).
+SeeklineRope (a rotation, linear in x): dx = SeeklineRope(dy, cos, sin, inverse = not inverse);
+  no gradient for cos / sin (functions of the positions).
+SeeklineApplyAdamW: an optimizer update, never differentiated.
+SeeklineMoeCombine (y[n] = Σ_k w[n,k]·ys[pos[n,k]]): SeeklineMoeCombineGrad(dy, ys, w, pos) -> (dys, dw);
+  no gradient for pos.
 group_sizes is an integer input: no gradient.
 """
 from __future__ import annotations
@@ -55,6 +61,24 @@ def register(lib) -> None:
         dloss = tf.zeros_like(lse) if dloss is None else dloss
         dlse = tf.zeros_like(lse) if dlse is None else dlse
         return lib.seekline_softmax_xent_grad(logits, labels, lse, dloss, dlse), None
+
+    @tf.RegisterGradient("SeeklineSwiglu")
+    def _swiglu_grad(op, dh):
+        g, u = op.inputs
+        return lib.seekline_swiglu_grad(dh, g, u)
+
+    @tf.RegisterGradient("SeeklineRope")
+    def _rope_grad(op, dy):
+        _, cos, sin = op.inputs
+        dx = lib.seekline_rope(dy, cos, sin, offset=op.get_attr("offset"),
+                               interleaved=op.get_attr("interleaved"), inverse=not op.get_attr("inverse"))
+        return dx, None, None
+
+    @tf.RegisterGradient("SeeklineMoeCombine")
+    def _moe_combine_grad(op, dy):
+        ys, w, pos = op.inputs
+        dys, dw = lib.seekline_moe_combine_grad(dy, ys, w, pos)
+        return dys, dw, None
 
     tf.no_gradient("SeeklineRouteTopK")    # expert ids: the router's gradient flows through the gathered weights
 

@@ -1,0 +1,141 @@
+// SeeklineRope: rotary position embedding applied to the trailing channels of a projection, in
+// place of the pure path's split → (reshape, unstack) → 4 Mul + Sub + Add → concat → concat.
+//
+// MLA's query projection gives [q_nope | q_pe] per head and its latent projection [c | k_pe]; only
+// the trailing `rot` = d − offset channels are rotated. The pure path splits them off, rotates them
+// and concatenates them back (and the backward does the same in reverse); this kernel reads each
+// row once and writes the whole output once — the leading `offset` channels copied, the trailing
+// ones rotated:
+//
+//   half rotation      pair (x[o+i], x[o+i+h])       -> y[o+i]   = a·cos_i − b·sin_i
+//   interleaved        pair (x[o+2i], x[o+2i+1])        y[o+h+i] = b·cos_i + a·sin_i
+//
+// (h = rot/2; the interleaved layout is written de-interleaved, as model/layers/rope.py does).
+// inverse = true applies the transpose (the gradient): a = p·cos + q·sin, b = q·cos − p·sin from
+// p = dy[o+i], q = dy[o+h+i], written back to the pair's input positions. cos/sin (B, T, h) fp32,
+// shared by every head; fp32 arithmetic whatever x's storage type. Elementwise per row: results
+// do not depend on the thread count.
+#define EIGEN_USE_THREADS
+
+#include <algorithm>
+#include <cstdint>
+
+#include "unsupported/Eigen/CXX11/Tensor"
+
+#include "op_util.h"
+
+namespace seekline {
+
+REGISTER_OP("SeeklineRope")
+    .Input("x: T")          // (B, T, d) or (B, T, H, d)
+    .Input("cos: float")    // (B, T, h)
+    .Input("sin: float")    // (B, T, h)
+    .Output("y: T")         // like x
+    .Attr("T: {float, bfloat16, half}")
+    .Attr("offset: int >= 0")
+    .Attr("interleaved: bool")
+    .Attr("inverse: bool = false")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle x, cs;
+      TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(0), 3, &x));
+      TF_RETURN_IF_ERROR(c->WithRankAtMost(x, 4, &x));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 3, &cs));
+      TF_RETURN_IF_ERROR(c->Merge(cs, c->input(2), &cs));
+      c->set_output(0, x);
+      return tensorflow::OkStatus();
+    })
+    .Doc("Rotary embedding of x's trailing channels (from `offset`), leading channels passed through; "
+         "inverse: the transpose (gradient).");
+
+namespace {
+
+template <typename T>
+inline float F(T v) { return static_cast<float>(v); }
+
+template <typename T>
+class RopeCpu : public OpKernel {
+ public:
+  explicit RopeCpu(OpKernelConstruction* c) : OpKernel(c) {
+    OP_REQUIRES_OK(c, c->GetAttr("offset", &offset_));
+    OP_REQUIRES_OK(c, c->GetAttr("interleaved", &interleaved_));
+    OP_REQUIRES_OK(c, c->GetAttr("inverse", &inverse_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& cos = ctx->input(1);
+    const Tensor& sin = ctx->input(2);
+    OP_REQUIRES(ctx, x.dims() == 3 || x.dims() == 4,
+                InvalidArgument("x must be (B, T, d) or (B, T, H, d), got ", x.shape().DebugString()));
+    const int64_t b = x.dim_size(0), t = x.dim_size(1);
+    const int64_t heads = x.dims() == 4 ? x.dim_size(2) : 1;
+    const int64_t d = x.dim_size(x.dims() - 1);
+    const int64_t rot = d - offset_;
+    OP_REQUIRES(ctx, rot >= 0 && rot % 2 == 0,
+                InvalidArgument("x's last dim ", d, " minus offset ", offset_, " must be a non-negative even number"));
+    const int64_t h = rot / 2;
+    OP_REQUIRES(ctx, cos.dims() == 3 && cos.dim_size(0) == b && cos.dim_size(1) == t && cos.dim_size(2) == h,
+                InvalidArgument("cos must be (B, T, rot/2) = (", b, ", ", t, ", ", h, "), got ",
+                                cos.shape().DebugString()));
+    OP_REQUIRES(ctx, sin.shape() == cos.shape(),
+                InvalidArgument("sin ", sin.shape().DebugString(), " must match cos ", cos.shape().DebugString()));
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
+    const int64_t rows = b * t;
+    if (rows == 0 || heads == 0 || d == 0) return;
+    const T* xp = x.flat<T>().data();
+    const float* cp = cos.flat<float>().data();
+    const float* sp = sin.flat<float>().data();
+    T* yp = y->flat<T>().data();
+    const int64_t off = offset_;
+    const bool il = interleaved_, inv = inverse_;
+    auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+    pool->ParallelFor(rows, 4 * heads * d, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* c = cp + r * h;
+        const float* s = sp + r * h;
+        for (int64_t k = 0; k < heads; ++k) {
+          const T* xr = xp + (r * heads + k) * d;
+          T* yr = yp + (r * heads + k) * d;
+          std::copy(xr, xr + off, yr);
+          const T* xo = xr + off;
+          T* yo = yr + off;
+          if (!inv) {
+            for (int64_t i = 0; i < h; ++i) {
+              const float a = F(il ? xo[2 * i] : xo[i]), bb = F(il ? xo[2 * i + 1] : xo[i + h]);
+              yo[i] = static_cast<T>(a * c[i] - bb * s[i]);
+              yo[h + i] = static_cast<T>(bb * c[i] + a * s[i]);
+            }
+          } else {
+            for (int64_t i = 0; i < h; ++i) {
+              const float p = F(xo[i]), q = F(xo[h + i]);
+              const T a = static_cast<T>(p * c[i] + q * s[i]), bb = static_cast<T>(q * c[i] - p * s[i]);
+              if (il) {
+                yo[2 * i] = a;
+                yo[2 * i + 1] = bb;
+              } else {
+                yo[i] = a;
+                yo[i + h] = bb;
+              }
+            }
+          }
+        }
+      }
+    });
+  }
+
+ private:
+  int64_t offset_;
+  bool interleaved_, inverse_;
+};
+
+}  // namespace
+
+#define SEEKLINE_REGISTER_ROPE(T) \
+  REGISTER_KERNEL_BUILDER(Name("SeeklineRope").Device(DEVICE_CPU).TypeConstraint<T>("T"), RopeCpu<T>);
+SEEKLINE_REGISTER_ROPE(float)
+SEEKLINE_REGISTER_ROPE(Eigen::bfloat16)
+SEEKLINE_REGISTER_ROPE(Eigen::half)
+#undef SEEKLINE_REGISTER_ROPE
+
+}  // namespace seekline
