@@ -14,6 +14,9 @@ runs on a GPU machine that has nvcc, g++ and PyTorch but no TF. Steps:
                          in one launch) vs a loop of torch.mm over the same groups, and vs one
                          dense torch.mm of all rows (the ceiling: same FLOPs, one launch)
                rms_norm  forward + backward vs the HF-style PyTorch composition under autograd
+               swiglu    silu(g) * u forward + backward vs PyTorch's silu * up under autograd
+               rope      RoPE on MLA's query (rotating the trailing 64 of 192 channels) forward +
+                         backward vs HF's split / rotate_half / cat under autograd
                mla       absorbed MLA decode attention over the latent cache vs batched PyTorch
                          einsums with an fp32 softmax
 Ratios are PyTorch time / launcher time (> 1: the launcher is faster), medians of interleaved
@@ -68,6 +71,16 @@ int sl_mla(void* s, int dt, int64_t b, int64_t t, int64_t h, int64_t c, int64_t 
            const float* bias, void* o) {
   return seekline::MlaLatentAttentionGpu(s, static_cast<DType>(dt), b, t, h, c, r, sl, bb, bt, scale, q, qpe,
                                          cache, kpe, bias, o);
+}
+int sl_swiglu(void* s, int dt, int64_t n, const void* g, const void* u, void* h) {
+  return seekline::SwigluGpu(s, static_cast<DType>(dt), n, g, u, h);
+}
+int sl_swiglu_grad(void* s, int dt, int64_t n, const void* dh, const void* g, const void* u, void* dg, void* du) {
+  return seekline::SwigluGradGpu(s, static_cast<DType>(dt), n, dh, g, u, dg, du);
+}
+int sl_rope(void* s, int dt, int64_t rows, int64_t heads, int64_t d, int64_t offset, int interleaved, int inverse,
+            const float* cos, const float* sin, const void* x, void* y) {
+  return seekline::RopeGpu(s, static_cast<DType>(dt), rows, heads, d, offset, interleaved, inverse, cos, sin, x, y);
 }
 }
 """
@@ -195,6 +208,9 @@ class Launchers:
         self.lib.sl_rms_grad.argtypes = [vp, ci, i64, i64, ctypes.c_float, vp, vp, vp, vp, vp]
         self.lib.sl_mla.argtypes = [vp, ci, i64, i64, i64, i64, i64, i64, i64, i64, ctypes.c_float,
                                     vp, vp, vp, vp, vp, vp]
+        self.lib.sl_swiglu.argtypes = [vp, ci, i64, vp, vp, vp]
+        self.lib.sl_swiglu_grad.argtypes = [vp, ci, i64, vp, vp, vp, vp, vp]
+        self.lib.sl_rope.argtypes = [vp, ci, i64, i64, i64, i64, ci, ci, vp, vp, vp, vp]
 
     @staticmethod
     def _ok(err: int, what: str) -> None:
@@ -220,6 +236,18 @@ class Launchers:
         self._ok(self.lib.sl_mla(stream, dt, b, t, h, c, r, s, bias.shape[0], bias.shape[2], scale, q.data_ptr(),
                                  qpe.data_ptr(), cache.data_ptr(), kpe.data_ptr(), bias.data_ptr(), o.data_ptr()),
                  "mla")
+
+    def swiglu(self, stream, dt, g, u, h):
+        self._ok(self.lib.sl_swiglu(stream, dt, g.numel(), g.data_ptr(), u.data_ptr(), h.data_ptr()), "swiglu")
+
+    def swiglu_grad(self, stream, dt, dh, g, u, dg, du):
+        self._ok(self.lib.sl_swiglu_grad(stream, dt, g.numel(), dh.data_ptr(), g.data_ptr(), u.data_ptr(),
+                                         dg.data_ptr(), du.data_ptr()), "swiglu_grad")
+
+    def rope(self, stream, dt, x, offset, inverse, cos, sin, y):
+        rows, heads, d = x.shape[0] * x.shape[1], x.shape[2], x.shape[3]
+        self._ok(self.lib.sl_rope(stream, dt, rows, heads, d, offset, 0, int(inverse), cos.data_ptr(),
+                                  sin.data_ptr(), x.data_ptr(), y.data_ptr()), "rope")
 
 
 def time_sides(torch, sides: dict, rounds: int, iters: int) -> dict:
@@ -359,6 +387,86 @@ def _rms_case(torch, lau, rounds, rows, dim, eps=1e-6):
     return row
 
 
+def bench_swiglu(torch, lau, rounds, quick):
+    shapes = [(4096, 2048)] if quick else [(16384, 2048), (16384, 18432)]  # V3: 2048 expert, 18432 dense
+    return [_swiglu_case(torch, lau, rounds, rows, width) for rows, width in shapes]
+
+
+def _swiglu_case(torch, lau, rounds, rows, width):
+    g = torch.randn(rows, width, device="cuda", dtype=torch.bfloat16)       # (tokens, intermediate)
+    u = torch.randn(rows, width, device="cuda", dtype=torch.bfloat16)
+    dh = torch.randn(rows, width, device="cuda", dtype=torch.bfloat16)
+    h, dg, du = torch.empty_like(g), torch.empty_like(g), torch.empty_like(g)
+    gr, ur = g.clone().requires_grad_(), u.clone().requires_grad_()
+
+    def torch_fb():  # what HF's MLP runs: act_fn(gate) * up under autograd
+        return torch.autograd.grad(torch.nn.functional.silu(gr) * ur, (gr, ur), dh)
+
+    def ours_fb():
+        lau.swiglu(0, 1, g, u, h)
+        lau.swiglu_grad(0, 1, dh, g, u, dg, du)
+
+    ours_fb()
+    gf, uf = g.float().requires_grad_(), u.float().requires_grad_()
+    out = torch.nn.functional.silu(gf) * uf
+    wg, wu = torch.autograd.grad(out, (gf, uf), dh.float())
+    errs = {"h": max_rel_err(torch, h, out), "dg": max_rel_err(torch, dg, wg), "du": max_rel_err(torch, du, wu)}
+    t = time_sides(torch, {"ours": ours_fb, "torch": torch_fb}, rounds, 5)
+    moved = 2 * rows * width * (3 + 5)  # bf16 bytes: fwd g, u in, h out; bwd dh, g, u in, dg, du out
+    row = {"rows": rows, "width": width, "max_rel_err": errs, "ours_ms": t["ours"] * 1e3,
+           "torch_ms": t["torch"] * 1e3, "ours_gbps": moved / t["ours"] / 1e9, "ratio": ratio(t["torch"], t["ours"])}
+    print(f"swiglu fwd+bwd {rows}x{width}: ours {row['ours_ms']:.3f} ms ({row['ours_gbps']:.0f} GB/s), "
+          f"torch {row['torch_ms']:.3f} ms, ratio {row['ratio']:.3f}, errs {errs}", flush=True)
+    return row
+
+
+def bench_rope(torch, lau, rounds, quick):
+    shapes = [(2, 1024, 16)] if quick else [(4, 4096, 128), (1, 16384, 16)]  # (B, T, heads)
+    return [_rope_case(torch, lau, rounds, b, t, heads) for b, t, heads in shapes]
+
+
+def _rope_case(torch, lau, rounds, b, t, heads, nope=128, rot=64):
+    """RoPE on MLA's query (B, T, H, nope + rope), DeepSeek-V3's head dims, forward + backward: the op
+    rotates the trailing channels in place of torch's split / rotate-half / cat."""
+    d, half = nope + rot, rot // 2
+    x = torch.randn(b, t, heads, d, device="cuda", dtype=torch.bfloat16)      # (B, T, H, d)
+    dy = torch.randn_like(x)
+    ang = torch.arange(t, device="cuda", dtype=torch.float32)[:, None] * (
+        10000.0 ** (-torch.arange(half, device="cuda", dtype=torch.float32) / half))
+    cos = ang.cos()[None].expand(b, t, half).contiguous()                      # (B, T, half)
+    sin = ang.sin()[None].expand(b, t, half).contiguous()
+    y, dx = torch.empty_like(x), torch.empty_like(x)
+    xr = x.clone().requires_grad_()
+    c4, s4 = torch.cat([cos, cos], -1)[:, :, None].to(x.dtype), torch.cat([sin, sin], -1)[:, :, None].to(x.dtype)
+
+    def rotate(v, c, s):  # HF's apply_rotary_pos_emb on the rope part: v·cos + rotate_half(v)·sin
+        v1, v2 = v[..., :half], v[..., half:]
+        return v * c + torch.cat([-v2, v1], -1) * s
+
+    def torch_fb():
+        q_nope, q_pe = torch.split(xr, [nope, rot], dim=-1)
+        return torch.autograd.grad(torch.cat([q_nope, rotate(q_pe, c4, s4)], -1), xr, dy)
+
+    def ours_fb():
+        lau.rope(0, 1, x, nope, False, cos, sin, y)
+        lau.rope(0, 1, dy, nope, True, cos, sin, dx)
+
+    ours_fb()
+    xf = x.float().requires_grad_()
+    c4f, s4f = torch.cat([cos, cos], -1)[:, :, None], torch.cat([sin, sin], -1)[:, :, None]
+    want = torch.cat([xf[..., :nope], rotate(xf[..., nope:], c4f, s4f)], -1)
+    (wdx,) = torch.autograd.grad(want, xf, dy.float())
+    errs = {"y": max_rel_err(torch, y, want), "dx": max_rel_err(torch, dx, wdx)}
+    t_s = time_sides(torch, {"ours": ours_fb, "torch": torch_fb}, rounds, 5)
+    moved = 2 * x.numel() * 4  # bf16 bytes: fwd x in, y out; bwd dy in, dx out
+    row = {"batch": b, "seq": t, "heads": heads, "max_rel_err": errs, "ours_ms": t_s["ours"] * 1e3,
+           "torch_ms": t_s["torch"] * 1e3, "ours_gbps": moved / t_s["ours"] / 1e9,
+           "ratio": ratio(t_s["torch"], t_s["ours"])}
+    print(f"rope fwd+bwd B={b} T={t} H={heads}: ours {row['ours_ms']:.3f} ms ({row['ours_gbps']:.0f} GB/s), "
+          f"torch {row['torch_ms']:.3f} ms, ratio {row['ratio']:.3f}, errs {errs}", flush=True)
+    return row
+
+
 def bench_mla(torch, lau, rounds, quick):
     shapes = [(8, 16, 1024)] if quick else [(32, 16, 4096), (32, 128, 4096), (8, 128, 16384)]
     return [_mla_case(torch, lau, rounds, b, h, s) for b, h, s in shapes]
@@ -434,7 +542,8 @@ def main(argv=None) -> int:
     result["torch"] = torch.__version__
     lau = Launchers(built["lib"])
     torch.manual_seed(0)
-    for name, fn in (("gemm", bench_gemm), ("grouped", bench_grouped), ("rms_norm", bench_rms), ("mla", bench_mla)):
+    for name, fn in (("gemm", bench_gemm), ("grouped", bench_grouped), ("rms_norm", bench_rms),
+                     ("swiglu", bench_swiglu), ("rope", bench_rope), ("mla", bench_mla)):
         try:
             result[name] = fn(torch, lau, args.rounds, args.quick)
         except Exception as e:  # keep what the other sections measured

@@ -53,6 +53,18 @@ int MlaLatentAttentionGpu(void* stream, DType dtype, int64_t b, int64_t t, int64
                           const void* q_pe, const void* cache, const void* k_pe, const float* bias,
                           void* o_lat);
 
+// SwiGLU over n contiguous elements (SeeklineSwiglu / Grad), fp32 arithmetic, s = sigmoid(g):
+//   h = g * s * u;   dg = dh * u * s * (1 + g * (1 - s)),  du = dh * g * s
+int SwigluGpu(void* stream, DType dtype, int64_t n, const void* g, const void* u, void* h);
+int SwigluGradGpu(void* stream, DType dtype, int64_t n, const void* dh, const void* g, const void* u, void* dg,
+                  void* du);
+
+// RoPE on the trailing d - offset channels of x viewed as (rows * heads, d) (SeeklineRope; the
+// formulas are in ../cc/rope.cc): leading channels copied, cos / sin (rows, (d - offset) / 2) fp32
+// shared by the heads; inverse = the transpose (the gradient). (d - offset) must be even.
+int RopeGpu(void* stream, DType dtype, int64_t rows, int64_t heads, int64_t d, int64_t offset, bool interleaved,
+            bool inverse, const float* cos, const float* sin, const void* x, void* y);
+
 }  // namespace seekline
 
 #endif  // SEEKLINE_OPS_KERNELS_H_

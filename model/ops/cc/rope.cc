@@ -52,6 +52,30 @@ namespace {
 template <typename T>
 inline float F(T v) { return static_cast<float>(v); }
 
+// x (B, T, d) or (B, T, H, d) with d − offset even and ≥ 0; cos and sin (B, T, (d − offset)/2).
+Status CheckRope(const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t offset, int64_t* rows,
+                 int64_t* heads, int64_t* d) {
+  if (x.dims() != 3 && x.dims() != 4) {
+    return InvalidArgument("x must be (B, T, d) or (B, T, H, d), got ", x.shape().DebugString());
+  }
+  const int64_t b = x.dim_size(0), t = x.dim_size(1);
+  *rows = b * t;
+  *heads = x.dims() == 4 ? x.dim_size(2) : 1;
+  *d = x.dim_size(x.dims() - 1);
+  const int64_t rot = *d - offset;
+  if (rot < 0 || rot % 2 != 0) {
+    return InvalidArgument("x's last dim ", *d, " minus offset ", offset, " must be a non-negative even number");
+  }
+  const int64_t h = rot / 2;
+  if (cos.dims() != 3 || cos.dim_size(0) != b || cos.dim_size(1) != t || cos.dim_size(2) != h) {
+    return InvalidArgument("cos must be (B, T, rot/2) = (", b, ", ", t, ", ", h, "), got ", cos.shape().DebugString());
+  }
+  if (sin.shape() != cos.shape()) {
+    return InvalidArgument("sin ", sin.shape().DebugString(), " must match cos ", cos.shape().DebugString());
+  }
+  return tensorflow::OkStatus();
+}
+
 template <typename T>
 class RopeCpu : public OpKernel {
  public:
@@ -65,23 +89,11 @@ class RopeCpu : public OpKernel {
     const Tensor& x = ctx->input(0);
     const Tensor& cos = ctx->input(1);
     const Tensor& sin = ctx->input(2);
-    OP_REQUIRES(ctx, x.dims() == 3 || x.dims() == 4,
-                InvalidArgument("x must be (B, T, d) or (B, T, H, d), got ", x.shape().DebugString()));
-    const int64_t b = x.dim_size(0), t = x.dim_size(1);
-    const int64_t heads = x.dims() == 4 ? x.dim_size(2) : 1;
-    const int64_t d = x.dim_size(x.dims() - 1);
-    const int64_t rot = d - offset_;
-    OP_REQUIRES(ctx, rot >= 0 && rot % 2 == 0,
-                InvalidArgument("x's last dim ", d, " minus offset ", offset_, " must be a non-negative even number"));
-    const int64_t h = rot / 2;
-    OP_REQUIRES(ctx, cos.dims() == 3 && cos.dim_size(0) == b && cos.dim_size(1) == t && cos.dim_size(2) == h,
-                InvalidArgument("cos must be (B, T, rot/2) = (", b, ", ", t, ", ", h, "), got ",
-                                cos.shape().DebugString()));
-    OP_REQUIRES(ctx, sin.shape() == cos.shape(),
-                InvalidArgument("sin ", sin.shape().DebugString(), " must match cos ", cos.shape().DebugString()));
+    int64_t rows, heads, d;
+    OP_REQUIRES_OK(ctx, CheckRope(x, cos, sin, offset_, &rows, &heads, &d));
+    const int64_t h = (d - offset_) / 2;
     Tensor* y = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
-    const int64_t rows = b * t;
     if (rows == 0 || heads == 0 || d == 0) return;
     const T* xp = x.flat<T>().data();
     const float* cp = cos.flat<float>().data();
@@ -137,5 +149,47 @@ SEEKLINE_REGISTER_ROPE(float)
 SEEKLINE_REGISTER_ROPE(Eigen::bfloat16)
 SEEKLINE_REGISTER_ROPE(Eigen::half)
 #undef SEEKLINE_REGISTER_ROPE
+
+#if GOOGLE_CUDA
+namespace {
+
+// The same op on a GPU: ../cuda/elementwise.cu.cc's RopeGpu on TF's stream (cos / sin on the device).
+template <typename T>
+class RopeGpuOp : public OpKernel {
+ public:
+  explicit RopeGpuOp(OpKernelConstruction* c) : OpKernel(c) {
+    OP_REQUIRES_OK(c, c->GetAttr("offset", &offset_));
+    OP_REQUIRES_OK(c, c->GetAttr("interleaved", &interleaved_));
+    OP_REQUIRES_OK(c, c->GetAttr("inverse", &inverse_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& cos = ctx->input(1);
+    const Tensor& sin = ctx->input(2);
+    int64_t rows, heads, d;
+    OP_REQUIRES_OK(ctx, CheckRope(x, cos, sin, offset_, &rows, &heads, &d));
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
+    const int code = RopeGpu(GpuStream(ctx), kDType<T>, rows, heads, d, offset_, interleaved_, inverse_,
+                             cos.flat<float>().data(), sin.flat<float>().data(), x.tensor_data().data(),
+                             const_cast<char*>(y->tensor_data().data()));
+    OP_REQUIRES_OK(ctx, CudaStatus(code, "SeeklineRope"));
+  }
+
+ private:
+  int64_t offset_;
+  bool interleaved_, inverse_;
+};
+
+}  // namespace
+
+#define SEEKLINE_REGISTER_ROPE_GPU(T) \
+  REGISTER_KERNEL_BUILDER(Name("SeeklineRope").Device(tensorflow::DEVICE_GPU).TypeConstraint<T>("T"), RopeGpuOp<T>);
+SEEKLINE_REGISTER_ROPE_GPU(float)
+SEEKLINE_REGISTER_ROPE_GPU(Eigen::bfloat16)
+SEEKLINE_REGISTER_ROPE_GPU(Eigen::half)
+#undef SEEKLINE_REGISTER_ROPE_GPU
+#endif  // GOOGLE_CUDA
 
 }  // namespace seekline

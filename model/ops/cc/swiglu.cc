@@ -202,4 +202,63 @@ SEEKLINE_REGISTER_SWIGLU(Eigen::bfloat16)
 SEEKLINE_REGISTER_SWIGLU(Eigen::half)
 #undef SEEKLINE_REGISTER_SWIGLU
 
+#if GOOGLE_CUDA
+namespace {
+
+// The same op on a GPU: ../cuda/elementwise.cu.cc's launchers on TF's stream.
+template <typename T>
+class SwigluGpuOp : public OpKernel {
+ public:
+  explicit SwigluGpuOp(OpKernelConstruction* c) : OpKernel(c) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& g = ctx->input(0);
+    const Tensor& u = ctx->input(1);
+    OP_REQUIRES(ctx, g.shape() == u.shape(),
+                InvalidArgument("g ", g.shape().DebugString(), " and u ", u.shape().DebugString(),
+                                " must have the same shape"));
+    Tensor* h = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, g.shape(), &h));
+    const int code = SwigluGpu(GpuStream(ctx), kDType<T>, g.NumElements(), g.tensor_data().data(),
+                               u.tensor_data().data(), const_cast<char*>(h->tensor_data().data()));
+    OP_REQUIRES_OK(ctx, CudaStatus(code, "SeeklineSwiglu"));
+  }
+};
+
+template <typename T>
+class SwigluGradGpuOp : public OpKernel {
+ public:
+  explicit SwigluGradGpuOp(OpKernelConstruction* c) : OpKernel(c) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& dh = ctx->input(0);
+    const Tensor& g = ctx->input(1);
+    const Tensor& u = ctx->input(2);
+    OP_REQUIRES(ctx, g.shape() == u.shape() && dh.shape() == g.shape(),
+                InvalidArgument("dh ", dh.shape().DebugString(), ", g ", g.shape().DebugString(), " and u ",
+                                u.shape().DebugString(), " must have the same shape"));
+    Tensor *dg = nullptr, *du = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, g.shape(), &dg));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, g.shape(), &du));
+    const int code = SwigluGradGpu(GpuStream(ctx), kDType<T>, g.NumElements(), dh.tensor_data().data(),
+                                   g.tensor_data().data(), u.tensor_data().data(),
+                                   const_cast<char*>(dg->tensor_data().data()),
+                                   const_cast<char*>(du->tensor_data().data()));
+    OP_REQUIRES_OK(ctx, CudaStatus(code, "SeeklineSwigluGrad"));
+  }
+};
+
+}  // namespace
+
+#define SEEKLINE_REGISTER_SWIGLU_GPU(T)                                                                  \
+  REGISTER_KERNEL_BUILDER(Name("SeeklineSwiglu").Device(tensorflow::DEVICE_GPU).TypeConstraint<T>("T"),     \
+                          SwigluGpuOp<T>);                                                                \
+  REGISTER_KERNEL_BUILDER(Name("SeeklineSwigluGrad").Device(tensorflow::DEVICE_GPU).TypeConstraint<T>("T"), \
+                          SwigluGradGpuOp<T>);
+SEEKLINE_REGISTER_SWIGLU_GPU(float)
+SEEKLINE_REGISTER_SWIGLU_GPU(Eigen::bfloat16)
+SEEKLINE_REGISTER_SWIGLU_GPU(Eigen::half)
+#undef SEEKLINE_REGISTER_SWIGLU_GPU
+#endif  // GOOGLE_CUDA
+
 }  // namespace seekline

@@ -7,6 +7,7 @@
 // bf16 rounded by hand (RNE), fp16 through the compiler's _Float16 (also RNE).
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -152,6 +153,97 @@ static int CheckGroupedGemm(DType t, bool tw, const std::vector<int64_t>& sizes,
   return bad;
 }
 
+// SwigluGpu / SwigluGradGpu over n elements (g spread over [-6, 6] so σ saturates at both ends).
+static int CheckSwiglu(DType t, int64_t n) {
+  auto g = Random(n, t, 6.0f), u = Random(n, t), dh = Random(n, t);
+  std::vector<double> h(n), dg(n), du(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const double s = 1.0 / (1.0 + std::exp(-double(g[i])));
+    h[i] = g[i] * s * u[i];
+    dg[i] = double(dh[i]) * u[i] * s * (1.0 + g[i] * (1.0 - s));
+    du[i] = double(dh[i]) * g[i] * s;
+  }
+  void *dG = Upload(g, t), *dU = Upload(u, t), *dDh = Upload(dh, t);
+  void *dH = NanBuffer(n, t), *dDg = NanBuffer(n, t), *dDu = NanBuffer(n, t);
+  int err = seekline::SwigluGpu(nullptr, t, n, dG, dU, dH);
+  if (err == 0) err = seekline::SwigluGradGpu(nullptr, t, n, dDh, dG, dU, dDg, dDu);
+  if (err == 0) err = cudaDeviceSynchronize();
+  char what[64];
+  std::snprintf(what, sizeof what, "swiglu dtype=%d n=%ld", int(t), long(n));
+  int bad = 0;
+  if (err) {
+    std::printf("FAIL %s: cuda error %d\n", what, err);
+    bad = 1;
+  } else {
+    bad |= Compare(what, Download(dH, n, t), h, t);
+    bad |= Compare(what, Download(dDg, n, t), dg, t);
+    bad |= Compare(what, Download(dDu, n, t), du, t);
+  }
+  cudaFree(dG); cudaFree(dU); cudaFree(dDh); cudaFree(dH); cudaFree(dDg); cudaFree(dDu);
+  return bad;
+}
+
+// RopeGpu forward and inverse on x (rows, heads, d), rotating channels [offset, d); the inverse of
+// the forward's output must give x back (a rotation's transpose is its inverse).
+static int CheckRope(DType t, int64_t rows, int64_t heads, int64_t d, int64_t offset, bool interleaved) {
+  const int64_t half = (d - offset) / 2, n = rows * heads * d;
+  auto x = Random(n, t);
+  std::vector<float> cs(rows * half), sn(rows * half);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < half; ++i) {
+      const double angle = (r + 1) * std::pow(10000.0, -2.0 * i / std::max<int64_t>(2 * half, 1));
+      cs[r * half + i] = static_cast<float>(std::cos(angle));
+      sn[r * half + i] = static_cast<float>(std::sin(angle));
+    }
+  std::vector<double> y(n), back(n);
+  for (int64_t v = 0; v < rows * heads; ++v) {
+    const int64_t r = v / heads;
+    const float* xr = x.data() + v * d;
+    for (int64_t j = 0; j < offset; ++j) y[v * d + j] = back[v * d + j] = xr[j];
+    for (int64_t i = 0; i < half; ++i) {
+      const double c = cs[r * half + i], s = sn[r * half + i];
+      const double a = interleaved ? xr[offset + 2 * i] : xr[offset + i];
+      const double b = interleaved ? xr[offset + 2 * i + 1] : xr[offset + half + i];
+      y[v * d + offset + i] = a * c - b * s;         // written de-interleaved
+      y[v * d + offset + half + i] = b * c + a * s;
+      back[v * d + offset + (interleaved ? 2 * i : i)] = a;
+      back[v * d + offset + (interleaved ? 2 * i + 1 : half + i)] = b;
+    }
+  }
+  void *dX = Upload(x, t), *dY = NanBuffer(n, t), *dBack = NanBuffer(n, t);
+  float *dC = nullptr, *dS = nullptr;
+  cudaMalloc(reinterpret_cast<void**>(&dC), cs.empty() ? 1 : cs.size() * 4);
+  cudaMalloc(reinterpret_cast<void**>(&dS), sn.empty() ? 1 : sn.size() * 4);
+  cudaMemcpy(dC, cs.data(), cs.size() * 4, cudaMemcpyHostToDevice);
+  cudaMemcpy(dS, sn.data(), sn.size() * 4, cudaMemcpyHostToDevice);
+  int err = seekline::RopeGpu(nullptr, t, rows, heads, d, offset, interleaved, false, dC, dS, dX, dY);
+  if (err == 0) err = cudaDeviceSynchronize();
+  char what[96];
+  std::snprintf(what, sizeof what, "rope dtype=%d rows=%ld heads=%ld d=%ld offset=%ld interleaved=%d", int(t),
+                long(rows), long(heads), long(d), long(offset), int(interleaved));
+  int bad = 0;
+  if (err) {
+    std::printf("FAIL %s: cuda error %d\n", what, err);
+    bad = 1;
+  } else {
+    auto got = Download(dY, n, t);
+    bad |= Compare(what, got, y, t);
+    // The inverse applied to the rounded forward output: x up to that rounding.
+    void* dGot = Upload(got, t);
+    err = seekline::RopeGpu(nullptr, t, rows, heads, d, offset, interleaved, true, dC, dS, dGot, dBack);
+    if (err == 0) err = cudaDeviceSynchronize();
+    if (err) {
+      std::printf("FAIL %s inverse: cuda error %d\n", what, err);
+      bad = 1;
+    } else {
+      bad |= Compare(what, Download(dBack, n, t), back, t == DType::kFloat ? t : DType::kBFloat16);
+    }
+    cudaFree(dGot);
+  }
+  cudaFree(dX); cudaFree(dY); cudaFree(dBack); cudaFree(dC); cudaFree(dS);
+  return bad;
+}
+
 static int CheckRmsNorm(DType t, int64_t rows, int64_t dim) {
   const float eps = 1e-6f;
   auto x = Random(rows * dim, t, 2.0f), w = Random(dim, t), dy = Random(rows * dim, t);
@@ -291,6 +383,17 @@ int main() {
     bad += CheckRmsNorm(t, 9, 1000);  // dim > threads per row: strided loop
     bad += CheckRmsNorm(t, 37, 1);    // 16-bit types: no room for the r scratch in dx
   }
+  for (DType t : {DType::kFloat, DType::kBFloat16, DType::kHalf}) {
+    bad += CheckSwiglu(t, 1000);   // several blocks, a partial last one
+    bad += CheckSwiglu(t, 1);
+    bad += CheckRope(t, 3, 4, 48, 32, false);  // MLA's q: [nope 32 | rope 16] per head
+    bad += CheckRope(t, 3, 4, 48, 32, true);
+    bad += CheckRope(t, 5, 1, 80, 64, true);   // MLA's latent row [c | k_pe], no head axis
+    bad += CheckRope(t, 2, 3, 16, 0, false);   // GQA: every channel rotated
+    bad += CheckRope(t, 2, 2, 6, 6, false);    // nothing to rotate: a copy
+  }
+  bad += CheckSwiglu(DType::kFloat, 0);  // nothing to do
+  bad += CheckRope(DType::kFloat, 0, 4, 48, 32, false);
   for (DType t : {DType::kFloat, DType::kBFloat16, DType::kHalf}) {
     bad += CheckMla(t, 2, 3, 3, 37, 5, 77, 1, 1, -1);  // bias (1,1,1,S), odd C/R/S, T > 1
     bad += CheckMla(t, 2, 3, 3, 37, 5, 77, 2, 3, 5);   // bias (B,1,T,S); bias row (b=1, t=2) fully masked

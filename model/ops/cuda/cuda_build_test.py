@@ -1,7 +1,7 @@
 """build_cuda: nvcc discovery, arch filtering, error reporting, and a real compile + link.
 
 The real-nvcc tests build the launchers and a host check program (naive double-precision CPU
-references for GEMM, RMSNorm forward/grad and MLA latent attention). Without a GPU the program is only built (and run
+references for GEMM, RMSNorm forward/grad, MLA latent attention, SwiGLU and RoPE). Without a GPU the program is only built (and run
 to see that it reports the missing device instead of crashing); with one it also checks numbers.
 """
 
@@ -30,6 +30,10 @@ LAUNCHERS = (
     "void const*, void*, void*)",
     "seekline::MlaLatentAttentionGpu(void*, seekline::DType, long, long, long, long, long, long, long, long, "
     "float, void const*, void const*, void const*, void const*, float const*, void*)",
+    "seekline::SwigluGpu(void*, seekline::DType, long, void const*, void const*, void*)",
+    "seekline::SwigluGradGpu(void*, seekline::DType, long, void const*, void const*, void const*, void*, void*)",
+    "seekline::RopeGpu(void*, seekline::DType, long, long, long, long, bool, bool, float const*, float const*, "
+    "void const*, void*)",
 )
 NO_DEVICE_EXIT = 77  # the check program's "no usable GPU" exit status
 
@@ -87,7 +91,7 @@ def objects(tmp_path_factory):
 
 @needs_nvcc
 def test_compile_defines_the_launchers(objects):
-    assert [p.name for p in objects] == ["gemm.cu.o", "mla_decode.cu.o", "rms_norm.cu.o"]
+    assert [p.name for p in objects] == ["elementwise.cu.o", "gemm.cu.o", "mla_decode.cu.o", "rms_norm.cu.o"]
     nm = subprocess.run(["nm", "-C", *map(str, objects)], capture_output=True, text=True, check=True).stdout
     defined = {line.split(" ", 2)[2] for line in nm.splitlines() if line.count(" ") >= 2 and line.split(" ")[1] == "T"}
     for symbol in LAUNCHERS:
