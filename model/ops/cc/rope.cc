@@ -76,14 +76,24 @@ Status CheckRope(const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t 
   return tensorflow::OkStatus();
 }
 
-template <typename T>
-class RopeCpu : public OpKernel {
+// The op's attributes, read once for both devices' kernels.
+class RopeKernelBase : public OpKernel {
  public:
-  explicit RopeCpu(OpKernelConstruction* c) : OpKernel(c) {
+  explicit RopeKernelBase(OpKernelConstruction* c) : OpKernel(c) {
     OP_REQUIRES_OK(c, c->GetAttr("offset", &offset_));
     OP_REQUIRES_OK(c, c->GetAttr("interleaved", &interleaved_));
     OP_REQUIRES_OK(c, c->GetAttr("inverse", &inverse_));
   }
+
+ protected:
+  int64_t offset_;
+  bool interleaved_, inverse_;
+};
+
+template <typename T>
+class RopeCpu : public RopeKernelBase {
+ public:
+  using RopeKernelBase::RopeKernelBase;
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& x = ctx->input(0);
@@ -135,10 +145,6 @@ class RopeCpu : public OpKernel {
       }
     });
   }
-
- private:
-  int64_t offset_;
-  bool interleaved_, inverse_;
 };
 
 }  // namespace
@@ -155,13 +161,9 @@ namespace {
 
 // The same op on a GPU: ../cuda/elementwise.cu.cc's RopeGpu on TF's stream (cos / sin on the device).
 template <typename T>
-class RopeGpuOp : public OpKernel {
+class RopeGpuOp : public RopeKernelBase {
  public:
-  explicit RopeGpuOp(OpKernelConstruction* c) : OpKernel(c) {
-    OP_REQUIRES_OK(c, c->GetAttr("offset", &offset_));
-    OP_REQUIRES_OK(c, c->GetAttr("interleaved", &interleaved_));
-    OP_REQUIRES_OK(c, c->GetAttr("inverse", &inverse_));
-  }
+  using RopeKernelBase::RopeKernelBase;
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& x = ctx->input(0);
@@ -176,10 +178,6 @@ class RopeGpuOp : public OpKernel {
                              const_cast<char*>(y->tensor_data().data()));
     OP_REQUIRES_OK(ctx, CudaStatus(code, "SeeklineRope"));
   }
-
- private:
-  int64_t offset_;
-  bool interleaved_, inverse_;
 };
 
 }  // namespace

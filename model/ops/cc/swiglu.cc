@@ -106,6 +106,17 @@ inline void Backward(const float* dh, const float* g, const float* u, float* dg,
 }
 #endif
 
+// g and u (and dh, for the gradient) must have one shape: both devices' kernels check it here.
+Status CheckShapes(const Tensor& g, const Tensor& u, const Tensor* dh = nullptr) {
+  if (g.shape() == u.shape() && (dh == nullptr || dh->shape() == g.shape())) return tensorflow::OkStatus();
+  if (dh == nullptr) {
+    return InvalidArgument("g ", g.shape().DebugString(), " and u ", u.shape().DebugString(),
+                           " must have the same shape");
+  }
+  return InvalidArgument("dh ", dh->shape().DebugString(), ", g ", g.shape().DebugString(), " and u ",
+                         u.shape().DebugString(), " must have the same shape");
+}
+
 // Storage ↔ fp32 for one block: float storage is used in place, other types are staged.
 template <typename T>
 struct Stage {
@@ -134,9 +145,7 @@ class SwigluCpu : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     const Tensor& g = ctx->input(0);
     const Tensor& u = ctx->input(1);
-    OP_REQUIRES(ctx, g.shape() == u.shape(),
-                InvalidArgument("g ", g.shape().DebugString(), " and u ", u.shape().DebugString(),
-                                " must have the same shape"));
+    OP_REQUIRES_OK(ctx, CheckShapes(g, u));
     Tensor* h = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, g.shape(), &h));
     const int64_t n = g.NumElements();
@@ -165,9 +174,7 @@ class SwigluGradCpu : public OpKernel {
     const Tensor& dh = ctx->input(0);
     const Tensor& g = ctx->input(1);
     const Tensor& u = ctx->input(2);
-    OP_REQUIRES(ctx, g.shape() == u.shape() && dh.shape() == g.shape(),
-                InvalidArgument("dh ", dh.shape().DebugString(), ", g ", g.shape().DebugString(), " and u ",
-                                u.shape().DebugString(), " must have the same shape"));
+    OP_REQUIRES_OK(ctx, CheckShapes(g, u, &dh));
     Tensor *dg = nullptr, *du = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, g.shape(), &dg));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, g.shape(), &du));
@@ -214,9 +221,7 @@ class SwigluGpuOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     const Tensor& g = ctx->input(0);
     const Tensor& u = ctx->input(1);
-    OP_REQUIRES(ctx, g.shape() == u.shape(),
-                InvalidArgument("g ", g.shape().DebugString(), " and u ", u.shape().DebugString(),
-                                " must have the same shape"));
+    OP_REQUIRES_OK(ctx, CheckShapes(g, u));
     Tensor* h = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, g.shape(), &h));
     const int code = SwigluGpu(GpuStream(ctx), kDType<T>, g.NumElements(), g.tensor_data().data(),
@@ -234,9 +239,7 @@ class SwigluGradGpuOp : public OpKernel {
     const Tensor& dh = ctx->input(0);
     const Tensor& g = ctx->input(1);
     const Tensor& u = ctx->input(2);
-    OP_REQUIRES(ctx, g.shape() == u.shape() && dh.shape() == g.shape(),
-                InvalidArgument("dh ", dh.shape().DebugString(), ", g ", g.shape().DebugString(), " and u ",
-                                u.shape().DebugString(), " must have the same shape"));
+    OP_REQUIRES_OK(ctx, CheckShapes(g, u, &dh));
     Tensor *dg = nullptr, *du = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, g.shape(), &dg));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, g.shape(), &du));
