@@ -19,6 +19,12 @@ runs on a GPU machine that has nvcc, g++ and PyTorch but no TF. Steps:
                          backward vs HF's split / rotate_half / cat under autograd
                mla       absorbed MLA decode attention over the latent cache vs batched PyTorch
                          einsums with an fp32 softmax
+               xent      the LM head's sparse softmax cross-entropy forward + backward vs
+                         torch.nn.functional.cross_entropy under autograd
+               combine   the MoE combine (gather by position, weighted sum) forward + backward vs
+                         PyTorch's gather · weights · sum under autograd
+               route     DeepSeek-V3's group-limited top-k router choice vs HF's topk composition
+               adamw     one AdamW step on fp32 weights vs torch.optim.AdamW(fused=True)
 Ratios are PyTorch time / launcher time (> 1: the launcher is faster), medians of interleaved
 rounds timed with CUDA events. Writes one JSON (default bench/results/cuda_kernels.json).
 Usage: python3 bench/bench_cuda_kernels.py [--out PATH] [--rounds 7] [--skip-sanitizer] [--quick]
@@ -81,6 +87,28 @@ int sl_swiglu_grad(void* s, int dt, int64_t n, const void* dh, const void* g, co
 int sl_rope(void* s, int dt, int64_t rows, int64_t heads, int64_t d, int64_t offset, int interleaved, int inverse,
             const float* cos, const float* sin, const void* x, void* y) {
   return seekline::RopeGpu(s, static_cast<DType>(dt), rows, heads, d, offset, interleaved, inverse, cos, sin, x, y);
+}
+int sl_xent(void* s, int dt, int64_t n, int64_t v, const void* x, const int32_t* y, float* loss, float* lse) {
+  return seekline::SoftmaxXentGpu(s, static_cast<DType>(dt), n, v, x, y, loss, lse);
+}
+int sl_xent_grad(void* s, int dt, int64_t n, int64_t v, const void* x, const int32_t* y, const float* lse,
+                 const float* g, const float* h, void* dx) {
+  return seekline::SoftmaxXentGradGpu(s, static_cast<DType>(dt), n, v, x, y, lse, g, h, dx);
+}
+int sl_combine(void* s, int dt, int64_t n, int64_t k, int64_t d, const void* ys, const float* w, const int32_t* pos,
+               void* y) {
+  return seekline::MoeCombineGpu(s, static_cast<DType>(dt), n, k, d, ys, w, pos, y);
+}
+int sl_combine_grad(void* s, int dt, int64_t n, int64_t k, int64_t d, const void* dy, const void* ys, const float* w,
+                    const int32_t* pos, int32_t* inv, void* dys, float* dw) {
+  return seekline::MoeCombineGradGpu(s, static_cast<DType>(dt), n, k, d, dy, ys, w, pos, inv, dys, dw);
+}
+int sl_route(void* s, int64_t n, int64_t e, int k, int ng, int kg, int mode, const float* x, int32_t* out) {
+  return seekline::RouteTopKGpu(s, n, e, k, ng, kg, mode, x, out);
+}
+int sl_adamw(void* s, int64_t n, float* w, float* m, float* v, const float* g, float alpha, float decay, float b1,
+             float b2, float eps, float gs) {
+  return seekline::ApplyAdamWGpu(s, n, w, m, v, g, alpha, decay, b1, b2, eps, gs);
 }
 }
 """
@@ -211,6 +239,13 @@ class Launchers:
         self.lib.sl_swiglu.argtypes = [vp, ci, i64, vp, vp, vp]
         self.lib.sl_swiglu_grad.argtypes = [vp, ci, i64, vp, vp, vp, vp, vp]
         self.lib.sl_rope.argtypes = [vp, ci, i64, i64, i64, i64, ci, ci, vp, vp, vp, vp]
+        self.lib.sl_xent.argtypes = [vp, ci, i64, i64, vp, vp, vp, vp]
+        self.lib.sl_xent_grad.argtypes = [vp, ci, i64, i64, vp, vp, vp, vp, vp, vp]
+        self.lib.sl_combine.argtypes = [vp, ci, i64, i64, i64, vp, vp, vp, vp]
+        self.lib.sl_combine_grad.argtypes = [vp, ci, i64, i64, i64, vp, vp, vp, vp, vp, vp, vp]
+        self.lib.sl_route.argtypes = [vp, i64, i64, ci, ci, ci, ci, vp, vp]
+        f32 = ctypes.c_float
+        self.lib.sl_adamw.argtypes = [vp, i64, vp, vp, vp, vp, f32, f32, f32, f32, f32, f32]
 
     @staticmethod
     def _ok(err: int, what: str) -> None:
@@ -248,6 +283,31 @@ class Launchers:
         rows, heads, d = x.shape[0] * x.shape[1], x.shape[2], x.shape[3]
         self._ok(self.lib.sl_rope(stream, dt, rows, heads, d, offset, 0, int(inverse), cos.data_ptr(),
                                   sin.data_ptr(), x.data_ptr(), y.data_ptr()), "rope")
+
+    def xent(self, stream, dt, x, y, loss, lse):
+        self._ok(self.lib.sl_xent(stream, dt, x.shape[0], x.shape[1], x.data_ptr(), y.data_ptr(), loss.data_ptr(),
+                                  lse.data_ptr()), "xent")
+
+    def xent_grad(self, stream, dt, x, y, lse, g, h, dx):
+        self._ok(self.lib.sl_xent_grad(stream, dt, x.shape[0], x.shape[1], x.data_ptr(), y.data_ptr(),
+                                       lse.data_ptr(), g.data_ptr(), h.data_ptr(), dx.data_ptr()), "xent_grad")
+
+    def combine(self, stream, dt, ys, w, pos, y):
+        self._ok(self.lib.sl_combine(stream, dt, w.shape[0], w.shape[1], ys.shape[1], ys.data_ptr(), w.data_ptr(),
+                                     pos.data_ptr(), y.data_ptr()), "combine")
+
+    def combine_grad(self, stream, dt, dy, ys, w, pos, inv, dys, dw):
+        self._ok(self.lib.sl_combine_grad(stream, dt, w.shape[0], w.shape[1], ys.shape[1], dy.data_ptr(),
+                                          ys.data_ptr(), w.data_ptr(), pos.data_ptr(), inv.data_ptr(),
+                                          dys.data_ptr(), dw.data_ptr()), "combine_grad")
+
+    def route(self, stream, x, k, ng, kg, mode, out):
+        self._ok(self.lib.sl_route(stream, x.shape[0], x.shape[1], k, ng, kg, mode, x.data_ptr(), out.data_ptr()),
+                 "route")
+
+    def adamw(self, stream, w, m, v, g, alpha, decay, b1, b2, eps, gs):
+        self._ok(self.lib.sl_adamw(stream, w.numel(), w.data_ptr(), m.data_ptr(), v.data_ptr(), g.data_ptr(), alpha,
+                                   decay, b1, b2, eps, gs), "adamw")
 
 
 def time_sides(torch, sides: dict, rounds: int, iters: int) -> dict:
@@ -506,6 +566,143 @@ def _mla_case(torch, lau, rounds, b, h, s, c_dim=512, r_dim=64):
     return row
 
 
+def bench_xent(torch, lau, rounds, quick):
+    shapes = [(1024, 32768)] if quick else [(4096, 129280), (16384, 32768)]  # (tokens, vocab): V3's vocab
+    return [_xent_case(torch, lau, rounds, n, v) for n, v in shapes]
+
+
+def _xent_case(torch, lau, rounds, n, v):
+    x = torch.randn(n, v, device="cuda", dtype=torch.bfloat16) * 4                # (N, V) logits
+    y = torch.randint(0, v, (n,), device="cuda", dtype=torch.int32)
+    loss, lse = torch.empty(n, device="cuda"), torch.empty(n, device="cuda")
+    g, h, dx = torch.ones(n, device="cuda"), torch.zeros(n, device="cuda"), torch.empty_like(x)
+    xr, y64 = x.clone().requires_grad_(), y.long()
+
+    def torch_fb():  # summed loss: dloss = 1 per row
+        return torch.autograd.grad(torch.nn.functional.cross_entropy(xr, y64, reduction="sum"), xr)
+
+    def ours_fb():
+        lau.xent(0, 1, x, y, loss, lse)
+        lau.xent_grad(0, 1, x, y, lse, g, h, dx)
+
+    ours_fb()
+    xf = x.float().requires_grad_()
+    want = torch.nn.functional.cross_entropy(xf, y64, reduction="none")
+    (wdx,) = torch.autograd.grad(want.sum(), xf)
+    errs = {"loss": max_rel_err(torch, loss, want), "dx": max_rel_err(torch, dx, wdx)}
+    t = time_sides(torch, {"ours": ours_fb, "torch": torch_fb}, rounds, 3)
+    moved = 2 * n * v * 3  # bf16 bytes: forward reads the logits, backward reads them and writes dx
+    row = {"tokens": n, "vocab": v, "max_rel_err": errs, "ours_ms": t["ours"] * 1e3, "torch_ms": t["torch"] * 1e3,
+           "ours_gbps": moved / t["ours"] / 1e9, "ratio": ratio(t["torch"], t["ours"])}
+    print(f"xent fwd+bwd {n}x{v}: ours {row['ours_ms']:.3f} ms ({row['ours_gbps']:.0f} GB/s), "
+          f"torch {row['torch_ms']:.3f} ms, ratio {row['ratio']:.3f}, errs {errs}", flush=True)
+    return row
+
+
+def bench_combine(torch, lau, rounds, quick):
+    shapes = [(2048, 8, 1024)] if quick else [(16384, 8, 7168), (16384, 6, 2048)]  # (tokens, top_k, hidden)
+    return [_combine_case(torch, lau, rounds, n, k, d) for n, k, d in shapes]
+
+
+def _combine_case(torch, lau, rounds, n, k, d):
+    m = n * k
+    ys = torch.randn(m, d, device="cuda", dtype=torch.bfloat16)                   # (N·K, D) expert-major rows
+    dy = torch.randn(n, d, device="cuda", dtype=torch.bfloat16)
+    w = torch.rand(n, k, device="cuda")                                           # (N, K) fp32 weights
+    pos = torch.randperm(m, device="cuda").to(torch.int32).view(n, k)             # (N, K) row of each pair
+    y, dys, dw = torch.empty_like(dy), torch.empty_like(ys), torch.empty_like(w)
+    inv = torch.empty(m, device="cuda", dtype=torch.int32)
+    ysr, wr, pos64 = ys.clone().requires_grad_(), w.clone().requires_grad_(), pos.long()
+
+    def torch_fb():  # gather the K rows per token, weight them, sum; autograd scatters the gradient back
+        out = (ysr[pos64] * wr[..., None].to(ysr.dtype)).sum(1)
+        return torch.autograd.grad(out, (ysr, wr), dy)
+
+    def ours_fb():
+        lau.combine(0, 1, ys, w, pos, y)
+        lau.combine_grad(0, 1, dy, ys, w, pos, inv, dys, dw)
+
+    ours_fb()
+    ysf, wf = ys.float().requires_grad_(), w.clone().requires_grad_()
+    want = (ysf[pos64] * wf[..., None]).sum(1)
+    wdys, wdw = torch.autograd.grad(want, (ysf, wf), dy.float())
+    errs = {"y": max_rel_err(torch, y, want), "dys": max_rel_err(torch, dys, wdys),
+            "dw": float(((dw - wdw).abs() / (1 + wdw.abs())).max())}
+    t = time_sides(torch, {"ours": ours_fb, "torch": torch_fb}, rounds, 3)
+    moved = 2 * (m * d * 3 + n * d * 2)  # bf16 bytes: fwd ys in, y out; bwd dy and ys in, dys out
+    row = {"tokens": n, "top_k": k, "hidden": d, "max_rel_err": errs, "ours_ms": t["ours"] * 1e3,
+           "torch_ms": t["torch"] * 1e3, "ours_gbps": moved / t["ours"] / 1e9, "ratio": ratio(t["torch"], t["ours"])}
+    print(f"moe combine fwd+bwd N={n} K={k} D={d}: ours {row['ours_ms']:.3f} ms ({row['ours_gbps']:.0f} GB/s), "
+          f"torch {row['torch_ms']:.3f} ms, ratio {row['ratio']:.3f}, errs {errs}", flush=True)
+    return row
+
+
+def bench_route(torch, lau, rounds, quick):
+    shapes = [(4096, 256, 8, 8, 4)] if quick else [(16384, 256, 8, 8, 4), (16384, 64, 6, 1, 1)]
+    return [_route_case(torch, lau, rounds, *shape) for shape in shapes]
+
+
+def _route_case(torch, lau, rounds, n, e, k, ng, kg):
+    """(tokens, experts, top_k, n_group, topk_group): V3's 256 experts in 8 groups, top-4 groups, top-8;
+    V2-Lite's 64 experts ungrouped, top-6."""
+    x = torch.rand(n, e, device="cuda")                                            # (N, E) scores + bias
+    out = torch.empty(n, k, device="cuda", dtype=torch.int32)
+    mode = 1 if ng > 1 else 0
+
+    def torch_route():  # HF DeepseekV3 get_topk_indices: group top-2 sums, top groups, masked top-k
+        if ng == 1:
+            return torch.topk(x, k, dim=-1, sorted=True)[1]
+        gs = x.view(n, ng, -1).topk(2, dim=-1)[0].sum(-1)
+        gi = torch.topk(gs, kg, dim=-1, sorted=False)[1]
+        mask = torch.zeros_like(gs).scatter_(1, gi, 1).unsqueeze(-1).expand(n, ng, e // ng).reshape(n, e)
+        return torch.topk(x.masked_fill(~mask.bool(), 0.0), k, dim=-1, sorted=True)[1]
+
+    def ours():
+        lau.route(0, x, k, ng, kg, mode, out)
+
+    ours()
+    # Continuous random scores have no ties: the same experts in the same order.
+    agree = float((out.long() == torch_route()).all(-1).float().mean())
+    t = time_sides(torch, {"ours": ours, "torch": torch_route}, rounds, 5)
+    row = {"tokens": n, "experts": e, "top_k": k, "n_group": ng, "topk_group": kg, "rows_identical": agree,
+           "ours_ms": t["ours"] * 1e3, "torch_ms": t["torch"] * 1e3, "ratio": ratio(t["torch"], t["ours"])}
+    print(f"route N={n} E={e} k={k} groups {kg}/{ng}: ours {row['ours_ms']:.3f} ms, torch {row['torch_ms']:.3f} ms, "
+          f"ratio {row['ratio']:.3f}, rows identical {agree:.4f}", flush=True)
+    return row
+
+
+def bench_adamw(torch, lau, rounds, quick):
+    return [_adamw_case(torch, lau, rounds, (1 << 22) if quick else (1 << 27))]
+
+
+def _adamw_case(torch, lau, rounds, n):
+    """One step on n fp32 weights (one tensor: the kernel, not launch overhead) vs PyTorch's fused AdamW."""
+    lr, wd, b1, b2, eps = 1e-3, 0.1, 0.9, 0.95, 1e-8
+    p = torch.nn.Parameter(torch.randn(n, device="cuda"))
+    p.grad = torch.randn(n, device="cuda") * 1e-2
+    opt = torch.optim.AdamW([p], lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd, fused=True)
+    w, m, v = p.detach().clone(), torch.zeros(n, device="cuda"), torch.zeros(n, device="cuda")
+    g = p.grad.clone()
+    step = [0]
+
+    def ours():
+        step[0] += 1
+        t = step[0]
+        alpha = lr * (1 - b2 ** t) ** 0.5 / (1 - b1 ** t)
+        lau.adamw(0, w, m, v, g, alpha, lr * wd, b1, b2, eps, 1.0)
+
+    ours()
+    opt.step()
+    err = max_rel_err(torch, w, p.detach())  # step 1 from the same state: the same update
+    t = time_sides(torch, {"ours": ours, "torch": opt.step}, rounds, 5)
+    moved = 4 * n * 7  # fp32 bytes: w, m, v read and written, g read
+    row = {"elements": n, "max_rel_err_step1": err, "ours_ms": t["ours"] * 1e3, "torch_ms": t["torch"] * 1e3,
+           "ours_gbps": moved / t["ours"] / 1e9, "ratio": ratio(t["torch"], t["ours"])}
+    print(f"adamw {n} fp32: ours {row['ours_ms']:.3f} ms ({row['ours_gbps']:.0f} GB/s), torch fused "
+          f"{row['torch_ms']:.3f} ms, ratio {row['ratio']:.3f}, step-1 err {err:.2e}", flush=True)
+    return row
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=OUT)
@@ -543,7 +740,8 @@ def main(argv=None) -> int:
     lau = Launchers(built["lib"])
     torch.manual_seed(0)
     for name, fn in (("gemm", bench_gemm), ("grouped", bench_grouped), ("rms_norm", bench_rms),
-                     ("swiglu", bench_swiglu), ("rope", bench_rope), ("mla", bench_mla)):
+                     ("swiglu", bench_swiglu), ("rope", bench_rope), ("mla", bench_mla), ("xent", bench_xent),
+                     ("combine", bench_combine), ("route", bench_route), ("adamw", bench_adamw)):
         try:
             result[name] = fn(torch, lau, args.rounds, args.quick)
         except Exception as e:  # keep what the other sections measured

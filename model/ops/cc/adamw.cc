@@ -91,6 +91,31 @@ inline void Update(float* w, float* m, float* v, const float* g, int64_t n, cons
   }
 }
 
+// What both devices check once the variable and slot tensors are in hand; the coefficients.
+Status CheckInputs(OpKernelContext* ctx, const Tensor& var, const Tensor& m, const Tensor& v, Coef* c) {
+  if (!var.IsInitialized() || !m.IsInitialized() || !v.IsInitialized()) {
+    return tensorflow::errors::FailedPrecondition("SeeklineApplyAdamW: uninitialized variable or slot");
+  }
+  const Tensor& grad = ctx->input(3);
+  if (var.dtype() != tensorflow::DT_FLOAT || m.dtype() != tensorflow::DT_FLOAT || v.dtype() != tensorflow::DT_FLOAT) {
+    return InvalidArgument("SeeklineApplyAdamW: variable and slots must be float32");
+  }
+  if (var.shape() != m.shape() || var.shape() != v.shape() || var.shape() != grad.shape()) {
+    return InvalidArgument("SeeklineApplyAdamW: var ", var.shape().DebugString(), ", m ", m.shape().DebugString(),
+                           ", v ", v.shape().DebugString(), " and grad ", grad.shape().DebugString(),
+                           " must have the same shape");
+  }
+  for (int i = 4; i < 10; ++i) {
+    if (ctx->input(i).NumElements() != 1) {
+      return InvalidArgument("SeeklineApplyAdamW: input ", i, " must be a scalar, got ",
+                             ctx->input(i).shape().DebugString());
+    }
+  }
+  auto s = [&](int i) { return ctx->input(i).flat<float>()(0); };
+  *c = Coef{s(4), s(5), 1.f - s(6), 1.f - s(7), s(8), s(9)};
+  return tensorflow::OkStatus();
+}
+
 class ApplyAdamWCpu : public OpKernel {
  public:
   explicit ApplyAdamWCpu(OpKernelConstruction* c) : OpKernel(c) {}
@@ -103,29 +128,14 @@ class ApplyAdamWCpu : public OpKernel {
     OP_REQUIRES_OK(ctx, tensorflow::GetInputTensorFromVariable<CPUDevice, float>(ctx, 0, true, sparse, &var));
     OP_REQUIRES_OK(ctx, tensorflow::GetInputTensorFromVariable<CPUDevice, float>(ctx, 1, true, sparse, &m));
     OP_REQUIRES_OK(ctx, tensorflow::GetInputTensorFromVariable<CPUDevice, float>(ctx, 2, true, sparse, &v));
-    OP_REQUIRES(ctx, var.IsInitialized() && m.IsInitialized() && v.IsInitialized(),
-                tensorflow::errors::FailedPrecondition("SeeklineApplyAdamW: uninitialized variable or slot"));
-    const Tensor& grad = ctx->input(3);
-    OP_REQUIRES(ctx, var.dtype() == tensorflow::DT_FLOAT && m.dtype() == tensorflow::DT_FLOAT &&
-                         v.dtype() == tensorflow::DT_FLOAT,
-                InvalidArgument("SeeklineApplyAdamW: variable and slots must be float32"));
-    OP_REQUIRES(ctx, var.shape() == m.shape() && var.shape() == v.shape() && var.shape() == grad.shape(),
-                InvalidArgument("SeeklineApplyAdamW: var ", var.shape().DebugString(), ", m ", m.shape().DebugString(),
-                                ", v ", v.shape().DebugString(), " and grad ", grad.shape().DebugString(),
-                                " must have the same shape"));
-    for (int i = 4; i < 10; ++i) {
-      OP_REQUIRES(ctx, ctx->input(i).NumElements() == 1,
-                  InvalidArgument("SeeklineApplyAdamW: input ", i, " must be a scalar, got ",
-                                  ctx->input(i).shape().DebugString()));
-    }
-    auto s = [&](int i) { return ctx->input(i).flat<float>()(0); };
-    const Coef c{s(4), s(5), 1.f - s(6), 1.f - s(7), s(8), s(9)};
+    Coef c;
+    OP_REQUIRES_OK(ctx, CheckInputs(ctx, var, m, v, &c));
     const int64_t n = var.NumElements();
     if (n == 0) return;
     float* wp = var.flat<float>().data();
     float* mp = m.flat<float>().data();
     float* vp = v.flat<float>().data();
-    const float* gp = grad.flat<float>().data();
+    const float* gp = ctx->input(3).flat<float>().data();
     auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
     pool->ParallelFor((n + kBlock - 1) / kBlock, 16 * kBlock, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
@@ -139,5 +149,69 @@ class ApplyAdamWCpu : public OpKernel {
 }  // namespace
 
 REGISTER_KERNEL_BUILDER(Name("SeeklineApplyAdamW").Device(DEVICE_CPU), ApplyAdamWCpu);
+
+#if GOOGLE_CUDA
+namespace {
+
+// A resource variable's tensor, ready to be updated in place on the GPU: what TF's
+// GetInputTensorFromVariable does for a dense update (copy the buffer first when a read still
+// shares it, or in copy-on-read mode), with the device copy done by our launcher — the Eigen GPU
+// copy functor TF uses there lives inside TF's own library, not in the ABI an op library links to.
+// The caller holds the variable's lock.
+Status GpuTensorForUpdate(OpKernelContext* ctx, int input, Tensor* out) {
+  tensorflow::core::RefCountPtr<tensorflow::Var> var;
+  TF_RETURN_IF_ERROR(tensorflow::LookupResource(ctx, tensorflow::HandleFromInput(ctx, input), &var));
+  Tensor* t = var->tensor();
+  if (t->IsInitialized() && (var->copy_on_read_mode.load() || !t->RefCountIsOne())) {
+    Tensor tmp;
+    tensorflow::AllocatorAttributes attr;
+    attr.set_gpu_compatible(true);
+    TF_RETURN_IF_ERROR(ctx->allocate_temp(t->dtype(), t->shape(), &tmp, attr));
+    const int code = DeviceCopyGpu(GpuStream(ctx), static_cast<int64_t>(t->TotalBytes()), t->tensor_data().data(),
+                                   const_cast<char*>(tmp.tensor_data().data()));
+    TF_RETURN_IF_ERROR(CudaStatus(code, "SeeklineApplyAdamW (copying a shared variable buffer)"));
+    *t = tmp;
+  }
+  *out = *t;
+  return tensorflow::OkStatus();
+}
+
+// The same step on a GPU: ../cuda/elementwise.cu.cc's ApplyAdamWGpu on TF's stream. The six
+// scalars are host memory (see the registration), so the coefficients are plain kernel arguments.
+class ApplyAdamWGpuOp : public OpKernel {
+ public:
+  explicit ApplyAdamWGpuOp(OpKernelConstruction* c) : OpKernel(c) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    // The device type only matters for sparse access, which a dense update never takes.
+    auto locks = tensorflow::MaybeLockVariableInputMutexesInOrder<CPUDevice, float>(ctx, /*do_lock=*/true,
+                                                                                  /*sparse=*/false, {0, 1, 2});
+    Tensor var, m, v;
+    OP_REQUIRES_OK(ctx, GpuTensorForUpdate(ctx, 0, &var));
+    OP_REQUIRES_OK(ctx, GpuTensorForUpdate(ctx, 1, &m));
+    OP_REQUIRES_OK(ctx, GpuTensorForUpdate(ctx, 2, &v));
+    Coef c;
+    OP_REQUIRES_OK(ctx, CheckInputs(ctx, var, m, v, &c));
+    // Coef holds 1 − β; the launcher takes β as the op does.
+    const int code = ApplyAdamWGpu(GpuStream(ctx), var.NumElements(), var.flat<float>().data(),
+                                   m.flat<float>().data(), v.flat<float>().data(), ctx->input(3).flat<float>().data(),
+                                   c.alpha, c.decay, ctx->input(6).flat<float>()(0), ctx->input(7).flat<float>()(0),
+                                   c.eps, c.gs);
+    OP_REQUIRES_OK(ctx, CudaStatus(code, "SeeklineApplyAdamW"));
+  }
+};
+
+}  // namespace
+
+REGISTER_KERNEL_BUILDER(Name("SeeklineApplyAdamW")
+                            .Device(tensorflow::DEVICE_GPU)
+                            .HostMemory("alpha")
+                            .HostMemory("decay")
+                            .HostMemory("beta1")
+                            .HostMemory("beta2")
+                            .HostMemory("epsilon")
+                            .HostMemory("grad_scale"),
+                        ApplyAdamWGpuOp);
+#endif  // GOOGLE_CUDA
 
 }  // namespace seekline

@@ -65,6 +65,42 @@ int SwigluGradGpu(void* stream, DType dtype, int64_t n, const void* dh, const vo
 int RopeGpu(void* stream, DType dtype, int64_t rows, int64_t heads, int64_t d, int64_t offset, bool interleaved,
             bool inverse, const float* cos, const float* sin, const void* x, void* y);
 
+// Sparse softmax cross-entropy (SeeklineSoftmaxXent / Grad; ../cc/softmax_xent.cc), fp32 statistics:
+//   lse[r] = log sum_j exp(x[r, j]),  loss[r] = lse[r] - x[r, labels[r]]
+//   dx[r, j] = (dloss[r] + dlse[r]) * exp(x[r, j] - lse[r]) - dloss[r] * [j == labels[r]]
+// logits (n, v) in `dtype`, labels int32 (n,), loss / lse / dloss / dlse fp32 (n,), all device memory.
+// A label outside [0, v) gives a NaN loss and a NaN gradient row (labels are not read on the host).
+int SoftmaxXentGpu(void* stream, DType dtype, int64_t n, int64_t v, const void* logits, const int32_t* labels,
+                   float* loss, float* lse);
+int SoftmaxXentGradGpu(void* stream, DType dtype, int64_t n, int64_t v, const void* logits, const int32_t* labels,
+                       const float* lse, const float* dloss, const float* dlse, void* dlogits);
+
+// MoE combine (SeeklineMoeCombine / Grad; ../cc/moe_combine.cc): ys (n*k, d) in `dtype`, w fp32
+// (n, k), pos int32 (n, k) a permutation of [0, n*k):
+//   y[t] = sum_j w[t, j] * ys[pos[t, j]]     (terms in ascending pos), y (n, d)
+//   dys[pos[t, j]] = w[t, j] * dy[t],  dw[t, j] = ys[pos[t, j]] . dy[t]
+// `inv` is n*k int32 of device scratch. pos is not validated on the host: an invalid pos shows as
+// NaN rows (see ../cuda/moe.cu.cc), never as an out-of-bounds access. 1 <= k <= 4096.
+int MoeCombineGpu(void* stream, DType dtype, int64_t n, int64_t k, int64_t d, const void* ys, const float* w,
+                  const int32_t* pos, void* y);
+int MoeCombineGradGpu(void* stream, DType dtype, int64_t n, int64_t k, int64_t d, const void* dy, const void* ys,
+                      const float* w, const int32_t* pos, int32_t* inv, void* dys, float* dw);
+
+// Group-limited router top-k (SeeklineRouteTopK; ../cc/route.cc): choice fp32 (n, e) -> topk_idx
+// int32 (n, top_k), descending, ties to the lower index (NaN ranks as -inf). group_mode 0 none,
+// 1 top-2 sum, 2 max; grouped (mode != 0, n_group > 1) needs n_group <= 64 dividing e.
+int RouteTopKGpu(void* stream, int64_t n, int64_t e, int top_k, int n_group, int topk_group, int group_mode,
+                 const float* choice, int32_t* topk_idx);
+
+// One AdamW step in place on fp32 var / m / v (n elements each; SeeklineApplyAdamW, ../cc/adamw.cc):
+//   g = grad_scale * grad; var -= decay * var; m += (g - m)(1 - beta1); v += (g^2 - v)(1 - beta2);
+//   var -= alpha * m / (sqrt(v) + epsilon)
+int ApplyAdamWGpu(void* stream, int64_t n, float* var, float* m, float* v, const float* grad, float alpha,
+                  float decay, float beta1, float beta2, float epsilon, float grad_scale);
+
+// bytes from src to dst, both device memory (cudaMemcpyAsync on the stream).
+int DeviceCopyGpu(void* stream, int64_t bytes, const void* src, void* dst);
+
 }  // namespace seekline
 
 #endif  // SEEKLINE_OPS_KERNELS_H_

@@ -66,22 +66,30 @@ namespace {
 template <typename T>
 inline float F(T v) { return static_cast<float>(v); }
 
-// ys (M, D), w and pos (N, K) with M = N·K and pos a permutation of [0, M).
-// The permutation is checked on every call, serially, on purpose: the gradient kernel writes each
-// row of dys exactly once through pos, so a repeated entry would leave rows of an uninitialised
-// output unwritten (and race), and an out-of-range one would write out of bounds. The pass is
-// one int32 read per routed pair (N·K = 6144 at the bench shape, a few microseconds against the
-// milliseconds of the gathers), so it is not worth a parallel or debug-only variant.
-Status CheckInputs(const Tensor& ys, const Tensor& w, const Tensor& pos) {
+// ys (M, D), w and pos (N, K) with M = N·K. The GPU kernels make only these shape checks: pos is
+// in device memory there, and ../cuda/moe.cu.cc turns an invalid pos into NaN rows without any
+// out-of-bounds access.
+Status CheckShapes(const Tensor& ys, const Tensor& w, const Tensor& pos) {
   if (ys.dims() != 2) return InvalidArgument("ys must be (N*K, D), got ", ys.shape().DebugString());
   if (w.dims() != 2 || pos.shape() != w.shape()) {
     return InvalidArgument("w and pos must both be (N, K), got w ", w.shape().DebugString(), " and pos ",
                            pos.shape().DebugString());
   }
-  const int64_t m = ys.dim_size(0);
-  if (w.NumElements() != m) {
-    return InvalidArgument("ys has ", m, " rows but w / pos hold N*K = ", w.NumElements(), " pairs");
+  if (w.NumElements() != ys.dim_size(0)) {
+    return InvalidArgument("ys has ", ys.dim_size(0), " rows but w / pos hold N*K = ", w.NumElements(), " pairs");
   }
+  return tensorflow::OkStatus();
+}
+
+// ... and on the CPU pos a permutation of [0, M), checked on every call, serially, on purpose: the
+// gradient kernel writes each row of dys exactly once through pos, so a repeated entry would leave
+// rows of an uninitialised output unwritten (and race), and an out-of-range one would write out of
+// bounds. The pass is one int32 read per routed pair (N·K = 6144 at the bench shape, a few
+// microseconds against the milliseconds of the gathers), so it is not worth a parallel or
+// debug-only variant.
+Status CheckInputs(const Tensor& ys, const Tensor& w, const Tensor& pos) {
+  TF_RETURN_IF_ERROR(CheckShapes(ys, w, pos));
+  const int64_t m = ys.dim_size(0);
   std::vector<bool> seen(m, false);
   const int32_t* p = pos.flat<int32_t>().data();
   for (int64_t i = 0; i < m; ++i) {
@@ -91,6 +99,11 @@ Status CheckInputs(const Tensor& ys, const Tensor& w, const Tensor& pos) {
     seen[p[i]] = true;
   }
   return tensorflow::OkStatus();
+}
+
+Status CheckDy(const Tensor& dy, int64_t n, int64_t d) {
+  if (dy.dims() == 2 && dy.dim_size(0) == n && dy.dim_size(1) == d) return tensorflow::OkStatus();
+  return InvalidArgument("dy must be (N, D) = (", n, ", ", d, "), got ", dy.shape().DebugString());
 }
 
 // The K (position, k) pairs of token n in ascending position.
@@ -149,8 +162,7 @@ class MoeCombineGradCpu : public OpKernel {
     const Tensor& pos = ctx->input(3);
     OP_REQUIRES_OK(ctx, CheckInputs(ys, w, pos));
     const int64_t n = w.dim_size(0), k = w.dim_size(1), d = ys.dim_size(1);
-    OP_REQUIRES(ctx, dy.dims() == 2 && dy.dim_size(0) == n && dy.dim_size(1) == d,
-                InvalidArgument("dy must be (N, D) = (", n, ", ", d, "), got ", dy.shape().DebugString()));
+    OP_REQUIRES_OK(ctx, CheckDy(dy, n, d));
     Tensor *dys = nullptr, *dw = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ys.shape(), &dys));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, w.shape(), &dw));
@@ -193,5 +205,69 @@ SEEKLINE_REGISTER_MOE_COMBINE(float)
 SEEKLINE_REGISTER_MOE_COMBINE(Eigen::bfloat16)
 SEEKLINE_REGISTER_MOE_COMBINE(Eigen::half)
 #undef SEEKLINE_REGISTER_MOE_COMBINE
+
+#if GOOGLE_CUDA
+namespace {
+
+// The same ops on a GPU: ../cuda/moe.cu.cc's launchers on TF's stream.
+template <typename T>
+class MoeCombineGpuOp : public OpKernel {
+ public:
+  explicit MoeCombineGpuOp(OpKernelConstruction* c) : OpKernel(c) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& ys = ctx->input(0);
+    const Tensor& w = ctx->input(1);
+    const Tensor& pos = ctx->input(2);
+    OP_REQUIRES_OK(ctx, CheckShapes(ys, w, pos));
+    const int64_t n = w.dim_size(0), k = w.dim_size(1), d = ys.dim_size(1);
+    OP_REQUIRES(ctx, n == 0 || d == 0 || (k >= 1 && k <= 4096),
+                InvalidArgument("SeeklineMoeCombine on a GPU takes 1 to 4096 experts per token, got ", k));
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({n, d}), &y));
+    const int code = MoeCombineGpu(GpuStream(ctx), kDType<T>, n, k, d, ys.tensor_data().data(),
+                                   w.flat<float>().data(), pos.flat<int32_t>().data(),
+                                   const_cast<char*>(y->tensor_data().data()));
+    OP_REQUIRES_OK(ctx, CudaStatus(code, "SeeklineMoeCombine"));
+  }
+};
+
+template <typename T>
+class MoeCombineGradGpuOp : public OpKernel {
+ public:
+  explicit MoeCombineGradGpuOp(OpKernelConstruction* c) : OpKernel(c) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& dy = ctx->input(0);
+    const Tensor& ys = ctx->input(1);
+    const Tensor& w = ctx->input(2);
+    const Tensor& pos = ctx->input(3);
+    OP_REQUIRES_OK(ctx, CheckShapes(ys, w, pos));
+    const int64_t n = w.dim_size(0), k = w.dim_size(1), d = ys.dim_size(1);
+    OP_REQUIRES_OK(ctx, CheckDy(dy, n, d));
+    Tensor *dys = nullptr, *dw = nullptr, inv;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ys.shape(), &dys));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, w.shape(), &dw));
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT32, TensorShape({n * k}), &inv));  // row -> pair
+    const int code = MoeCombineGradGpu(GpuStream(ctx), kDType<T>, n, k, d, dy.tensor_data().data(),
+                                       ys.tensor_data().data(), w.flat<float>().data(), pos.flat<int32_t>().data(),
+                                       inv.flat<int32_t>().data(), const_cast<char*>(dys->tensor_data().data()),
+                                       dw->flat<float>().data());
+    OP_REQUIRES_OK(ctx, CudaStatus(code, "SeeklineMoeCombineGrad"));
+  }
+};
+
+}  // namespace
+
+#define SEEKLINE_REGISTER_MOE_COMBINE_GPU(T)                                                                  \
+  REGISTER_KERNEL_BUILDER(Name("SeeklineMoeCombine").Device(tensorflow::DEVICE_GPU).TypeConstraint<T>("T"),     \
+                          MoeCombineGpuOp<T>);                                                                \
+  REGISTER_KERNEL_BUILDER(Name("SeeklineMoeCombineGrad").Device(tensorflow::DEVICE_GPU).TypeConstraint<T>("T"), \
+                          MoeCombineGradGpuOp<T>);
+SEEKLINE_REGISTER_MOE_COMBINE_GPU(float)
+SEEKLINE_REGISTER_MOE_COMBINE_GPU(Eigen::bfloat16)
+SEEKLINE_REGISTER_MOE_COMBINE_GPU(Eigen::half)
+#undef SEEKLINE_REGISTER_MOE_COMBINE_GPU
+#endif  // GOOGLE_CUDA
 
 }  // namespace seekline

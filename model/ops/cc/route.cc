@@ -48,9 +48,11 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // a beats b: larger value, or the same value at a lower index (top_k's order)
 inline bool Beats(float va, int64_t a, float vb, int64_t b) { return va > vb || (va == vb && a < b); }
 
-class RouteTopKCpu : public OpKernel {
+// The attributes and the checks both devices make. `max_groups`: the most groups the device's
+// kernel handles (the GPU kernel keeps one bit per group).
+class RouteTopKBase : public OpKernel {
  public:
-  explicit RouteTopKCpu(OpKernelConstruction* c) : OpKernel(c) {
+  explicit RouteTopKBase(OpKernelConstruction* c, int max_groups) : OpKernel(c), max_groups_(max_groups) {
     OP_REQUIRES_OK(c, c->GetAttr("top_k", &k_));
     OP_REQUIRES_OK(c, c->GetAttr("n_group", &n_group_));
     OP_REQUIRES_OK(c, c->GetAttr("topk_group", &topk_group_));
@@ -59,18 +61,34 @@ class RouteTopKCpu : public OpKernel {
     mode_ = mode == "top2_sum" ? 1 : mode == "max" ? 2 : 0;
   }
 
+ protected:
+  Status Check(const Tensor& choice) const {
+    if (choice.dims() != 2) return InvalidArgument("choice must be (N, E), got ", choice.shape().DebugString());
+    const int64_t e = choice.dim_size(1);
+    if (k_ > e) return InvalidArgument("top_k ", k_, " > number of experts ", e);
+    if (mode_ == 0 || n_group_ <= 1) return tensorflow::OkStatus();
+    if (e % n_group_ != 0) return InvalidArgument("number of experts ", e, " is not a multiple of n_group ", n_group_);
+    if (topk_group_ > n_group_) return InvalidArgument("topk_group ", topk_group_, " > n_group ", n_group_);
+    if (mode_ == 1 && e / n_group_ < 2) {
+      return InvalidArgument("top2_sum needs at least 2 experts per group, got ", e / n_group_);
+    }
+    if (n_group_ > max_groups_) return InvalidArgument("n_group ", n_group_, " > ", max_groups_, " on this device");
+    return tensorflow::OkStatus();
+  }
+
+  int k_, n_group_, topk_group_, mode_;
+  int max_groups_;
+};
+
+class RouteTopKCpu : public RouteTopKBase {
+ public:
+  explicit RouteTopKCpu(OpKernelConstruction* c) : RouteTopKBase(c, std::numeric_limits<int>::max()) {}
+
   void Compute(OpKernelContext* ctx) override {
     const Tensor& choice = ctx->input(0);
-    OP_REQUIRES(ctx, choice.dims() == 2, InvalidArgument("choice must be (N, E), got ", choice.shape().DebugString()));
+    OP_REQUIRES_OK(ctx, Check(choice));
     const int64_t n = choice.dim_size(0), e = choice.dim_size(1);
-    OP_REQUIRES(ctx, k_ <= e, InvalidArgument("top_k ", k_, " > number of experts ", e));
     const bool grouped = mode_ != 0 && n_group_ > 1;
-    OP_REQUIRES(ctx, !grouped || e % n_group_ == 0,
-                InvalidArgument("number of experts ", e, " is not a multiple of n_group ", n_group_));
-    OP_REQUIRES(ctx, !grouped || topk_group_ <= n_group_,
-                InvalidArgument("topk_group ", topk_group_, " > n_group ", n_group_));
-    OP_REQUIRES(ctx, !grouped || mode_ != 1 || e / n_group_ >= 2,
-                InvalidArgument("top2_sum needs at least 2 experts per group, got ", e / n_group_));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({n, k_}), &out));
     if (n == 0) return;
@@ -119,13 +137,35 @@ class RouteTopKCpu : public OpKernel {
       }
     });
   }
-
- private:
-  int k_, n_group_, topk_group_, mode_;
 };
 
 }  // namespace
 
 REGISTER_KERNEL_BUILDER(Name("SeeklineRouteTopK").Device(DEVICE_CPU), RouteTopKCpu);
+
+#if GOOGLE_CUDA
+namespace {
+
+// The same op on a GPU: ../cuda/moe.cu.cc's RouteTopKGpu (one thread per token) on TF's stream.
+class RouteTopKGpuOp : public RouteTopKBase {
+ public:
+  explicit RouteTopKGpuOp(OpKernelConstruction* c) : RouteTopKBase(c, 64) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& choice = ctx->input(0);
+    OP_REQUIRES_OK(ctx, Check(choice));
+    const int64_t n = choice.dim_size(0), e = choice.dim_size(1);
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({n, k_}), &out));
+    const int code = RouteTopKGpu(GpuStream(ctx), n, e, k_, n_group_, topk_group_, mode_, choice.flat<float>().data(),
+                                  out->flat<int32_t>().data());
+    OP_REQUIRES_OK(ctx, CudaStatus(code, "SeeklineRouteTopK"));
+  }
+};
+
+}  // namespace
+
+REGISTER_KERNEL_BUILDER(Name("SeeklineRouteTopK").Device(tensorflow::DEVICE_GPU), RouteTopKGpuOp);
+#endif  // GOOGLE_CUDA
 
 }  // namespace seekline

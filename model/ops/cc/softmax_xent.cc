@@ -120,18 +120,35 @@ inline void ScaledExp(const float* x, int64_t n, float shift, float scale, float
 }
 #endif
 
-// logits (N, V), labels (N,) each in [0, V) (so V = 0 with N > 0 is an error too), as TF's kernel
-Status CheckInputs(const Tensor& logits, const Tensor& labels) {
+// logits (N, V), labels (N,): the shape checks both devices make
+Status CheckShapes(const Tensor& logits, const Tensor& labels) {
   if (logits.dims() != 2) return InvalidArgument("logits must be (N, V), got ", logits.shape().DebugString());
-  const int64_t n = logits.dim_size(0), v = logits.dim_size(1);
+  const int64_t n = logits.dim_size(0);
   if (labels.dims() != 1 || labels.dim_size(0) != n) {
     return InvalidArgument("labels must be (N,) with N = ", n, ", got ", labels.shape().DebugString());
   }
+  return tensorflow::OkStatus();
+}
+
+// ... and on the CPU each label in [0, V) (so V = 0 with N > 0 is an error too), as TF's kernel
+Status CheckInputs(const Tensor& logits, const Tensor& labels) {
+  TF_RETURN_IF_ERROR(CheckShapes(logits, labels));
+  const int64_t n = logits.dim_size(0), v = logits.dim_size(1);
   const int32_t* lp = labels.flat<int32_t>().data();
   for (int64_t r = 0; r < n; ++r) {
     if (lp[r] < 0 || lp[r] >= v) {
       return InvalidArgument("Received a label value of ", lp[r], " which is outside the valid range of [0, ", v,
                              ").  Label values: row ", r);
+    }
+  }
+  return tensorflow::OkStatus();
+}
+
+// The gradient's lse, dloss and dlse inputs (2, 3, 4): each (N,)
+Status CheckRowInputs(OpKernelContext* ctx, int64_t n) {
+  for (int i = 2; i < 5; ++i) {
+    if (ctx->input(i).dims() != 1 || ctx->input(i).dim_size(0) != n) {
+      return InvalidArgument("input ", i, " must be (N,) with N = ", n, ", got ", ctx->input(i).shape().DebugString());
     }
   }
   return tensorflow::OkStatus();
@@ -180,11 +197,7 @@ class SoftmaxXentGradCpu : public OpKernel {
     const Tensor& labels = ctx->input(1);
     OP_REQUIRES_OK(ctx, CheckInputs(logits, labels));
     const int64_t n = logits.dim_size(0), v = logits.dim_size(1);
-    for (int i = 2; i < 5; ++i) {
-      OP_REQUIRES(ctx, ctx->input(i).dims() == 1 && ctx->input(i).dim_size(0) == n,
-                  InvalidArgument("input ", i, " must be (N,) with N = ", n, ", got ",
-                                  ctx->input(i).shape().DebugString()));
-    }
+    OP_REQUIRES_OK(ctx, CheckRowInputs(ctx, n));
     Tensor* dx = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, logits.shape(), &dx));
     if (n == 0) return;
@@ -230,5 +243,64 @@ REGISTER_CPU(float)
 REGISTER_CPU(Eigen::bfloat16)
 REGISTER_CPU(Eigen::half)
 #undef REGISTER_CPU
+
+#if GOOGLE_CUDA
+namespace {
+
+// The same ops on a GPU: ../cuda/softmax_xent.cu.cc's launchers on TF's stream. Labels stay in
+// device memory (no range check on the host: an out-of-range label gives NaN, as TF's GPU kernel).
+template <typename T>
+class SoftmaxXentGpuOp : public OpKernel {
+ public:
+  explicit SoftmaxXentGpuOp(OpKernelConstruction* c) : OpKernel(c) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& logits = ctx->input(0);
+    const Tensor& labels = ctx->input(1);
+    OP_REQUIRES_OK(ctx, CheckShapes(logits, labels));
+    const int64_t n = logits.dim_size(0), v = logits.dim_size(1);
+    Tensor *loss = nullptr, *lse = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({n}), &loss));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({n}), &lse));
+    const int code = SoftmaxXentGpu(GpuStream(ctx), kDType<T>, n, v, logits.tensor_data().data(),
+                                    labels.flat<int32_t>().data(), loss->flat<float>().data(),
+                                    lse->flat<float>().data());
+    OP_REQUIRES_OK(ctx, CudaStatus(code, "SeeklineSoftmaxXent"));
+  }
+};
+
+template <typename T>
+class SoftmaxXentGradGpuOp : public OpKernel {
+ public:
+  explicit SoftmaxXentGradGpuOp(OpKernelConstruction* c) : OpKernel(c) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& logits = ctx->input(0);
+    const Tensor& labels = ctx->input(1);
+    OP_REQUIRES_OK(ctx, CheckShapes(logits, labels));
+    const int64_t n = logits.dim_size(0), v = logits.dim_size(1);
+    OP_REQUIRES_OK(ctx, CheckRowInputs(ctx, n));
+    Tensor* dx = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, logits.shape(), &dx));
+    const int code = SoftmaxXentGradGpu(GpuStream(ctx), kDType<T>, n, v, logits.tensor_data().data(),
+                                        labels.flat<int32_t>().data(), ctx->input(2).flat<float>().data(),
+                                        ctx->input(3).flat<float>().data(), ctx->input(4).flat<float>().data(),
+                                        const_cast<char*>(dx->tensor_data().data()));
+    OP_REQUIRES_OK(ctx, CudaStatus(code, "SeeklineSoftmaxXentGrad"));
+  }
+};
+
+}  // namespace
+
+#define REGISTER_GPU(T)                                                                                         \
+  REGISTER_KERNEL_BUILDER(Name("SeeklineSoftmaxXent").Device(tensorflow::DEVICE_GPU).TypeConstraint<T>("T"),    \
+                          SoftmaxXentGpuOp<T>);                                                                \
+  REGISTER_KERNEL_BUILDER(Name("SeeklineSoftmaxXentGrad").Device(tensorflow::DEVICE_GPU).TypeConstraint<T>("T"), \
+                          SoftmaxXentGradGpuOp<T>);
+REGISTER_GPU(float)
+REGISTER_GPU(Eigen::bfloat16)
+REGISTER_GPU(Eigen::half)
+#undef REGISTER_GPU
+#endif  // GOOGLE_CUDA
 
 }  // namespace seekline

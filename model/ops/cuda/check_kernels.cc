@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <vector>
 
 #include "kernels.h"
@@ -345,6 +346,274 @@ static int CheckMla(DType t, int64_t B, int64_t T, int64_t H, int64_t C, int64_t
   return bad;
 }
 
+static void* UploadInt(const std::vector<int32_t>& v) {
+  void* d = nullptr;
+  cudaMalloc(&d, v.empty() ? 1 : v.size() * 4);
+  cudaMemcpy(d, v.data(), v.size() * 4, cudaMemcpyHostToDevice);
+  return d;
+}
+
+static std::vector<int32_t> DownloadInt(const void* d, size_t n) {
+  std::vector<int32_t> v(n);
+  cudaMemcpy(v.data(), d, n * 4, cudaMemcpyDeviceToHost);
+  return v;
+}
+
+// got[i] must be NaN exactly where want[i] is NaN, else within Compare's tolerance.
+static int CompareNan(const char* what, const std::vector<float>& got, const std::vector<double>& want, DType t) {
+  std::vector<float> g2(got);
+  std::vector<double> w2(want);
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (std::isnan(want[i]) != std::isnan(got[i])) {
+      std::printf("FAIL %s [%zu]: got %g want %g\n", what, i, got[i], want[i]);
+      return 1;
+    }
+    if (std::isnan(want[i])) g2[i] = 0.0f, w2[i] = 0.0;
+  }
+  return Compare(what, g2, w2, t);
+}
+
+// SoftmaxXentGpu / SoftmaxXentGradGpu on (n, v) logits. Row 1 is masked out (dloss = dlse = 0:
+// zeros), row 2 also has a dlse, row 3 holds a −inf logit, the last row's label is out of range
+// (NaN loss and NaN gradient row). The gradient is checked from the reference lse, so it does
+// not depend on the forward.
+static int CheckSoftmaxXent(DType t, int64_t n, int64_t v) {
+  auto x = Random(n * v, t, 8.0f);
+  if (n > 3 && v > 1) x[3 * v + 1] = -INFINITY;
+  std::vector<int32_t> labels(n);
+  std::vector<float> dloss(n), dlse(n, 0.0f), lse_ref(n);
+  for (int64_t r = 0; r < n; ++r) {
+    labels[r] = static_cast<int32_t>((r * 7919) % v);
+    dloss[r] = Uniform();
+  }
+  if (n > 1) dloss[1] = 0.0f;
+  if (n > 2) dlse[2] = 0.5f;
+  if (n > 4) labels[n - 1] = static_cast<int32_t>(v);  // one past the last class
+  std::vector<double> loss(n), lse(n), dx(n * v);
+  for (int64_t r = 0; r < n; ++r) {
+    double m = -INFINITY, s = 0.0;
+    for (int64_t j = 0; j < v; ++j) m = std::max(m, double(x[r * v + j]));
+    for (int64_t j = 0; j < v; ++j) s += std::exp(double(x[r * v + j]) - m);
+    lse[r] = m + std::log(s);
+    lse_ref[r] = static_cast<float>(lse[r]);
+    const bool ok = labels[r] >= 0 && labels[r] < v;
+    loss[r] = ok ? lse[r] - x[r * v + labels[r]] : NAN;
+    const double g = dloss[r], scale = double(dloss[r]) + dlse[r];
+    for (int64_t j = 0; j < v; ++j) {
+      double d = (g == 0.0 && scale == 0.0) ? 0.0 : !ok ? NAN : scale * std::exp(double(x[r * v + j]) - lse_ref[r]);
+      if (ok && j == labels[r] && !(g == 0.0 && scale == 0.0)) d -= g;
+      dx[r * v + j] = d;
+    }
+  }
+  void *dX = Upload(x, t), *dL = UploadInt(labels), *dG = Upload(dloss, DType::kFloat);
+  void *dH = Upload(dlse, DType::kFloat), *dLseRef = Upload(lse_ref, DType::kFloat);
+  void *dLoss = NanBuffer(n, DType::kFloat), *dLse = NanBuffer(n, DType::kFloat), *dDx = NanBuffer(n * v, t);
+  int err = seekline::SoftmaxXentGpu(nullptr, t, n, v, dX, static_cast<const int32_t*>(dL),
+                                     static_cast<float*>(dLoss), static_cast<float*>(dLse));
+  if (err == 0) {
+    err = seekline::SoftmaxXentGradGpu(nullptr, t, n, v, dX, static_cast<const int32_t*>(dL),
+                                       static_cast<const float*>(dLseRef), static_cast<const float*>(dG),
+                                       static_cast<const float*>(dH), dDx);
+  }
+  if (err == 0) err = cudaDeviceSynchronize();
+  char what[64];
+  std::snprintf(what, sizeof what, "softmax_xent dtype=%d n=%ld v=%ld", int(t), long(n), long(v));
+  int bad = 0;
+  if (err) {
+    std::printf("FAIL %s: cuda error %d\n", what, err);
+    bad = 1;
+  } else {
+    bad |= CompareNan(what, Download(dLoss, n, DType::kFloat), loss, DType::kFloat);
+    bad |= CompareNan(what, Download(dLse, n, DType::kFloat), lse, DType::kFloat);
+    bad |= CompareNan(what, Download(dDx, n * v, t), dx, t);
+  }
+  cudaFree(dX); cudaFree(dL); cudaFree(dG); cudaFree(dH); cudaFree(dLseRef); cudaFree(dLoss); cudaFree(dLse);
+  cudaFree(dDx);
+  return bad;
+}
+
+// A random permutation of [0, m) (Fisher–Yates on the check's generator).
+static std::vector<int32_t> Permutation(int64_t m) {
+  std::vector<int32_t> p(m);
+  for (int64_t i = 0; i < m; ++i) p[i] = static_cast<int32_t>(i);
+  for (int64_t i = m - 1; i > 0; --i) {
+    const int64_t j = static_cast<int64_t>((Uniform() + 1.0f) * 0.5f * (i + 1)) % (i + 1);
+    std::swap(p[i], p[j]);
+  }
+  return p;
+}
+
+// MoeCombineGpu / MoeCombineGradGpu: n tokens, k experts each, rows of width d. `corrupt`:
+// 0 a valid permutation; 1 entry 0 duplicated into entry 1 (row pos[1] unclaimed: a NaN dys row;
+// pair 1 owns the shared row, pair 0's dw NaN); 2 entry 0 out of range (token 0's output row NaN, pair 0's dw NaN).
+static int CheckMoeCombine(DType t, int64_t n, int64_t k, int64_t d, int corrupt = 0) {
+  const int64_t m = n * k;
+  auto ys = Random(m * d, t), dy = Random(n * d, t);
+  std::vector<float> w(m);
+  for (auto& x : w) x = Uniform();
+  auto pos = Permutation(m);
+  int32_t lost_row = -1;
+  if (corrupt == 1) lost_row = pos[1], pos[1] = pos[0];
+  if (corrupt == 2) pos[0] = static_cast<int32_t>(m);
+  std::vector<double> y(n * d, 0.0), dys(m * d, NAN), dw(m, NAN);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t j = 0; j < k; ++j) {
+      const int32_t p = pos[r * k + j];
+      if (p < 0 || p >= m) {
+        for (int64_t c = 0; c < d; ++c) y[r * d + c] = NAN;
+        continue;
+      }
+      double dot = 0.0;
+      for (int64_t c = 0; c < d; ++c) {
+        if (!std::isnan(y[r * d + c])) y[r * d + c] += double(w[r * k + j]) * ys[p * d + c];
+        dys[p * d + c] = double(w[r * k + j]) * dy[r * d + c];
+        dot += double(ys[p * d + c]) * dy[r * d + c];
+      }
+      dw[r * k + j] = dot;  // (corrupt == 1 checks pairs 0 and 1 by hand below)
+    }
+  void *dYs = Upload(ys, t), *dDy = Upload(dy, t), *dW = Upload(w, DType::kFloat), *dP = UploadInt(pos);
+  void *dY = NanBuffer(n * d, t), *dDys = NanBuffer(m * d, t), *dDw = NanBuffer(m, DType::kFloat);
+  void* dInv = nullptr;
+  cudaMalloc(&dInv, m == 0 ? 1 : m * 4);
+  int err = seekline::MoeCombineGpu(nullptr, t, n, k, d, dYs, static_cast<const float*>(dW),
+                                    static_cast<const int32_t*>(dP), dY);
+  if (err == 0) {
+    err = seekline::MoeCombineGradGpu(nullptr, t, n, k, d, dDy, dYs, static_cast<const float*>(dW),
+                                      static_cast<const int32_t*>(dP), static_cast<int32_t*>(dInv), dDys,
+                                      static_cast<float*>(dDw));
+  }
+  if (err == 0) err = cudaDeviceSynchronize();
+  char what[80];
+  std::snprintf(what, sizeof what, "moe_combine dtype=%d n=%ld k=%ld d=%ld corrupt=%d", int(t), long(n), long(k),
+                long(d), corrupt);
+  int bad = 0;
+  if (err) {
+    std::printf("FAIL %s: cuda error %d\n", what, err);
+    bad = 1;
+  } else {
+    bad |= CompareNan(what, Download(dY, n * d, t), y, t);
+    if (corrupt != 1) bad |= CompareNan(what, Download(dDys, m * d, t), dys, t);
+    if (corrupt == 1) {  // the unclaimed row, and which pair owns the shared one
+      auto got = Download(dDys, m * d, t);
+      for (int64_t c = 0; c < d; ++c) {
+        if (!std::isnan(got[lost_row * d + c])) {
+          std::printf("FAIL %s: unclaimed dys row %d not NaN\n", what, lost_row);
+          bad = 1;
+          break;
+        }
+      }
+      // The higher-indexed pair (1) owns the duplicated row: its dw is the dot product, pair 0's NaN.
+      auto gw = Download(dDw, m, DType::kFloat);
+      double want1 = 0.0;
+      for (int64_t c = 0; c < d; ++c) want1 += double(ys[pos[1] * d + c]) * dy[c];
+      if (!std::isnan(gw[0]) || !(std::fabs(gw[1] - want1) <= 1e-4 * (1.0 + std::fabs(want1)))) {
+        std::printf("FAIL %s: duplicated pairs' dw: got %g, %g want nan, %g\n", what, gw[0], gw[1], want1);
+        bad = 1;
+      }
+    } else {
+      bad |= CompareNan(what, Download(dDw, m, DType::kFloat), dw, DType::kFloat);
+    }
+  }
+  cudaFree(dYs); cudaFree(dDy); cudaFree(dW); cudaFree(dP); cudaFree(dY); cudaFree(dDys); cudaFree(dDw);
+  cudaFree(dInv);
+  return bad;
+}
+
+// RouteTopKGpu against a sort-based reference: groups ranked by (score desc, index asc), the
+// kept groups' experts by (value desc, index asc). `levels` > 0 quantises the scores so ties occur.
+static int CheckRoute(int64_t n, int64_t e, int top_k, int n_group, int topk_group, int mode, int levels) {
+  std::vector<float> x(n * e);
+  for (auto& v : x) v = levels > 0 ? std::round(Uniform() * levels) / levels : Uniform();
+  if (n > 1) x[e + 1] = NAN;  // ranks as −inf
+  const bool grouped = mode != 0 && n_group > 1;
+  const int64_t per = grouped ? e / n_group : e;
+  std::vector<int32_t> want(n * top_k);
+  auto rank = [](float v) { return std::isnan(v) ? -INFINITY : v; };
+  for (int64_t r = 0; r < n; ++r) {
+    std::vector<float> v(e);
+    for (int64_t j = 0; j < e; ++j) v[j] = rank(x[r * e + j]);
+    if (grouped) {
+      std::vector<float> score(n_group);
+      for (int g = 0; g < n_group; ++g) {
+        std::vector<float> vals(v.begin() + g * per, v.begin() + (g + 1) * per);
+        std::sort(vals.begin(), vals.end(), std::greater<float>());
+        score[g] = rank(mode == 1 ? vals[0] + vals[1] : vals[0]);
+      }
+      std::vector<int> order(n_group);
+      for (int g = 0; g < n_group; ++g) order[g] = g;
+      std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return score[a] > score[b]; });
+      for (int i = topk_group; i < n_group; ++i)
+        for (int64_t j = 0; j < per; ++j) v[order[i] * per + j] = -INFINITY;
+    }
+    std::vector<int32_t> order(e);
+    for (int64_t j = 0; j < e; ++j) order[j] = static_cast<int32_t>(j);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return v[a] > v[b]; });
+    for (int i = 0; i < top_k; ++i) want[r * top_k + i] = order[i];
+  }
+  void* dX = Upload(x, DType::kFloat);
+  void* dOut = nullptr;
+  cudaMalloc(&dOut, n * top_k == 0 ? 1 : n * top_k * 4);
+  cudaMemset(dOut, 0xff, n * top_k * 4);
+  int err = seekline::RouteTopKGpu(nullptr, n, e, top_k, n_group, topk_group, mode, static_cast<const float*>(dX),
+                                   static_cast<int32_t*>(dOut));
+  if (err == 0) err = cudaDeviceSynchronize();
+  int bad = 0;
+  if (err) {
+    std::printf("FAIL route n=%ld e=%ld: cuda error %d\n", long(n), long(e), err);
+    bad = 1;
+  } else {
+    auto got = DownloadInt(dOut, n * top_k);
+    for (int64_t i = 0; i < n * top_k && !bad; ++i) {
+      if (got[i] != want[i]) {
+        std::printf("FAIL route n=%ld e=%ld k=%d groups=%d/%d mode=%d levels=%d [%ld]: got %d want %d\n", long(n),
+                    long(e), top_k, topk_group, n_group, mode, levels, long(i), got[i], want[i]);
+        bad = 1;
+      }
+    }
+  }
+  cudaFree(dX); cudaFree(dOut);
+  return bad;
+}
+
+// ApplyAdamWGpu: one step in place, against the formulas in double.
+static int CheckAdamW(int64_t n, float decay, float grad_scale) {
+  auto w = Random(n, DType::kFloat), m = Random(n, DType::kFloat, 0.1f), g = Random(n, DType::kFloat);
+  std::vector<float> v(n);
+  for (auto& x : v) x = 0.01f * std::fabs(Uniform());
+  const float alpha = 1e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f;
+  std::vector<double> w2(n), m2(n), v2(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const double gi = double(grad_scale) * g[i];
+    const double wi = w[i] - double(decay) * w[i];
+    m2[i] = m[i] + (gi - m[i]) * (1.0 - double(b1));
+    v2[i] = v[i] + (gi * gi - v[i]) * (1.0 - double(b2));
+    w2[i] = wi - double(alpha) * m2[i] / (std::sqrt(v2[i]) + eps);
+  }
+  void *dW = Upload(w, DType::kFloat), *dM = Upload(m, DType::kFloat), *dV = Upload(v, DType::kFloat);
+  void* dG = Upload(g, DType::kFloat);
+  int err = seekline::ApplyAdamWGpu(nullptr, n, static_cast<float*>(dW), static_cast<float*>(dM),
+                                    static_cast<float*>(dV), static_cast<const float*>(dG), alpha, decay, b1, b2, eps,
+                                    grad_scale);
+  // DeviceCopyGpu (the GPU op's copy of a variable buffer a read still shares): the updated w.
+  void* dCopy = NanBuffer(n, DType::kFloat);
+  if (err == 0) err = seekline::DeviceCopyGpu(nullptr, n * 4, dW, dCopy);
+  if (err == 0) err = cudaDeviceSynchronize();
+  char what[64];
+  std::snprintf(what, sizeof what, "adamw n=%ld decay=%g scale=%g", long(n), decay, grad_scale);
+  int bad = 0;
+  if (err) {
+    std::printf("FAIL %s: cuda error %d\n", what, err);
+    bad = 1;
+  } else {
+    bad |= Compare(what, Download(dW, n, DType::kFloat), w2, DType::kFloat);
+    bad |= Compare(what, Download(dCopy, n, DType::kFloat), w2, DType::kFloat);
+    bad |= Compare(what, Download(dM, n, DType::kFloat), m2, DType::kFloat);
+    bad |= Compare(what, Download(dV, n, DType::kFloat), v2, DType::kFloat);
+  }
+  cudaFree(dW); cudaFree(dM); cudaFree(dV); cudaFree(dG); cudaFree(dCopy);
+  return bad;
+}
+
 int main() {
   int count = 0;
   const cudaError_t e = cudaGetDeviceCount(&count);
@@ -409,6 +678,26 @@ int main() {
   bad += CheckMla(DType::kBFloat16, 1, 1, 40, 64, 16, 200, 1, 1, -1);  // 64-head blocks, 24 of them empty
   bad += CheckMla(DType::kBFloat16, 1, 1, 128, 512, 64, 100, 1, 1, -1); // DeepSeek-V3's 128 heads: 2 blocks
 #endif
+  for (DType t : {DType::kFloat, DType::kBFloat16, DType::kHalf}) {
+    bad += CheckSoftmaxXent(t, 6, 1000);  // v > threads per row: strided, a partial last stride
+    bad += CheckSoftmaxXent(t, 6, 7);     // most threads hold no column
+    bad += CheckMoeCombine(t, 9, 4, 300);  // d > threads per row
+    bad += CheckMoeCombine(t, 3, 8, 5);
+  }
+  bad += CheckSoftmaxXent(DType::kFloat, 0, 50);  // nothing to do
+  bad += CheckMoeCombine(DType::kFloat, 0, 4, 16);
+  bad += CheckMoeCombine(DType::kFloat, 5, 1, 0);   // empty rows: dw = 0
+  bad += CheckMoeCombine(DType::kFloat, 6, 3, 40, 1);  // duplicated pos entry
+  bad += CheckMoeCombine(DType::kFloat, 6, 3, 40, 2);  // out-of-range pos entry
+  bad += CheckRoute(300, 16, 4, 4, 2, 1, 0);   // the small preset's router: top-2 sum groups
+  bad += CheckRoute(300, 16, 4, 4, 2, 1, 2);   // ties in values and group scores
+  bad += CheckRoute(40, 64, 6, 8, 3, 2, 3);    // max-mode groups
+  bad += CheckRoute(40, 256, 8, 8, 4, 1, 0);   // DeepSeek-V3's 256 experts, 8 groups, top-8
+  bad += CheckRoute(300, 10, 3, 1, 1, 0, 2);   // no groups, ties
+  bad += CheckRoute(0, 16, 4, 4, 2, 1, 0);     // no tokens
+  bad += CheckAdamW(1000, 1e-4f, 1.0f);
+  bad += CheckAdamW(77, 0.0f, 0.25f);          // no decay, a clip scale
+  bad += CheckAdamW(0, 1e-4f, 1.0f);
   std::printf(bad ? "FAILED %d\n" : "OK\n", bad);
   return bad ? 1 : 0;
 }

@@ -1,7 +1,8 @@
 """build_cuda: nvcc discovery, arch filtering, error reporting, and a real compile + link.
 
 The real-nvcc tests build the launchers and a host check program (naive double-precision CPU
-references for GEMM, RMSNorm forward/grad, MLA latent attention, SwiGLU and RoPE). Without a GPU the program is only built (and run
+references for GEMM, RMSNorm forward/grad, MLA latent attention, SwiGLU, RoPE, softmax
+cross-entropy, MoE combine, router top-k and AdamW). Without a GPU the program is only built (and run
 to see that it reports the missing device instead of crashing); with one it also checks numbers.
 """
 
@@ -34,6 +35,16 @@ LAUNCHERS = (
     "seekline::SwigluGradGpu(void*, seekline::DType, long, void const*, void const*, void const*, void*, void*)",
     "seekline::RopeGpu(void*, seekline::DType, long, long, long, long, bool, bool, float const*, float const*, "
     "void const*, void*)",
+    "seekline::SoftmaxXentGpu(void*, seekline::DType, long, long, void const*, int const*, float*, float*)",
+    "seekline::SoftmaxXentGradGpu(void*, seekline::DType, long, long, void const*, int const*, float const*, "
+    "float const*, float const*, void*)",
+    "seekline::MoeCombineGpu(void*, seekline::DType, long, long, long, void const*, float const*, int const*, void*)",
+    "seekline::MoeCombineGradGpu(void*, seekline::DType, long, long, long, void const*, void const*, float const*, "
+    "int const*, int*, void*, float*)",
+    "seekline::RouteTopKGpu(void*, long, long, int, int, int, int, float const*, int*)",
+    "seekline::ApplyAdamWGpu(void*, long, float*, float*, float*, float const*, float, float, float, float, float, "
+    "float)",
+    "seekline::DeviceCopyGpu(void*, long, void const*, void*)",
 )
 NO_DEVICE_EXIT = 77  # the check program's "no usable GPU" exit status
 
@@ -91,7 +102,8 @@ def objects(tmp_path_factory):
 
 @needs_nvcc
 def test_compile_defines_the_launchers(objects):
-    assert [p.name for p in objects] == ["elementwise.cu.o", "gemm.cu.o", "mla_decode.cu.o", "rms_norm.cu.o"]
+    assert [p.name for p in objects] == ["elementwise.cu.o", "gemm.cu.o", "mla_decode.cu.o", "moe.cu.o", "rms_norm.cu.o",
+                                         "softmax_xent.cu.o"]
     nm = subprocess.run(["nm", "-C", *map(str, objects)], capture_output=True, text=True, check=True).stdout
     defined = {line.split(" ", 2)[2] for line in nm.splitlines() if line.count(" ") >= 2 and line.split(" ")[1] == "T"}
     for symbol in LAUNCHERS:
@@ -193,6 +205,7 @@ def test_kernels_on_cpu_emulation(tmp_path, sanitizer):
 # Just enough of the CUDA runtime and device language for the launchers and the check program.
 CUDA_EMULATION = r"""
 #pragma once
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -216,7 +229,7 @@ typedef struct EmuStream* cudaStream_t;
 enum cudaError_t {
   cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2, cudaErrorInvalidConfiguration = 9
 };
-enum cudaMemcpyKind { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2 };
+enum cudaMemcpyKind { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2, cudaMemcpyDeviceToDevice = 3 };
 
 namespace emu {
 inline thread_local dim3 thread_idx, block_idx;
@@ -279,6 +292,13 @@ inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
   return other;
 }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline int atomicMax(int* address, int v) {  // returns the old value, as CUDA's
+  std::atomic_ref<int> a(*address);
+  int old = a.load();
+  while (old < v && !a.compare_exchange_weak(old, v)) {
+  }
+  return old;
+}
 
 struct __nv_bfloat16 { uint16_t bits; };
 inline float __bfloat162float(__nv_bfloat16 h) {
@@ -318,6 +338,9 @@ inline cudaError_t cudaMemset(void* p, int v, size_t bytes) { std::memset(p, v, 
 inline cudaError_t cudaMemcpy(void* d, const void* s, size_t bytes, cudaMemcpyKind) {
   if (bytes > 0) std::memcpy(d, s, bytes);  // empty vectors may hand over nullptr
   return cudaSuccess;
+}
+inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
+  return cudaMemcpy(d, s, bytes, kind);  // launches run synchronously here
 }
 """
 

@@ -1,4 +1,4 @@
-// seekline custom ops: SwigluGpu, SwigluGradGpu and RopeGpu (declared in ../cc/kernels.h).
+// seekline custom ops: SwigluGpu, SwigluGradGpu, RopeGpu and ApplyAdamWGpu (declared in ../cc/kernels.h).
 //
 // Elementwise kernels, one thread per output element (grid-stride), fp32 arithmetic whatever the
 // storage type and one rounding per output — the same formulas as the CPU kernels in
@@ -93,6 +93,25 @@ __global__ void RopeKernel(int64_t total, int64_t heads, int64_t d, int64_t offs
   }
 }
 
+// One AdamW step in place (SeeklineApplyAdamW; the formulas and their order are ../cc/adamw.cc's):
+//   g = gs·grad;  w −= decay·w;  m += (g − m)·b1c;  v += (g² − v)·b2c;  w −= alpha·m / (√v + eps)
+// fp32 variables and slots; each element read and written by one thread.
+__global__ void AdamWKernel(int64_t n, float* __restrict__ w, float* __restrict__ m, float* __restrict__ v,
+                            const float* __restrict__ grad, float alpha, float decay, float b1c, float b2c, float eps,
+                            float gs) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const float g = gs * grad[i];
+    float wi = w[i];
+    wi = wi - decay * wi;
+    const float mi = m[i] + (g - m[i]) * b1c;
+    const float vi = v[i] + (g * g - v[i]) * b2c;
+    w[i] = wi - (alpha * mi) / (sqrtf(vi) + eps);
+    m[i] = mi;
+    v[i] = vi;
+  }
+}
+
 template <typename T>
 int LaunchSwiglu(cudaStream_t st, int64_t n, const void* g, const void* u, void* h) {
   SwigluKernel<T><<<Blocks(n), kThreads, 0, st>>>(n, static_cast<const T*>(g), static_cast<const T*>(u),
@@ -156,6 +175,21 @@ int RopeGpu(void* stream, DType dtype, int64_t rows, int64_t heads, int64_t d, i
     case DType::kHalf: return LaunchRope<__half>(st, rows, heads, d, offset, interleaved, inverse, cos, sin, x, y);
   }
   return static_cast<int>(cudaErrorInvalidValue);
+}
+
+int ApplyAdamWGpu(void* stream, int64_t n, float* var, float* m, float* v, const float* grad, float alpha,
+                  float decay, float beta1, float beta2, float epsilon, float grad_scale) {
+  if (n <= 0) return 0;
+  auto st = static_cast<cudaStream_t>(stream);
+  AdamWKernel<<<Blocks(n), kThreads, 0, st>>>(
+      n, var, m, v, grad, alpha, decay, 1.0f - beta1, 1.0f - beta2, epsilon, grad_scale);
+  return static_cast<int>(cudaGetLastError());
+}
+
+int DeviceCopyGpu(void* stream, int64_t bytes, const void* src, void* dst) {
+  if (bytes <= 0) return 0;
+  return static_cast<int>(
+      cudaMemcpyAsync(dst, src, static_cast<size_t>(bytes), cudaMemcpyDeviceToDevice, static_cast<cudaStream_t>(stream)));
 }
 
 }  // namespace seekline

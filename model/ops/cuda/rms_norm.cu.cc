@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "../cc/kernels.h"
+#include "reduce.cuh"
 #include "storage.cuh"
 
 namespace seekline {
@@ -21,29 +22,6 @@ constexpr int64_t kMaxRowBlocks = 1 << 20;  // grid cap for the per-row kernels 
 constexpr int kDwCols = 32;               // dw: columns per block (threadIdx.x, coalesced)
 constexpr int kDwRowLanes = 8;            // dw: row lanes per block (threadIdx.y)
 
-
-__device__ __forceinline__ float WarpSum(float v) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;  // every lane holds the warp total
-}
-
-// Sum of v over the block (blockDim.x a multiple of 32, <= 1024), returned to every thread.
-// `partial` is 32 floats of shared memory. All threads add the warp totals in the same order, so
-// they all get the same bits; the leading barrier lets the caller call this again (next row or
-// next statistic) without racing the previous call's readers.
-__device__ float BlockSum(float v, float* partial) {
-  v = WarpSum(v);
-  const int lane = threadIdx.x % 32;
-  const int warp = threadIdx.x / 32;
-  const int warps = blockDim.x / 32;
-  __syncthreads();
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  float total = 0.0f;
-  for (int i = 0; i < warps; ++i) total += partial[i];
-  return total;
-}
 
 // r = rsqrt(mean(x^2) + eps) of one row, identical in every thread of the block.
 template <typename T>
