@@ -9,6 +9,11 @@ One process, interleaved rounds (op side and pure-TF side alternate which goes f
   forward    the `small` model's forward pass (batch 1 x 1024 tokens, tf.function) with ops on and
              off (ops.disabled() while tracing the off side): tokens/s, achieved GFLOP/s from
              2·N_active FLOPs per token plus attention's score/value matmuls, fraction of roofline
+             (also against a 2048² matmul timed in the same rounds: a shared VM's ceiling drifts)
+  bound      what the model's widths allow: each of the forward's weight matmuls timed alone at its
+             own shape (several per tf.function call, so dispatch is not timed), attention counted at
+             the full ceiling — the fraction the forward would reach if nothing but TF's own matmul
+             rate at those shapes limited it
 Writes bench/results/ops.json. The ratio is pure-TF time / op time (> 1: the op is faster).
 Usage: .venv/bin/python bench/bench_ops.py [--rounds 15] [--threads 2] [--out PATH]
 """
@@ -39,10 +44,49 @@ def forward_flops_per_token(cfg, context: int) -> float:
     context (context / 2 keys per query), per layer: 2·heads·(qk_head + v_head)·context/2."""
     import model
     n_active = model.count_params(cfg.to_hf_dict())["activated"]
+    return 2.0 * n_active + attention_flops_per_token(cfg, context)
+
+
+def attention_flops_per_token(cfg, context: int) -> float:
     qk = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim if cfg.attention_type == "mla" else cfg.head_dim
     v = cfg.v_head_dim if cfg.attention_type == "mla" else cfg.head_dim
-    attn = 2 * cfg.num_attention_heads * (qk + v) * (context / 2) * cfg.num_hidden_layers
-    return 2.0 * n_active + attn
+    return 2 * cfg.num_attention_heads * (qk + v) * (context / 2) * cfg.num_hidden_layers
+
+
+def forward_matmul_shapes(cfg, tokens: int) -> list[tuple[str, int, int, int, int]]:
+    """The forward pass's weight matmuls as (what, count, m, k, n): count × (m × k)·(k × n). Routed
+    experts appear as one (tokens·top_k) × k × n product per matrix: the FLOPs every expert's rows
+    add up to, at the rate one matmul over all of them would get (the grouped op's best case)."""
+    d, layers = cfg.hidden_size, cfg.num_hidden_layers
+    h = cfg.num_attention_heads
+    out: list[tuple[str, int, int, int, int]] = []
+    if cfg.attention_type == "mla":
+        qk = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim
+        if cfg.q_lora_rank:
+            out += [("q_a_proj", layers, tokens, d, cfg.q_lora_rank), ("q_b_proj", layers, tokens, cfg.q_lora_rank, h * qk)]
+        else:
+            out.append(("q_proj", layers, tokens, d, h * qk))
+        out += [("kv_a_proj", layers, tokens, d, cfg.kv_lora_rank + cfg.qk_rope_head_dim),
+                ("kv_b_proj", layers, tokens, cfg.kv_lora_rank, h * (cfg.qk_nope_head_dim + cfg.v_head_dim)),
+                ("o_proj", layers, tokens, h * cfg.v_head_dim, d)]
+    else:
+        hd, kv = cfg.head_dim, cfg.num_key_value_heads
+        out += [("q_proj", layers, tokens, d, h * hd), ("k_proj", layers, tokens, d, kv * hd),
+                ("v_proj", layers, tokens, d, kv * hd), ("o_proj", layers, tokens, h * hd, d)]
+    dense = layers if not cfg.n_routed_experts else min(cfg.first_k_dense_replace, layers)
+    moe = layers - dense
+    if dense:
+        out += [("mlp gate/up", 2 * dense, tokens, d, cfg.intermediate_size),
+                ("mlp down", dense, tokens, cfg.intermediate_size, d)]
+    if moe:
+        i, k = cfg.moe_intermediate_size, cfg.num_experts_per_tok
+        out.append(("router", moe, tokens, d, cfg.n_routed_experts))
+        if cfg.n_shared_experts:
+            out += [("shared gate/up", 2 * moe, tokens, d, cfg.n_shared_experts * i),
+                    ("shared down", moe, tokens, cfg.n_shared_experts * i, d)]
+        out += [("routed gate/up", 2 * moe, tokens * k, d, i), ("routed down", moe, tokens * k, i, d)]
+    out.append(("lm_head", 1, tokens, d, cfg.vocab_size))
+    return out
 
 
 def causal_attention_flops(b: int, t: int, heads: int, dk: int, dv: int) -> int:
@@ -90,6 +134,41 @@ def roofline(tf, sizes=(1024, 2048), reps: int = 5) -> dict:
             ts.append(time.perf_counter() - t0)
         best[n] = matmul_flops(n, n, n) / min(ts) / 1e9
     return {"gflops_by_size": best, "gflops": max(best.values())}
+
+
+def matmul_rate(tf, m: int, k: int, n: int, per_graph: int = 8, reps: int = 5) -> float:
+    """Best GFLOP/s of an (m × k)·(k × n) tf.matmul, `per_graph` independent ones per tf.function call
+    so the per-call dispatch (~0.1-0.5 ms on a small VM, more than a small product) is not timed."""
+    xs = [tf.random.normal([m, k]) for _ in range(per_graph)]
+    w = tf.random.normal([k, n])
+    f = tf.function(lambda xs, w: [tf.matmul(x, w) for x in xs])
+    _sync(f(xs, w))
+    best = min(_timed(lambda: _sync(f(xs, w))) for _ in range(reps)) / per_graph
+    return matmul_flops(m, k, n) / best / 1e9
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def attainable(tf, cfg, seq: int, roof_gflops: float) -> dict:
+    """What the forward could reach if every weight matmul ran at TF's own best rate for its shape
+    and attention at the full ceiling: the bound the model's widths put on the roofline fraction."""
+    rows, total_s, weight_flops = [], 0.0, 0.0
+    for what, count, m, k, n in forward_matmul_shapes(cfg, seq):
+        gf = matmul_rate(tf, m, k, n)
+        fl = count * matmul_flops(m, k, n)
+        total_s += fl / gf / 1e9
+        weight_flops += fl
+        rows.append({"what": what, "count": count, "m": m, "k": k, "n": n, "gflops": gf,
+                     "fraction_of_roofline": gf / roof_gflops})
+    attn_flops = attention_flops_per_token(cfg, seq) * seq
+    total_s += attn_flops / roof_gflops / 1e9
+    bound = (weight_flops + attn_flops) / total_s / 1e9
+    return {"matmuls": rows, "weight_matmul_flops": weight_flops, "attention_flops": attn_flops,
+            "bound_gflops": bound, "bound_fraction": bound / roof_gflops}
 
 
 def grouped_cases(tf, lib, rows: int, d: int, i: int, e: int, rounds: int) -> dict:
@@ -257,11 +336,16 @@ def op_cases(tf, ops, rounds: int) -> dict:
     return res
 
 
-def forward(tf, ops, rounds: int, preset: str, seq: int, roof_gflops: float) -> dict:
+def forward_config(preset: str, seq: int):
     import model
     cfg = model.ModelConfig.from_preset(preset)
-    cfg = cfg.replace(rope_scaling=None, num_nextn_predict_layers=0,
-                      max_position_embeddings=max(cfg.max_position_embeddings, seq))
+    return cfg.replace(rope_scaling=None, num_nextn_predict_layers=0,
+                       max_position_embeddings=max(cfg.max_position_embeddings, seq))
+
+
+def forward(tf, ops, rounds: int, preset: str, seq: int, roof_gflops: float) -> dict:
+    import model
+    cfg = forward_config(preset, seq)
     m = model.build_model(cfg, seed=0)
     ids = tf.random.uniform([1, seq], 0, cfg.vocab_size, tf.int32, seed=1)
     on = tf.function(lambda t: m(t))
@@ -270,14 +354,25 @@ def forward(tf, ops, rounds: int, preset: str, seq: int, roof_gflops: float) -> 
     with ops.disabled():
         y_off = off(ids)
     diff = float(tf.reduce_max(tf.abs(y_on - y_off)))
-    t = interleaved({"op": lambda: _sync(on(ids)), "pure_tf": lambda: _sync(off(ids))}, rounds)
-    r = ratio(t)
+    # The ceiling is also sampled in every round (a shared VM's matmul rate drifts by 20-30% over
+    # minutes): each round's forward against that round's ceiling, then the median of the ratios.
+    n = 2048
+    a, b = tf.random.normal([n, n]), tf.random.normal([n, n])
+    mm = tf.function(lambda a, b: tf.matmul(a, b))
+    _sync(mm(a, b))
+    t = interleaved({"op": lambda: _sync(on(ids)), "pure_tf": lambda: _sync(off(ids)),
+                     "ceiling": lambda: _sync(mm(a, b))}, rounds)
+    r = ratio({k: t[k] for k in ("op", "pure_tf")})
     fpt = forward_flops_per_token(cfg, seq)
+    ceil = [matmul_flops(n, n, n) / c / 1e9 for c in t["ceiling"]]
+    r["ceiling_gflops_per_round"] = ceil
     for side in ("op", "pure_tf"):
         gf = fpt * seq / r[f"{side}_median_s"] / 1e9
         r[f"{side}_tokens_per_s"] = seq / r[f"{side}_median_s"]
         r[f"{side}_gflops"] = gf
         r[f"{side}_roofline_fraction"] = gf / roof_gflops
+        r[f"{side}_same_round_fraction"] = statistics.median(
+            fpt * seq / s / 1e9 / c for s, c in zip(t[side], ceil, strict=True))
     r.update(preset=preset, tokens=seq, flops_per_token=fpt, max_abs_logit_diff_on_vs_off=diff)
     return r
 
@@ -289,6 +384,7 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", default="small")
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--skip-ops", action="store_true", help="only the roofline, the bound and the forward pass")
     args = ap.parse_args(argv)
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -303,7 +399,8 @@ def main(argv=None) -> int:
                       "loadavg_start": os.getloadavg()},
            "threads": args.threads, "tensorflow": tf.__version__, "rounds": args.rounds,
            "roofline": roof, "custom_ops": ops.describe(),
-           "ops": op_cases(tf, ops, args.rounds),
+           "ops": {} if args.skip_ops else op_cases(tf, ops, args.rounds),
+           "attainable": attainable(tf, forward_config(args.preset, args.seq), args.seq, roof["gflops"]),
            "forward": forward(tf, ops, args.rounds, args.preset, args.seq, roof["gflops"])}
     res["device"]["loadavg_end"] = os.getloadavg()
     res["wall_s"] = time.perf_counter() - t0
@@ -320,6 +417,15 @@ def main(argv=None) -> int:
           f"{f['op_tokens_per_s']:.0f} tok/s ({f['op_gflops']:.1f} GFLOP/s, "
           f"{100 * f['op_roofline_fraction']:.0f}% of roofline); speedup {f['speedup']:.2f}x; "
           f"logits on vs off max |diff| {f['max_abs_logit_diff_on_vs_off']:.1e}")
+    print(f"  against the ceiling sampled in the same rounds ({min(f['ceiling_gflops_per_round']):.0f}-"
+          f"{max(f['ceiling_gflops_per_round']):.0f} GFLOP/s): ops on {100 * f['op_same_round_fraction']:.0f}%, "
+          f"ops off {100 * f['pure_tf_same_round_fraction']:.0f}%")
+    a = res["attainable"]
+    print(f"bound from the model's widths (every weight matmul at TF's best rate for its shape, attention at "
+          f"the ceiling): {a['bound_gflops']:.0f} GFLOP/s = {100 * a['bound_fraction']:.0f}% of roofline")
+    for row in a["matmuls"]:
+        print(f"  {row['what']:<16} {row['count']:>3} x {row['m']:>5}x{row['k']:<5}x{row['n']:<6} "
+              f"{row['gflops']:7.1f} GFLOP/s ({100 * row['fraction_of_roofline']:.0f}%)")
     print(f"wrote {args.out} ({res['wall_s']:.0f} s)")
     return 0
 

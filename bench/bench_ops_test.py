@@ -27,3 +27,22 @@ def test_forward_flops_per_token_by_hand():
 def test_causal_attention_flops_by_hand():
     # T = 3: 1 + 2 + 3 = 6 visible pairs; per pair and head 2·(Dk + Dv) = 2·(4 + 2)
     assert bench_ops.causal_attention_flops(2, 3, 5, 4, 2) == 2 * 5 * 6 * 2 * (4 + 2)
+
+
+@pytest.mark.parametrize("preset", ["small", "tiny", "deepseek-v2-lite", "deepseek-v3-671b", "qwen2.5-0.5b",
+                                    "tiny-qwen2"])
+def test_forward_matmul_shapes_cover_every_active_weight(preset):
+    # The listed products touch each activated weight once per token: their multiply-adds per token
+    # equal count_params' activated count less what is no matmul (RMSNorm weights, q/k/v biases).
+    import model
+    cfg = model.ModelConfig.from_preset(preset).replace(num_nextn_predict_layers=0)
+    n_active = model.count_params(cfg.to_hf_dict())["activated"]
+    layers, d = cfg.num_hidden_layers, cfg.hidden_size
+    if cfg.attention_type == "mla":
+        norms = layers * (2 * d + (cfg.q_lora_rank or 0) + cfg.kv_lora_rank) + d
+    else:
+        norms = layers * 2 * d + d
+    biases = layers * (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim if cfg.qkv_bias else 0
+    shapes = bench_ops.forward_matmul_shapes(cfg, tokens=7)
+    assert sum(c * m * k * n for _, c, m, k, n in shapes) == 7 * (n_active - norms - biases)
+    assert all(m == 7 for what, _, m, _, _ in shapes if not what.startswith("routed"))

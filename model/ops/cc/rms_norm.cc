@@ -65,6 +65,24 @@ constexpr int64_t kRowBlock = 32;    // rows per dw partial (fixed: results inde
 template <typename T>
 inline float F(T v) { return static_cast<float>(v); }
 
+// Σ_{j<n} term(j) as kLanes interleaved partial sums, added in a fixed order at the end. One
+// running sum is a chain of dependent adds (~4 cycles each: a 1024 × 256 forward took 245 µs);
+// independent lanes vectorise without letting the compiler reassociate, and the bits still do
+// not depend on the thread count.
+constexpr int kLanes = 16;
+template <typename Term>
+inline float LaneSum(int64_t n, Term term) {
+  float acc[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int l = 0; l < kLanes; ++l) acc[l] += term(j + l);
+  }
+  for (int l = 0; j + l < n; ++l) acc[l] += term(j + l);
+  float s = 0.f;
+  for (int l = 0; l < kLanes; ++l) s += acc[l];
+  return s;
+}
+
 template <typename T>
 Status CheckShapes(const Tensor& x, const Tensor& w, int64_t* rows, int64_t* dim) {
   if (x.dims() < 1) return InvalidArgument("x must have rank >= 1");
@@ -99,8 +117,7 @@ class RmsNormCpu : public OpKernel {
       for (int64_t r = begin; r < end; ++r) {
         const T* xr = xp + r * dim;
         T* yr = yp + r * dim;
-        float ss = 0.f;
-        for (int64_t j = 0; j < dim; ++j) ss += F(xr[j]) * F(xr[j]);
+        const float ss = LaneSum(dim, [xr](int64_t j) { return F(xr[j]) * F(xr[j]); });
         const float inv = 1.f / std::sqrt(ss / static_cast<float>(dim) + eps);
         for (int64_t j = 0; j < dim; ++j) yr[j] = static_cast<T>(F(wp[j]) * (F(xr[j]) * inv));
       }
@@ -151,12 +168,8 @@ class RmsNormGradCpu : public OpKernel {
           const T* xr = xp + r * dim;
           const T* dyr = dyp + r * dim;
           T* dxr = dxp + r * dim;
-          float ss = 0.f, gx = 0.f;
-          for (int64_t j = 0; j < dim; ++j) {
-            const float xv = F(xr[j]);
-            ss += xv * xv;
-            gx += F(wp[j]) * F(dyr[j]) * xv;
-          }
+          const float ss = LaneSum(dim, [xr](int64_t j) { return F(xr[j]) * F(xr[j]); });
+          const float gx = LaneSum(dim, [xr, dyr, wp](int64_t j) { return F(wp[j]) * F(dyr[j]) * F(xr[j]); });
           const float inv = 1.f / std::sqrt(ss * inv_dim + eps);
           const float c = inv * inv * inv * gx * inv_dim;
           for (int64_t j = 0; j < dim; ++j) {
