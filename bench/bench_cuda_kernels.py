@@ -25,6 +25,8 @@ runs on a GPU machine that has nvcc, g++ and PyTorch but no TF. Steps:
                          PyTorch's gather · weights · sum under autograd
                route     DeepSeek-V3's group-limited top-k router choice vs HF's topk composition
                adamw     one AdamW step on fp32 weights vs torch.optim.AdamW(fused=True)
+               attention causal prefill / training attention forward + backward (MLA's 192 / 128
+                         head widths) vs torch's scaled_dot_product_attention (flash) under autograd
 Ratios are PyTorch time / launcher time (> 1: the launcher is faster), medians of interleaved
 rounds timed with CUDA events. Writes one JSON (default bench/results/cuda_kernels.json).
 Usage: python3 bench/bench_cuda_kernels.py [--out PATH] [--rounds 7] [--skip-sanitizer] [--quick]
@@ -105,6 +107,19 @@ int sl_combine_grad(void* s, int dt, int64_t n, int64_t k, int64_t d, const void
 }
 int sl_route(void* s, int64_t n, int64_t e, int k, int ng, int kg, int mode, const float* x, int32_t* out) {
   return seekline::RouteTopKGpu(s, n, e, k, ng, kg, mode, x, out);
+}
+int sl_attn(void* s, int dt, int64_t b, int64_t t, int64_t h, int64_t sl, int64_t hkv, int64_t dk, int64_t dv,
+            int64_t bb, int64_t bt, float scale, const void* q, const void* k, const void* v, const float* bias,
+            void* o, float* lse) {
+  return seekline::AttentionGpu(s, static_cast<DType>(dt), b, t, h, sl, hkv, dk, dv, bb, bt, scale, q, k, v, bias, o,
+                                lse);
+}
+int sl_attn_grad(void* s, int dt, int64_t b, int64_t t, int64_t h, int64_t sl, int64_t hkv, int64_t dk, int64_t dv,
+                 int64_t bb, int64_t bt, float scale, const void* q, const void* k, const void* v, const float* bias,
+                 const void* o, const float* lse, const void* d_o, const float* d_lse, float* scratch, void* dq,
+                 void* dkey, void* dval) {
+  return seekline::AttentionGradGpu(s, static_cast<DType>(dt), b, t, h, sl, hkv, dk, dv, bb, bt, scale, q, k, v, bias,
+                                    o, lse, d_o, d_lse, scratch, dq, dkey, dval);
 }
 int sl_adamw(void* s, int64_t n, float* w, float* m, float* v, const float* g, float alpha, float decay, float b1,
              float b2, float eps, float gs) {
@@ -246,6 +261,8 @@ class Launchers:
         self.lib.sl_route.argtypes = [vp, i64, i64, ci, ci, ci, ci, vp, vp]
         f32 = ctypes.c_float
         self.lib.sl_adamw.argtypes = [vp, i64, vp, vp, vp, vp, f32, f32, f32, f32, f32, f32]
+        self.lib.sl_attn.argtypes = [vp, ci, *[i64] * 9, f32, vp, vp, vp, vp, vp, vp]
+        self.lib.sl_attn_grad.argtypes = [vp, ci, *[i64] * 9, f32, *[vp] * 12]
 
     @staticmethod
     def _ok(err: int, what: str) -> None:
@@ -308,6 +325,19 @@ class Launchers:
     def adamw(self, stream, w, m, v, g, alpha, decay, b1, b2, eps, gs):
         self._ok(self.lib.sl_adamw(stream, w.numel(), w.data_ptr(), m.data_ptr(), v.data_ptr(), g.data_ptr(), alpha,
                                    decay, b1, b2, eps, gs), "adamw")
+
+    def attn(self, stream, dt, scale, q, k, v, bias, o, lse):
+        (b, t, h, dk), (s, hkv, dv) = q.shape, (k.shape[1], k.shape[2], v.shape[3])
+        self._ok(self.lib.sl_attn(stream, dt, b, t, h, s, hkv, dk, dv, bias.shape[0], bias.shape[2], scale,
+                                  q.data_ptr(), k.data_ptr(), v.data_ptr(), bias.data_ptr(), o.data_ptr(),
+                                  lse.data_ptr()), "attn")
+
+    def attn_grad(self, stream, dt, scale, q, k, v, bias, o, lse, d_o, d_lse, scratch, dq, dk_, dv_):
+        (b, t, h, dk), (s, hkv, dv) = q.shape, (k.shape[1], k.shape[2], v.shape[3])
+        self._ok(self.lib.sl_attn_grad(stream, dt, b, t, h, s, hkv, dk, dv, bias.shape[0], bias.shape[2], scale,
+                                       q.data_ptr(), k.data_ptr(), v.data_ptr(), bias.data_ptr(), o.data_ptr(),
+                                       lse.data_ptr(), d_o.data_ptr(), d_lse.data_ptr(), scratch.data_ptr(),
+                                       dq.data_ptr(), dk_.data_ptr(), dv_.data_ptr()), "attn_grad")
 
 
 def time_sides(torch, sides: dict, rounds: int, iters: int) -> dict:
@@ -703,6 +733,48 @@ def _adamw_case(torch, lau, rounds, n):
     return row
 
 
+def bench_attention(torch, lau, rounds, quick):
+    shapes = [(1, 512, 8)] if quick else [(1, 4096, 16), (4, 1024, 16)]  # (batch, tokens, heads), MLA widths
+    return [_attention_case(torch, lau, rounds, b, t, h) for b, t, h in shapes]
+
+
+def _attention_case(torch, lau, rounds, b, t, h, dk=192, dv=128):
+    scale = dk ** -0.5
+    q = torch.randn(b, t, h, dk, device="cuda", dtype=torch.bfloat16)          # (B, T, H, Dk)
+    k = torch.randn(b, t, h, dk, device="cuda", dtype=torch.bfloat16)          # (B, S, H, Dk): MLA, Hkv = H
+    v = torch.randn(b, t, h, dv, device="cuda", dtype=torch.bfloat16)
+    d_o = torch.randn(b, t, h, dv, device="cuda", dtype=torch.bfloat16)
+    causal = torch.ones(t, t, device="cuda", dtype=torch.bool).tril()
+    bias = torch.where(causal, 0.0, -1e9).reshape(1, 1, t, t).contiguous()     # (1, 1, T, S) fp32
+    o, lse = torch.empty_like(d_o), torch.empty(b, h, t, device="cuda")
+    d_lse, scratch = torch.zeros(b, h, t, device="cuda"), torch.empty(4, b, h, t, device="cuda")
+    dq, dk_, dv_ = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    qt, kt, vt = (x.transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))  # (B, H, L, D)
+    dot = d_o.transpose(1, 2).contiguous()
+
+    def torch_fb():
+        out = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale)
+        return torch.autograd.grad(out, (qt, kt, vt), dot)
+
+    def ours_fb():
+        lau.attn(0, 1, scale, q, k, v, bias, o, lse)
+        lau.attn_grad(0, 1, scale, q, k, v, bias, o, lse, d_o, d_lse, scratch, dq, dk_, dv_)
+
+    ours_fb()
+    qf, kf, vf = (x.detach().float().requires_grad_() for x in (qt, kt, vt))
+    want = torch.nn.functional.scaled_dot_product_attention(qf, kf, vf, is_causal=True, scale=scale)
+    wq, wk, wv = torch.autograd.grad(want, (qf, kf, vf), dot.float())
+    errs = {"o": max_rel_err(torch, o, want.transpose(1, 2)), "dq": max_rel_err(torch, dq, wq.transpose(1, 2)),
+            "dk": max_rel_err(torch, dk_, wk.transpose(1, 2)), "dv": max_rel_err(torch, dv_, wv.transpose(1, 2))}
+    tm = time_sides(torch, {"ours": ours_fb, "torch": torch_fb}, rounds, 2)
+    flops = 3.5 * 2 * b * h * (t * (t + 1) / 2) * (dk + dv)  # causal half; forward 2 products, backward 5
+    row = {"batch": b, "tokens": t, "heads": h, "max_rel_err": errs, "ours_ms": tm["ours"] * 1e3,
+           "torch_ms": tm["torch"] * 1e3, "ours_tflops": flops / tm["ours"] / 1e12, "ratio": ratio(tm["torch"], tm["ours"])}
+    print(f"attention fwd+bwd B={b} T={t} H={h}: ours {row['ours_ms']:.3f} ms ({row['ours_tflops']:.1f} TFLOP/s), "
+          f"torch sdpa {row['torch_ms']:.3f} ms, ratio {row['ratio']:.3f}, errs {errs}", flush=True)
+    return row
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=OUT)
@@ -741,7 +813,8 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     for name, fn in (("gemm", bench_gemm), ("grouped", bench_grouped), ("rms_norm", bench_rms),
                      ("swiglu", bench_swiglu), ("rope", bench_rope), ("mla", bench_mla), ("xent", bench_xent),
-                     ("combine", bench_combine), ("route", bench_route), ("adamw", bench_adamw)):
+                     ("combine", bench_combine), ("route", bench_route), ("adamw", bench_adamw),
+                     ("attention", bench_attention)):
         try:
             result[name] = fn(torch, lau, args.rounds, args.quick)
         except Exception as e:  # keep what the other sections measured

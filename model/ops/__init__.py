@@ -45,13 +45,12 @@ GPU_LIB = "libseekline_ops_gpu.so"
 MODES = ("auto", "on", "off")
 OPS = ("grouped_matmul", "rms_norm", "mla_latent_attention", "causal_attention", "softmax_xent",
        "route_topk", "swiglu", "rope", "moe_combine", "adamw")
-GPU_KERNELS = frozenset({"grouped_matmul", "rms_norm", "mla_latent_attention", "swiglu", "rope", "softmax_xent",
-                         "route_topk", "moe_combine", "adamw"})  # with a CUDA kernel (causal_attention has none)
+GPU_KERNELS = frozenset(OPS)  # every op has a CUDA kernel (model/ops/cuda/*.cu.cc)
 # CUDA kernels that beat the pure-TF path's kernels on an H200 at every measured shape
 # (bench/results/cuda_kernels.json): RMSNorm forward + backward 1.9-3.4x. The grouped GEMM is 1.4x
 # per-expert cuBLAS at V2-Lite's expert shapes but 0.47-0.89x at V3's, the MLA decode kernel 1.1x
 # batched cuBLAS einsums at 16 heads but 0.54-0.6x at 128, so those ops keep TF's path on a GPU.
-# The SwiGLU, RoPE, softmax cross-entropy, MoE combine, router top-k and AdamW kernels are checked
+# The causal attention, SwiGLU, RoPE, softmax cross-entropy, MoE combine, router top-k and AdamW kernels are checked
 # under the CPU emulation only (no GPU lent since they were written): not in GPU_FASTER until
 # bench/bench_cuda_kernels.py has timed them on one.
 GPU_FASTER = frozenset({"rms_norm"})

@@ -6,8 +6,9 @@ layers build (model/layers/attention_utils.py: 0 visible, -1e9 masked) -> o (B, 
 
 The custom op (model/ops/cc/attention.cc) is flash-style: query blocks × key blocks with an online
 softmax, no (T, S) tensor, fully masked tiles skipped; its gradient recomputes the probabilities
-from the saved row log-sum-exp (model/ops/gradients.py). CPU only: on a GPU and inside XLA the
-reference below runs — the batched-matmul path MLA and GQA used before the op.
+from the saved row log-sum-exp (model/ops/gradients.py). The GPU build has CUDA kernels for both
+(model/ops/cuda/attention.cu.cc), used on a GPU only where model/ops' GPU policy picks them; there,
+and inside XLA, the reference below runs — the batched-matmul path MLA and GQA used before the op.
 """
 from __future__ import annotations
 

@@ -3,8 +3,9 @@
 The custom op (model/ops/cc/softmax_xent.cc) keeps only the row's log-sum-exp from its forward
 and recomputes the softmax in the backward while writing the gradient — one read of the logits per
 pass, no stored (N, V) gradient as TF's kernel has —, and writes zero rows without reading the
-logits where the loss gives a target no weight (masked targets). CPU only: on a GPU and inside
-XLA the reference below (TF's fused kernel) runs.
+logits where the loss gives a target no weight (masked targets). On a GPU its CUDA kernel
+(model/ops/cuda/softmax_xent.cu.cc) runs only where model/ops' GPU policy picks it; otherwise, and
+inside XLA, the reference below (TF's fused kernel) runs.
 """
 from __future__ import annotations
 

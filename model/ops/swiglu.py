@@ -2,8 +2,9 @@
 
 The custom op (model/ops/cc/swiglu.cc) computes the gate in one pass forward and both input
 gradients in one pass backward (fp32 arithmetic, one rounding per output) where the pure path runs
-Swish + Mul forward and five elementwise ops backward. CPU only: on a GPU and inside XLA the
-reference below runs (XLA fuses it there anyway).
+Swish + Mul forward and five elementwise ops backward. On a GPU its CUDA kernel
+(model/ops/cuda/elementwise.cu.cc) runs only where model/ops' GPU policy picks it; otherwise, and
+inside XLA, the reference below runs (XLA fuses it there anyway).
 """
 from __future__ import annotations
 

@@ -17,7 +17,8 @@
 //   dv = pᵀ·do,  ds = p ⊙ (do·vᵀ − D),  dq = scale·ds·k,  dk = scale·dsᵀ·q
 // in two passes so every output row has one writer: dk / dv over (batch, kv head, key block),
 // dq over (batch, head, query block). Fixed block sizes and summation order: results do not
-// depend on the thread count. CPU only (ops.OPS marks causal_attention CPU-only).
+// depend on the thread count. GPU builds also register ../cuda/attention.cu.cc's kernels (same math,
+// same skip rule; they run only where model/ops/__init__.py's GPU policy picks the op on a GPU).
 #define EIGEN_USE_THREADS
 
 #include <algorithm>
@@ -605,5 +606,93 @@ REGISTER_CPU(float)
 REGISTER_CPU(Eigen::bfloat16)
 REGISTER_CPU(Eigen::half)
 #undef REGISTER_CPU
+
+#if GOOGLE_CUDA
+namespace {
+
+// The same ops on a GPU: ../cuda/attention.cu.cc's launchers on TF's stream (shapes checked here,
+// on the host, by the CPU kernels' GetDims).
+template <typename T>
+class AttentionGpuOp : public OpKernel {
+ public:
+  explicit AttentionGpuOp(OpKernelConstruction* c) : OpKernel(c) { OP_REQUIRES_OK(c, c->GetAttr("scale", &scale_)); }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& q = ctx->input(0);
+    const Tensor& k = ctx->input(1);
+    const Tensor& v = ctx->input(2);
+    const Tensor& bias = ctx->input(3);
+    Dims d;
+    OP_REQUIRES_OK(ctx, GetDims(q, k, v, bias, &d));
+    Tensor *out = nullptr, *lse = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({d.b, d.t, d.h, d.dv}), &out));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({d.b, d.h, d.t}), &lse));
+    const int code = AttentionGpu(GpuStream(ctx), kDType<T>, d.b, d.t, d.h, d.s, d.hkv, d.dk, d.dv, d.bb, d.bt, scale_,
+                                  q.tensor_data().data(), k.tensor_data().data(), v.tensor_data().data(),
+                                  bias.flat<float>().data(), const_cast<char*>(out->tensor_data().data()),
+                                  lse->flat<float>().data());
+    OP_REQUIRES_OK(ctx, CudaStatus(code, "SeeklineAttention"));
+  }
+
+ private:
+  float scale_;
+};
+
+template <typename T>
+class AttentionGradGpuOp : public OpKernel {
+ public:
+  explicit AttentionGradGpuOp(OpKernelConstruction* c) : OpKernel(c) {
+    OP_REQUIRES_OK(c, c->GetAttr("scale", &scale_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& q = ctx->input(0);
+    const Tensor& k = ctx->input(1);
+    const Tensor& v = ctx->input(2);
+    const Tensor& bias = ctx->input(3);
+    const Tensor& o = ctx->input(4);
+    const Tensor& lse = ctx->input(5);
+    const Tensor& d_o = ctx->input(6);
+    const Tensor& d_lse = ctx->input(7);
+    Dims d;
+    OP_REQUIRES_OK(ctx, GetDims(q, k, v, bias, &d));
+    const TensorShape o_shape({d.b, d.t, d.h, d.dv}), lse_shape({d.b, d.h, d.t});
+    OP_REQUIRES(ctx, o.shape() == o_shape && d_o.shape() == o_shape,
+                InvalidArgument("o ", o.shape().DebugString(), " and d_o ", d_o.shape().DebugString(),
+                                " must be ", o_shape.DebugString()));
+    OP_REQUIRES(ctx, lse.shape() == lse_shape && d_lse.shape() == lse_shape,
+                InvalidArgument("lse ", lse.shape().DebugString(), " and d_lse ", d_lse.shape().DebugString(),
+                                " must be ", lse_shape.DebugString()));
+    Tensor *dq = nullptr, *dk = nullptr, *dv = nullptr, scratch;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, q.shape(), &dq));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, k.shape(), &dk));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, v.shape(), &dv));
+    // per (b, h, t) row: softmax shift, 1 / l, D and whether the row sees a key
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({4, d.b, d.h, d.t}), &scratch));
+    const int code = AttentionGradGpu(
+        GpuStream(ctx), kDType<T>, d.b, d.t, d.h, d.s, d.hkv, d.dk, d.dv, d.bb, d.bt, scale_, q.tensor_data().data(),
+        k.tensor_data().data(), v.tensor_data().data(), bias.flat<float>().data(), o.tensor_data().data(),
+        lse.flat<float>().data(), d_o.tensor_data().data(), d_lse.flat<float>().data(),
+        scratch.flat<float>().data(), const_cast<char*>(dq->tensor_data().data()),
+        const_cast<char*>(dk->tensor_data().data()), const_cast<char*>(dv->tensor_data().data()));
+    OP_REQUIRES_OK(ctx, CudaStatus(code, "SeeklineAttentionGrad"));
+  }
+
+ private:
+  float scale_;
+};
+
+}  // namespace
+
+#define REGISTER_GPU(T)                                                                                         \
+  REGISTER_KERNEL_BUILDER(Name("SeeklineAttention").Device(tensorflow::DEVICE_GPU).TypeConstraint<T>("T"),     \
+                          AttentionGpuOp<T>);                                                                   \
+  REGISTER_KERNEL_BUILDER(Name("SeeklineAttentionGrad").Device(tensorflow::DEVICE_GPU).TypeConstraint<T>("T"), \
+                          AttentionGradGpuOp<T>);
+REGISTER_GPU(float)
+REGISTER_GPU(Eigen::bfloat16)
+REGISTER_GPU(Eigen::half)
+#undef REGISTER_GPU
+#endif  // GOOGLE_CUDA
 
 }  // namespace seekline

@@ -53,6 +53,22 @@ int MlaLatentAttentionGpu(void* stream, DType dtype, int64_t b, int64_t t, int64
                           const void* q_pe, const void* cache, const void* k_pe, const float* bias,
                           void* o_lat);
 
+// Fused attention (SeeklineAttention / Grad; the math is in ../cc/attention.cc), fp32 softmax:
+//   z = scale·q[b,t,h]·k[b,s,h/G] + bias[bb,0,tt,s],  o[b,t,h] = softmax_s(z)·v[b,s,h/G],
+//   lse[b,h,t] = log Σ_s exp(z)
+// q (B,T,H,Dk), k (B,S,Hkv,Dk), v (B,S,Hkv,Dv), o (B,T,H,Dv) in `dtype`; bias fp32 (bias_b,1,bias_t,S)
+// broadcast as in MlaLatentAttentionGpu; lse fp32 (B,H,T). H a multiple of Hkv (G = H / Hkv), S > 0.
+// The gradient takes the forward's o and lse, d_o (B,T,H,Dv), d_lse (B,H,T) fp32 and `scratch`,
+// 4·B·H·T floats of device memory, and writes dq, dk, dv (the shapes of q, k, v). Dk and Dv up to
+// 256 always fit (wider heads: cudaErrorInvalidValue, see ../cuda/attention.cu.cc).
+int AttentionGpu(void* stream, DType dtype, int64_t b, int64_t t, int64_t h, int64_t s, int64_t hkv, int64_t dk,
+                 int64_t dv, int64_t bias_b, int64_t bias_t, float scale, const void* q, const void* k, const void* v,
+                 const float* bias, void* o, float* lse);
+int AttentionGradGpu(void* stream, DType dtype, int64_t b, int64_t t, int64_t h, int64_t s, int64_t hkv, int64_t dk,
+                     int64_t dv, int64_t bias_b, int64_t bias_t, float scale, const void* q, const void* k,
+                     const void* v, const float* bias, const void* o, const float* lse, const void* d_o,
+                     const float* d_lse, float* scratch, void* dq, void* dkey, void* dval);
+
 // SwiGLU over n contiguous elements (SeeklineSwiglu / Grad), fp32 arithmetic, s = sigmoid(g):
 //   h = g * s * u;   dg = dh * u * s * (1 + g * (1 - s)),  du = dh * g * s
 int SwigluGpu(void* stream, DType dtype, int64_t n, const void* g, const void* u, void* h);

@@ -614,6 +614,110 @@ static int CheckAdamW(int64_t n, float decay, float grad_scale) {
   return bad;
 }
 
+// AttentionGpu / AttentionGradGpu against a double-precision reference. mode 0: causal bias
+// (B|1, 1, T, S) with the queries at the last T of S positions; mode 1: ~1 key in 5 masked, other
+// biases random; `full_row` >= 0 masks every key of that bias row (its softmax is the uniform
+// average, as in fp32, and its gradient the formula's with p = 1/S). The backward is fed the
+// reference o (rounded to the storage type) and lse, so it is checked apart from the forward, with
+// D = Σ d_o·o − d_lse from the o it is given.
+static int CheckAttention(DType t, int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t S, int64_t Dk, int64_t Dv,
+                          int64_t bias_b, int64_t bias_t, int mode, int64_t full_row) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(Dk));
+  const int64_t G = H / Hkv;
+  auto q = Random(B * T * H * Dk, t), k = Random(B * S * Hkv * Dk, t), v = Random(B * S * Hkv * Dv, t);
+  auto d_o = Random(B * T * H * Dv, t);
+  std::vector<float> d_lse(B * H * T), bias(bias_b * bias_t * S);
+  for (auto& x : d_lse) x = 0.3f * Uniform();
+  for (int64_t i = 0; i < static_cast<int64_t>(bias.size()); ++i) {
+    const int64_t row = i / S, j = i % S, ti = row % bias_t;
+    bool masked = mode == 0 ? j > ti + (S - T) : (i * 7 + 3) % 5 == 0;
+    if (row == full_row) masked = true;
+    bias[i] = masked ? -1e9f : (mode == 0 ? 0.0f : 0.5f * Uniform());
+  }
+  auto qi = [&](int64_t bi, int64_t ti, int64_t hi) { return ((bi * T + ti) * H + hi); };
+  auto ki = [&](int64_t bi, int64_t j, int64_t kvh) { return ((bi * S + j) * Hkv + kvh); };
+  std::vector<double> o(B * T * H * Dv, 0.0), lse(B * H * T), dq(q.size(), 0.0), dk(k.size(), 0.0), dv(v.size(), 0.0);
+  std::vector<std::vector<double>> probs(B * H * T);
+  for (int64_t bi = 0; bi < B; ++bi)
+    for (int64_t hi = 0; hi < H; ++hi)
+      for (int64_t ti = 0; ti < T; ++ti) {
+        const int64_t brow = (bias_b == 1 ? 0 : bi) * bias_t + (bias_t == 1 ? 0 : ti);
+        std::vector<double>& p = probs[(bi * H + hi) * T + ti];
+        p.assign(S, 0.0);
+        double mx = -INFINITY, sum = 0.0;
+        if (brow == full_row) {
+          for (auto& x : p) x = 1.0 / S;
+          lse[(bi * H + hi) * T + ti] = -1e9;
+        } else {
+          for (int64_t j = 0; j < S; ++j) {
+            double dot = 0.0;
+            for (int64_t c = 0; c < Dk; ++c) dot += double(q[qi(bi, ti, hi) * Dk + c]) * k[ki(bi, j, hi / G) * Dk + c];
+            p[j] = scale * dot + bias[brow * S + j];
+            mx = std::fmax(mx, p[j]);
+          }
+          for (auto& x : p) sum += (x = std::exp(x - mx));
+          for (auto& x : p) x /= sum;
+          lse[(bi * H + hi) * T + ti] = mx + std::log(sum);
+        }
+        for (int64_t j = 0; j < S; ++j)
+          for (int64_t c = 0; c < Dv; ++c) o[qi(bi, ti, hi) * Dv + c] += p[j] * v[ki(bi, j, hi / G) * Dv + c];
+      }
+  std::vector<float> o_in(o.size()), lse_in(lse.size());
+  for (size_t i = 0; i < o.size(); ++i) o_in[i] = Round(static_cast<float>(o[i]), t);
+  for (size_t i = 0; i < lse.size(); ++i) lse_in[i] = static_cast<float>(lse[i]);
+  for (int64_t bi = 0; bi < B; ++bi)
+    for (int64_t hi = 0; hi < H; ++hi)
+      for (int64_t ti = 0; ti < T; ++ti) {
+        const std::vector<double>& p = probs[(bi * H + hi) * T + ti];
+        const int64_t r = qi(bi, ti, hi), kvh = hi / G;
+        double delta = -d_lse[(bi * H + hi) * T + ti];
+        for (int64_t c = 0; c < Dv; ++c) delta += double(d_o[r * Dv + c]) * o_in[r * Dv + c];
+        for (int64_t j = 0; j < S; ++j) {
+          double dp = 0.0;
+          for (int64_t c = 0; c < Dv; ++c) dp += double(d_o[r * Dv + c]) * v[ki(bi, j, kvh) * Dv + c];
+          const double ds = p[j] * (dp - delta);
+          for (int64_t c = 0; c < Dv; ++c) dv[ki(bi, j, kvh) * Dv + c] += p[j] * d_o[r * Dv + c];
+          for (int64_t c = 0; c < Dk; ++c) {
+            dq[r * Dk + c] += scale * ds * k[ki(bi, j, kvh) * Dk + c];
+            dk[ki(bi, j, kvh) * Dk + c] += scale * ds * q[r * Dk + c];
+          }
+        }
+      }
+  void *dQ = Upload(q, t), *dK = Upload(k, t), *dV = Upload(v, t), *dBias = Upload(bias, DType::kFloat);
+  void *dO = NanBuffer(o.size(), t), *dLse = NanBuffer(lse.size(), DType::kFloat);
+  void *dOin = Upload(o_in, t), *dLsein = Upload(lse_in, DType::kFloat), *dDo = Upload(d_o, t);
+  void *dDlse = Upload(d_lse, DType::kFloat), *dScratch = NanBuffer(4 * B * H * T, DType::kFloat);
+  void *dDq = NanBuffer(q.size(), t), *dDk = NanBuffer(k.size(), t), *dDv = NanBuffer(v.size(), t);
+  const float* fb = static_cast<const float*>(dBias);
+  int err = seekline::AttentionGpu(nullptr, t, B, T, H, S, Hkv, Dk, Dv, bias_b, bias_t, scale, dQ, dK, dV, fb, dO,
+                                   static_cast<float*>(dLse));
+  if (err == 0) {
+    err = seekline::AttentionGradGpu(nullptr, t, B, T, H, S, Hkv, Dk, Dv, bias_b, bias_t, scale, dQ, dK, dV, fb, dOin,
+                                     static_cast<const float*>(dLsein), dDo, static_cast<const float*>(dDlse),
+                                     static_cast<float*>(dScratch), dDq, dDk, dDv);
+  }
+  if (err == 0) err = cudaDeviceSynchronize();
+  char what[160];
+  std::snprintf(what, sizeof what, "attention dtype=%d B=%ld T=%ld H=%ld Hkv=%ld S=%ld Dk=%ld Dv=%ld bias=(%ld,1,%ld,S) "
+                "mode=%d", int(t), long(B), long(T), long(H), long(Hkv), long(S), long(Dk), long(Dv), long(bias_b),
+                long(bias_t), mode);
+  int bad = 0;
+  if (err) {
+    std::printf("FAIL %s: cuda error %d\n", what, err);
+    bad = 1;
+  } else {
+    std::vector<double> lse_want(lse);
+    for (auto& x : lse_want) x = x < -1e8 ? -1e9 : x;  // a masked row's lse is -1e9 in fp32
+    bad |= Compare(what, Download(dO, o.size(), t), o, t);
+    bad |= Compare(what, Download(dLse, lse.size(), DType::kFloat), lse_want, DType::kFloat);
+    bad |= Compare(what, Download(dDq, q.size(), t), dq, t);
+    bad |= Compare(what, Download(dDk, k.size(), t), dk, t);
+    bad |= Compare(what, Download(dDv, v.size(), t), dv, t);
+  }
+  for (void* p : {dQ, dK, dV, dBias, dO, dLse, dOin, dLsein, dDo, dDlse, dScratch, dDq, dDk, dDv}) cudaFree(p);
+  return bad;
+}
+
 int main() {
   int count = 0;
   const cudaError_t e = cudaGetDeviceCount(&count);
@@ -698,6 +802,15 @@ int main() {
   bad += CheckAdamW(1000, 1e-4f, 1.0f);
   bad += CheckAdamW(77, 0.0f, 0.25f);          // no decay, a clip scale
   bad += CheckAdamW(0, 1e-4f, 1.0f);
+  for (DType t : {DType::kFloat, DType::kBFloat16, DType::kHalf}) {
+    bad += CheckAttention(t, 2, 70, 2, 1, 70, 24, 16, 1, 70, 0, -1);   // causal, 3x3 tiles of 32 (skips), GQA 2:1
+    bad += CheckAttention(t, 2, 5, 3, 3, 37, 40, 24, 2, 5, 1, 7);      // random mask, bias row (b=1, t=2) fully masked
+  }
+  bad += CheckAttention(DType::kFloat, 1, 12, 2, 2, 30, 24, 16, 1, 1, 1, -1);   // bias (1,1,1,S), S > T
+  bad += CheckAttention(DType::kHalf, 2, 70, 2, 1, 70, 24, 16, 2, 70, 0, 3);    // causal + a fully masked row: no skips for it
+  bad += CheckAttention(DType::kBFloat16, 1, 20, 2, 1, 20, 192, 128, 1, 20, 0, -1);  // DeepSeek-V3's Dk / Dv: 16-tiles
+  bad += CheckAttention(DType::kFloat, 1, 9, 1, 1, 9, 256, 256, 1, 9, 0, -1);   // widest heads: 8-tiles
+  bad += CheckAttention(DType::kFloat, 1, 0, 2, 1, 5, 8, 8, 1, 1, 1, -1);      // no queries: dk = dv = 0
   std::printf(bad ? "FAILED %d\n" : "OK\n", bad);
   return bad ? 1 : 0;
 }

@@ -1,8 +1,8 @@
 """build_cuda: nvcc discovery, arch filtering, error reporting, and a real compile + link.
 
 The real-nvcc tests build the launchers and a host check program (naive double-precision CPU
-references for GEMM, RMSNorm forward/grad, MLA latent attention, SwiGLU, RoPE, softmax
-cross-entropy, MoE combine, router top-k and AdamW). Without a GPU the program is only built (and run
+references for GEMM, RMSNorm forward/grad, MLA latent attention, causal attention forward/grad,
+SwiGLU, RoPE, softmax cross-entropy, MoE combine, router top-k and AdamW). Without a GPU the program is only built (and run
 to see that it reports the missing device instead of crashing); with one it also checks numbers.
 """
 
@@ -31,6 +31,11 @@ LAUNCHERS = (
     "void const*, void*, void*)",
     "seekline::MlaLatentAttentionGpu(void*, seekline::DType, long, long, long, long, long, long, long, long, "
     "float, void const*, void const*, void const*, void const*, float const*, void*)",
+    "seekline::AttentionGpu(void*, seekline::DType, long, long, long, long, long, long, long, long, long, float, "
+    "void const*, void const*, void const*, float const*, void*, float*)",
+    "seekline::AttentionGradGpu(void*, seekline::DType, long, long, long, long, long, long, long, long, long, float, "
+    "void const*, void const*, void const*, float const*, void const*, float const*, void const*, float const*, "
+    "float*, void*, void*, void*)",
     "seekline::SwigluGpu(void*, seekline::DType, long, void const*, void const*, void*)",
     "seekline::SwigluGradGpu(void*, seekline::DType, long, void const*, void const*, void const*, void*, void*)",
     "seekline::RopeGpu(void*, seekline::DType, long, long, long, long, bool, bool, float const*, float const*, "
@@ -102,8 +107,8 @@ def objects(tmp_path_factory):
 
 @needs_nvcc
 def test_compile_defines_the_launchers(objects):
-    assert [p.name for p in objects] == ["elementwise.cu.o", "gemm.cu.o", "mla_decode.cu.o", "moe.cu.o", "rms_norm.cu.o",
-                                         "softmax_xent.cu.o"]
+    assert [p.name for p in objects] == ["attention.cu.o", "elementwise.cu.o", "gemm.cu.o", "mla_decode.cu.o",
+                                         "moe.cu.o", "rms_norm.cu.o", "softmax_xent.cu.o"]
     nm = subprocess.run(["nm", "-C", *map(str, objects)], capture_output=True, text=True, check=True).stdout
     defined = {line.split(" ", 2)[2] for line in nm.splitlines() if line.count(" ") >= 2 and line.split(" ")[1] == "T"}
     for symbol in LAUNCHERS:

@@ -1,6 +1,7 @@
-// Block-wide fp32 sums for the row kernels (rms_norm.cu.cc, moe.cu.cc): warp shuffles plus one
-// shared-memory step, added in a fixed order so every thread — and every run — gets the same bits
-// (training uses op determinism: no float atomics anywhere).
+// Warp- and block-wide fp32 reductions for the row kernels (rms_norm.cu.cc, moe.cu.cc,
+// attention.cu.cc): warp shuffles plus one shared-memory step, combined in a fixed order so every
+// thread — and every run — gets the same bits (training uses op determinism: no float atomics).
+// Every thread of the block calls them together (the CPU emulation's shuffles are block barriers).
 #ifndef SEEKLINE_OPS_CUDA_REDUCE_CUH_
 #define SEEKLINE_OPS_CUDA_REDUCE_CUH_
 
@@ -12,6 +13,12 @@ __device__ __forceinline__ float WarpSum(float v) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;  // every lane holds the warp total
+}
+
+__device__ __forceinline__ float WarpMax(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;  // every lane holds the warp maximum
 }
 
 // Sum of v over the block (blockDim.x a multiple of 32, <= 1024), returned to every thread.
